@@ -1,0 +1,79 @@
+"""Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick] [--list]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import pkgutil
+import sys
+import time
+
+import benchmarks
+from benchmarks import _harness
+
+
+def available() -> dict[str, str]:
+    """Benchmark name -> the first line of its module docstring."""
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(benchmarks.__path__)
+        if not info.name.startswith("_")
+    )
+    return {name: _summary(name) for name in names}
+
+
+def _summary(name: str) -> str:
+    spec = importlib.util.find_spec(f"benchmarks.{name}")
+    source = spec.loader.get_source(spec.name) if spec and spec.loader else ""
+    for line in (source or "").splitlines():
+        stripped = line.strip().strip('"').strip()
+        if stripped:
+            return stripped
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    catalogue = available()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): "
+        f"{', '.join(catalogue)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke test)")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, summary in catalogue.items():
+            print(f"{name:24s} {summary}")
+        return 0
+    unknown = [name for name in args.names if name not in catalogue]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(catalogue)}")
+    selected = args.names or list(catalogue)
+
+    env = _harness.environment()
+    print(
+        f"jaxtricks benchmarks on backend={env['backend']} "
+        f"devices={env['device_count']} ({env['device_kind']}), jax {env['jax']}, "
+        f"{env['machine']}, {env['cpu_count']} CPUs"
+        + (" [quick]" if args.quick else "")
+    )
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        def tqdm(iterable, **_):
+            return iterable
+    for name in tqdm(selected, desc="benchmarks", unit="benchmark"):
+        report = _harness.Report(name, quick=args.quick)
+        start = time.perf_counter()
+        importlib.import_module(f"benchmarks.{name}").run(report)
+        path = report.write()
+        _harness.echo(
+            f"{name}: done in {time.perf_counter() - start:.1f} s -> {path}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Shared machinery of the benchmark suite: timing, memory, tables, plots, results.
+
+Timing follows one protocol everywhere: compile apart (reported as `compile_s`), one
+warm-up call, then repeated calls each closed by `jax.block_until_ready`; candidates
+compared with each other are timed in interleaved rounds in the same process, so that
+background load hits them alike, and reported as ratios to a named reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Timing of one compiled function.
+
+    Attributes:
+        compile_s: seconds to lower and compile (first call cost, apart).
+        median_s: median seconds per call after warm-up.
+        min_s: fastest call.
+        runs: number of timed calls.
+        peak_bytes: XLA's estimate of the peak memory of one call (arguments,
+            outputs and temporaries, from `compiled.memory_analysis()`), or None.
+    """
+
+    compile_s: float
+    median_s: float
+    min_s: float
+    runs: int
+    peak_bytes: int | None
+
+
+def environment() -> dict[str, Any]:
+    """The backend, devices and machine the figures come from."""
+    devices = jax.devices()
+    return {
+        "backend": jax.default_backend(),
+        "device_count": len(devices),
+        "device_kind": devices[0].device_kind,
+        "jax": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "machine": f"{platform.system()} {platform.machine()} {_cpu_model()}",
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def peak_bytes(compiled) -> int | None:
+    """Peak memory of one call of a compiled function, as XLA plans it."""
+    try:
+        analysis = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError, AttributeError):
+        return None
+    if analysis is None:
+        return None
+    return int(
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
+
+
+def compile_timed(fn: Callable, *args, **jit_kwargs):
+    """Jits, lowers and compiles `fn` for `args`; returns (compiled, seconds)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def compare(
+    candidates: Mapping[str, Callable],
+    *args,
+    rounds: int = 7,
+    min_round_s: float = 0.05,
+) -> dict[str, Timing]:
+    """Times several functions of the same arguments in interleaved rounds.
+
+    Each candidate is compiled (timed apart) and called once to warm up. Then, in every
+    round, each candidate in turn is called repeatedly for at least `min_round_s`;
+    the per-call time of a round is its mean, and a candidate's figure is the
+    median over rounds.
+
+    Args:
+        candidates: name -> function of `*args`; each is jitted here.
+        *args: the arguments, shared by every candidate.
+        rounds: number of interleaved rounds.
+        min_round_s: minimal wall time of one candidate's round.
+
+    Returns:
+        name -> `Timing`.
+    """
+    compiled, compile_s = {}, {}
+    for name, fn in candidates.items():
+        compiled[name], compile_s[name] = compile_timed(fn, *args)
+        jax.block_until_ready(compiled[name](*args))
+    per_call: dict[str, list[float]] = {name: [] for name in candidates}
+    calls: dict[str, int] = dict.fromkeys(candidates, 0)
+    for _ in range(rounds):
+        for name, fn in compiled.items():
+            count, start = 0, time.perf_counter()
+            while True:
+                jax.block_until_ready(fn(*args))
+                count += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_round_s:
+                    break
+            per_call[name].append(elapsed / count)
+            calls[name] += count
+    return {
+        name: Timing(
+            compile_s=compile_s[name],
+            median_s=float(np.median(per_call[name])),
+            min_s=float(np.min(per_call[name])),
+            runs=calls[name],
+            peak_bytes=peak_bytes(compiled[name]),
+        )
+        for name in candidates
+    }
+
+
+def time_one(fn: Callable, *args, rounds: int = 5, min_round_s: float = 0.05) -> Timing:
+    """Times a single function (see `compare`)."""
+    return compare({"fn": fn}, *args, rounds=rounds, min_round_s=min_round_s)["fn"]
+
+
+def timing_rows(
+    timings: Mapping[str, Timing], reference: str, **fields
+) -> list[dict[str, Any]]:
+    """Table rows of `compare`'s output, with each time as a ratio to `reference`."""
+    base = timings[reference].median_s
+    return [
+        {
+            **fields,
+            "name": name,
+            "median_ms": 1e3 * timing.median_s,
+            "ratio": timing.median_s / base,
+            "compile_s": timing.compile_s,
+            "peak_MiB": None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
+        }
+        for name, timing in timings.items()
+    ]
+
+
+class Report:
+    """What one benchmark prints and writes.
+
+    Attributes:
+        name: the benchmark's name (its module's).
+        quick: whether to run the reduced sizes (smoke test).
+        results_dir: where `<name>.json` and the PNG plots go.
+    """
+
+    def __init__(
+        self, name: str, *, quick: bool, results_dir: pathlib.Path = RESULTS_DIR
+    ):
+        self.name = name
+        self.quick = quick
+        self.results_dir = results_dir
+        self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.notes: dict[str, Any] = {}
+        self.figures: list[str] = []
+        self._start = time.perf_counter()
+
+    def progress(self, iterable: Iterable, desc: str, total: int | None = None):
+        """A progress bar over `iterable` (tqdm when installed)."""
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, desc=f"{self.name}: {desc}", total=total, leave=False)
+
+    def table(self, title: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Prints `rows` (dicts sharing keys) as an aligned table and records them."""
+        rows = [dict(row) for row in rows]
+        self.tables[title] = rows
+        echo(f"\n{self.name} | {title}\n{format_table(rows)}")
+
+    def note(self, key: str, value: Any) -> None:
+        """Records a named figure or remark in the JSON results, and prints it."""
+        self.notes[key] = value
+        echo(f"{self.name} | {key}: {value}")
+
+    def save_figure(self, figure, stem: str) -> pathlib.Path:
+        """Saves a matplotlib figure as `<results_dir>/<name>_<stem>.png` and closes it."""
+        import matplotlib.pyplot as plt
+
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / f"{self.name}_{stem}.png"
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        self.figures.append(path.name)
+        return path
+
+    def write(self) -> pathlib.Path:
+        """Writes `<results_dir>/<name>.json` with the environment and every table."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / f"{self.name}.json"
+        payload = {
+            "benchmark": self.name,
+            "quick": self.quick,
+            "environment": environment(),
+            "wall_s": time.perf_counter() - self._start,
+            "tables": self.tables,
+            "notes": self.notes,
+            "figures": self.figures,
+        }
+        path.write_text(json.dumps(payload, indent=2, default=_to_json))
+        return path
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Formats rows as a Markdown table (so it pastes into the README as it is)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [
+        max(len(column), *(len(line[i]) for line in cells))
+        for i, column in enumerate(columns)
+    ]
+    def line(values):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), rule, *(line(c) for c in cells)])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float | np.floating):
+        magnitude = abs(float(value))
+        if magnitude != 0 and (magnitude >= 1e5 or magnitude < 1e-3):
+            return f"{float(value):.3e}"
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def _to_json(value: Any):
+    if isinstance(value, np.generic | jax.Array | np.ndarray):
+        return np.asarray(value).tolist()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def echo(text: str) -> None:
+    """Prints a line without breaking the progress bars."""
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text)
+    except ImportError:
+        print(text)

@@ -1,0 +1,25 @@
+"""jaxtricks: training techniques for JAX as pure functions and Optax transforms.
+
+Sub-packages, one per technique:
+
+- `jaxtricks.losses`: class-imbalance losses and metrics.
+- `jaxtricks.regularizers`: L2, decoupled weight decay, WEISSI, flooding (also
+  re-exported here).
+- `jaxtricks.estimators`: zeroth-order and policy-gradient estimators.
+- `jaxtricks.teaforn`: teacher forcing with N-grams.
+- `jaxtricks.validation`: adversarial validation.
+- `jaxtricks.rnn`: gradient flow through time in recurrent networks.
+"""
+
+from jaxtricks import estimators, losses, regularizers, rnn, teaforn, validation
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "estimators",
+    "losses",
+    "regularizers",
+    "rnn",
+    "teaforn",
+    "validation",
+)

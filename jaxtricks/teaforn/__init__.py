@@ -1,0 +1,3 @@
+"""TeaForN: teacher forcing with N-grams for sequence decoders (spec section 6)."""
+
+__all__ = ()
