@@ -12,14 +12,32 @@ Sub-packages, one per technique:
 """
 
 from jaxtricks import estimators, losses, regularizers, rnn, teaforn, validation
+from jaxtricks.regularizers import (
+    decoupled_weight_decay,
+    flood,
+    gradient_norm_penalty,
+    iflood,
+    l2_penalty,
+    l2_regularization,
+    weissi,
+    weissi_penalty,
+)
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "decoupled_weight_decay",
     "estimators",
+    "flood",
+    "gradient_norm_penalty",
+    "iflood",
+    "l2_penalty",
+    "l2_regularization",
     "losses",
     "regularizers",
     "rnn",
     "teaforn",
     "validation",
+    "weissi",
+    "weissi_penalty",
 )

@@ -1,3 +1,28 @@
-"""L2, decoupled weight decay and WEISSI as Optax transforms; flooding (spec 3, 4)."""
+"""L2, decoupled weight decay and WEISSI as Optax transforms; flooding (spec 3, 4).
 
-__all__ = ()
+- `l2_regularization`, `decoupled_weight_decay`, `weissi`: Optax transforms whose
+  default mask selects the weight tensors (`ndim >= 2`).
+- `l2_penalty`, `weissi_penalty`: the scalar penalties (their gradients are what the
+  transforms add).
+- `flood`, `iflood`, `gradient_norm_penalty`: objectives that keep the training loss
+  off zero, and the penalty that flooding approximates.
+"""
+
+from jaxtricks.regularizers._flooding import flood, gradient_norm_penalty, iflood
+from jaxtricks.regularizers._weight_decay import (
+    decoupled_weight_decay,
+    l2_penalty,
+    l2_regularization,
+)
+from jaxtricks.regularizers._weissi import weissi, weissi_penalty
+
+__all__ = (
+    "decoupled_weight_decay",
+    "flood",
+    "gradient_norm_penalty",
+    "iflood",
+    "l2_penalty",
+    "l2_regularization",
+    "weissi",
+    "weissi_penalty",
+)

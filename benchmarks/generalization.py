@@ -1,0 +1,422 @@
+"""Generalisation on digits: none/L2/AdamW/WEISSI, flooding under label noise, WEISSI speed.
+
+Three parts, all on scikit-learn's digits (8x8 images, 10 classes) with a ReLU MLP and
+Adam; every configuration is trained for several seeds at once (`jax.vmap` over seeds
+and hyper-parameters around one jitted `lax.scan` training loop):
+
+1. Regularisers: none / coupled L2 / AdamW (decoupled decay) / WEISSI coupled / WEISSI
+   decoupled, each over a small grid of coefficients, the coefficient picked by
+   validation accuracy; test accuracy, test loss and accuracy under Gaussian input
+   noise (the WEISSI paper claims generalisation and robustness).
+2. Flooding at several levels vs none (level 0) vs the gradient-norm penalty, with 20%
+   symmetric label noise on the training labels (where the flooding paper reports its
+   largest gains); test accuracy, and loss curves with the training loss at the level.
+3. Speed: one optimiser step of `chain(weissi, adam)` (and the other transforms) vs
+   `optax.adamw` on a ~10M-parameter MLP pytree, as ratios in one interleaved run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxtricks
+from benchmarks import _harness
+
+LEARNING_RATE = 1e-3
+NOISE_SIGMAS = (0.5, 1.0)  # Gaussian input noise, in units of the standardised pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Standardised digits, split into train / validation / test (labels int32)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_data(*, seed: int = 0) -> Data:
+    """Digits split 1000 / 297 / 500, standardised with the training statistics."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_rest, y_train, y_rest = train_test_split(
+        x, y, train_size=1000, random_state=seed, stratify=y
+    )
+    x_val, x_test, y_val, y_test = train_test_split(
+        x_rest, y_rest, test_size=500, random_state=seed, stratify=y_rest
+    )
+    mean, std = x_train.mean(0), x_train.std(0) + 1.0
+    def standardise(a):
+        return ((a - mean) / std).astype(np.float32)
+    return Data(
+        standardise(x_train), y_train.astype(np.int32),
+        standardise(x_val), y_val.astype(np.int32),
+        standardise(x_test), y_test.astype(np.int32),
+    )
+
+
+def with_symmetric_label_noise(labels: np.ndarray, rate: float, *, seed: int) -> np.ndarray:
+    """Each label replaced, with probability `rate`, by one of the other 9 classes."""
+    rng = np.random.default_rng(seed)
+    flip = rng.random(labels.shape) < rate
+    shift = rng.integers(1, 10, labels.shape)
+    return np.where(flip, (labels + shift) % 10, labels).astype(np.int32)
+
+
+def init_mlp(key: jax.Array, widths: Sequence[int]) -> list[dict[str, jax.Array]]:
+    """He-initialised dense layers `widths[0] -> ... -> widths[-1]`."""
+    keys = jax.random.split(key, len(widths) - 1)
+    return [
+        {
+            "kernel": jax.random.normal(k, (fan_in, fan_out)) * np.sqrt(2.0 / fan_in),
+            "bias": jnp.zeros(fan_out),
+        }
+        for k, fan_in, fan_out in zip(keys, widths[:-1], widths[1:], strict=True)
+    ]
+
+
+def mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
+    """A ReLU MLP (positively homogeneous: WEISSI's setting); returns logits."""
+    for layer in params[:-1]:
+        x = jax.nn.relu(x @ layer["kernel"] + layer["bias"])
+    return x @ params[-1]["kernel"] + params[-1]["bias"]
+
+
+def mean_cross_entropy(params, x, y) -> jax.Array:
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(mlp(params, x), y))
+
+
+def accuracy(params, x, y) -> jax.Array:
+    return jnp.mean(jnp.argmax(mlp(params, x), -1) == y)
+
+
+def regularised_adam(h: dict[str, jax.Array]) -> optax.GradientTransformation:
+    """Adam with every regulariser of part 1, each weighted by its own coefficient.
+
+    With a coefficient 0 a transform adds exactly 0, so one compiled training loop
+    serves every method (a run sets one coefficient and leaves the others at 0).
+    """
+    return optax.chain(
+        jaxtricks.l2_regularization(h["L2 (coupled)"]),
+        jaxtricks.weissi(h["WEISSI (coupled)"]),
+        optax.adam(LEARNING_RATE),
+        jaxtricks.decoupled_weight_decay(h["AdamW (decoupled)"], learning_rate=LEARNING_RATE),
+        jaxtricks.weissi(h["WEISSI (decoupled)"], learning_rate=LEARNING_RATE),
+    )
+
+
+REGULARISER_GRIDS = {
+    "none": (0.0,),
+    "L2 (coupled)": (1e-4, 1e-3, 1e-2),
+    "AdamW (decoupled)": (0.1, 1.0, 10.0),
+    "WEISSI (coupled)": (0.01, 0.1, 1.0),
+    "WEISSI (decoupled)": (1.0, 10.0, 100.0),
+}
+FLOOD_LEVELS = (0.0, 0.3, 0.6, 0.9, 1.2)  # 0: no flooding
+GRADIENT_PENALTIES = (0.01, 0.1)
+
+
+def flooded(loss_fn: Callable, h: dict[str, jax.Array]) -> Callable:
+    return lambda *args: jaxtricks.flood(loss_fn(*args), level=h["level"])
+
+
+def penalised(loss_fn: Callable, h: dict[str, jax.Array]) -> Callable:
+    return jaxtricks.gradient_norm_penalty(loss_fn, coefficient=h["coefficient"])
+
+
+def unchanged(loss_fn: Callable, h: dict[str, jax.Array]) -> Callable:
+    del h
+    return loss_fn
+
+
+def plain_adam(h: dict[str, jax.Array]) -> optax.GradientTransformation:
+    del h
+    return optax.adam(LEARNING_RATE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Training length and shape: `segments * steps_per_segment` Adam steps."""
+
+    widths: tuple[int, ...]
+    segments: int
+    steps_per_segment: int
+    batch: int
+    seeds: int
+
+
+def train(
+    optimizer_fn: Callable[[dict], optax.GradientTransformation],
+    objective_fn: Callable[[Callable, dict], Callable],
+    hypers: dict[str, Sequence[float]],
+    y_train: np.ndarray,
+    data: Data,
+    schedule: Schedule,
+):
+    """Trains `configs * seeds` MLPs at once (vmap), in one jitted scan.
+
+    Args:
+        optimizer_fn: coefficients -> optimiser.
+        objective_fn: `(loss_fn, coefficients) -> loss_fn`, the training objective.
+        hypers: coefficient name -> its value in each configuration.
+        y_train: the training labels (possibly noisy).
+        data: the inputs, and the clean test labels.
+        schedule: sizes.
+
+    Returns:
+        (params stacked over runs, curves `(runs, segments, 3)` of the training loss on
+        the whole training set (labels `y_train`), the test loss and the test accuracy
+        after every segment); runs are configuration-major, seeds within.
+    """
+    x_train, x_test, y_test = (jnp.asarray(a) for a in (data.x_train, data.x_test, data.y_test))
+    y_train = jnp.asarray(y_train)
+
+    def one_run(key, h):
+        init_key, batch_key = jax.random.split(key)
+        params = init_mlp(init_key, schedule.widths)
+        optimizer = optimizer_fn(h)
+        objective = objective_fn(mean_cross_entropy, h)
+
+        def step(carry, key):
+            params, state = carry
+            index = jax.random.randint(key, (schedule.batch,), 0, x_train.shape[0])
+            grads = jax.grad(objective)(params, x_train[index], y_train[index])
+            updates, state = optimizer.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        def segment(carry, key):
+            carry, _ = jax.lax.scan(step, carry, jax.random.split(key, schedule.steps_per_segment))
+            params = carry[0]
+            return carry, jnp.stack([
+                mean_cross_entropy(params, x_train, y_train),
+                mean_cross_entropy(params, x_test, y_test),
+                accuracy(params, x_test, y_test),
+            ])
+
+        keys = jax.random.split(batch_key, schedule.segments)
+        (params, _), curves = jax.lax.scan(segment, (params, optimizer.init(params)), keys)
+        return params, curves
+
+    configs = len(next(iter(hypers.values())))
+    keys = jnp.tile(jax.random.split(jax.random.key(0), schedule.seeds), configs)
+    per_run = {
+        name: jnp.repeat(jnp.asarray(values, jnp.float32), schedule.seeds)
+        for name, values in hypers.items()
+    }
+    params, curves = jax.jit(jax.vmap(one_run))(keys, per_run)
+    return params, np.asarray(curves)
+
+
+@jax.jit
+def _metrics(params, x_val, y_val, x_test, y_test, noise):
+    def metrics(p):
+        out = {
+            "val_acc": accuracy(p, x_val, y_val),
+            "test_acc": accuracy(p, x_test, y_test),
+            "test_loss": mean_cross_entropy(p, x_test, y_test),
+        }
+        for sigma in NOISE_SIGMAS:
+            out[f"noisy_acc_{sigma}"] = accuracy(p, x_test + sigma * noise, y_test)
+        return out
+
+    return jax.vmap(metrics)(params)
+
+
+def evaluate(params, data: Data, seeds: int) -> list[dict[str, np.ndarray]]:
+    """Final metrics of each configuration (arrays over its seeds)."""
+    noise = jax.random.normal(jax.random.key(123), data.x_test.shape)
+    metrics = _metrics(params, data.x_val, data.y_val, data.x_test, data.y_test, noise)
+    metrics = {key: np.asarray(value).reshape(-1, seeds) for key, value in metrics.items()}
+    configs = next(iter(metrics.values())).shape[0]
+    return [{key: value[i] for key, value in metrics.items()} for i in range(configs)]
+
+
+def mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
+    return f"{scale * values.mean():.{digits}f} ± {scale * values.std(ddof=1):.{digits}f}"
+
+
+def regulariser_rows(report, data: Data, schedule: Schedule) -> None:
+    grids = {name: grid[:1] if report.quick else grid for name, grid in REGULARISER_GRIDS.items()}
+    configs = [(name, value) for name, grid in grids.items() for value in grid]
+    hypers = {
+        name: [value if name == method else 0.0 for method, value in configs]
+        for name in REGULARISER_GRIDS if name != "none"
+    }
+    params, curves = train(regularised_adam, unchanged, hypers, data.y_train, data, schedule)
+    metrics = evaluate(params, data, schedule.seeds)
+    curves = curves.reshape(len(configs), schedule.seeds, *curves.shape[1:])
+    rows, curves_by_method = [], {}
+    for name in grids:
+        indices = [i for i, (method, _) in enumerate(configs) if method == name]
+        best = max(indices, key=lambda i: metrics[i]["val_acc"].mean())
+        curves_by_method[name] = curves[best]
+        for i in indices:
+            m = metrics[i]
+            rows.append({
+                "method": name,
+                "coefficient": configs[i][1],
+                "selected": "yes" if i == best else "",
+                "val_acc_%": mean_std(m["val_acc"], 100),
+                "test_acc_%": mean_std(m["test_acc"], 100),
+                "test_loss": mean_std(m["test_loss"], digits=3),
+                **{f"acc_noise_{s}_%": mean_std(m[f"noisy_acc_{s}"], 100) for s in NOISE_SIGMAS},
+            })
+    report.table(
+        f"regularisers: digits, MLP {schedule.widths}, Adam lr {LEARNING_RATE}, "
+        f"{schedule.segments * schedule.steps_per_segment} steps, batch {schedule.batch}, "
+        f"mean ± std over {schedule.seeds} seeds (coefficient selected by val accuracy)",
+        rows,
+    )
+    report.table("regularisers: selected coefficients", [
+        {key: row[key] for key in row if key not in ("selected", "val_acc_%")}
+        for row in rows if row["selected"]
+    ])
+    plot_curves(
+        report, curves_by_method, schedule, "regularisers",
+        "digits: test loss and accuracy (selected coefficient, mean over seeds)",
+        levels={}, columns=(1, 2), labels=("test loss", "test accuracy"),
+    )
+
+
+def flooding_rows(report, data: Data, schedule: Schedule) -> None:
+    noisy = with_symmetric_label_noise(data.y_train, 0.2, seed=1)
+    report.note("flooding: training labels flipped", f"{np.mean(noisy != data.y_train):.3f}")
+    levels = FLOOD_LEVELS[::2] if report.quick else FLOOD_LEVELS
+    penalties = GRADIENT_PENALTIES[-1:] if report.quick else GRADIENT_PENALTIES
+    flood_metrics, flood_curves = evaluate_and_curves(
+        plain_adam, flooded, {"level": levels}, noisy, data, schedule
+    )
+    penalty_metrics, penalty_curves = evaluate_and_curves(
+        plain_adam, penalised, {"coefficient": penalties}, noisy, data, schedule
+    )
+    runs = [
+        (f"flooding {level:g}" if level else "none", level, m, c)
+        for level, m, c in zip(levels, flood_metrics, flood_curves, strict=True)
+    ] + [
+        (f"gradient-norm penalty {coefficient:g}", None, m, c)
+        for coefficient, m, c in zip(penalties, penalty_metrics, penalty_curves, strict=True)
+    ]
+    rows = [
+        {
+            "method": name,
+            "test_acc_%": mean_std(m["test_acc"], 100),
+            "best_test_acc_%": mean_std(c[:, :, 2].max(1), 100),
+            "test_loss": mean_std(m["test_loss"], digits=3),
+            "final_train_loss": mean_std(c[:, -1, 0], digits=3),
+        }
+        for name, _, m, c in runs
+    ]
+    report.table(
+        f"flooding: digits with 20% symmetric label noise on the training labels, MLP "
+        f"{schedule.widths}, Adam lr {LEARNING_RATE}, "
+        f"{schedule.segments * schedule.steps_per_segment} steps, batch {schedule.batch}, "
+        f"mean ± std over {schedule.seeds} seeds (train loss on the noisy labels)",
+        rows,
+    )
+    plot_curves(
+        report, {name: c for name, _, _, c in runs}, schedule, "flooding",
+        "digits, 20% label noise: training loss (noisy labels) and test loss",
+        levels={name: level for name, level, _, _ in runs if level},
+        columns=(0, 1), labels=("training loss", "test loss"),
+    )
+
+
+def evaluate_and_curves(optimizer_fn, objective_fn, hypers, y_train, data, schedule):
+    """(metrics, curves) of each configuration (see `train` and `evaluate`)."""
+    params, curves = train(optimizer_fn, objective_fn, hypers, y_train, data, schedule)
+    curves = curves.reshape(-1, schedule.seeds, *curves.shape[1:])
+    return evaluate(params, data, schedule.seeds), list(curves)
+
+
+def plot_curves(report, curves_by_name, schedule, stem, title, *, levels, columns, labels):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = schedule.steps_per_segment * np.arange(1, schedule.segments + 1)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (name, curves) in enumerate(curves_by_name.items()):
+        color = f"C{index}"
+        for axis, column in zip(axes, columns, strict=True):
+            axis.plot(steps, curves[:, :, column].mean(0), color=color, label=name)
+        if name in levels:
+            axes[0].axhline(levels[name], color=color, linestyle=":", linewidth=1)
+    for axis, label in zip(axes, labels, strict=True):
+        axis.set_xlabel("step")
+        axis.set_ylabel(label)
+    if columns[0] == 0:
+        axes[0].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    figure.suptitle(title)
+    report.save_figure(figure, stem)
+
+
+def speed_rows(report) -> None:
+    widths = (512, 1024, 512) if report.quick else (1024, 2048, 2048, 1024, 1024)
+    params = init_mlp(jax.random.key(0), widths)
+    grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+    count = sum(p.size for p in jax.tree.leaves(params))
+
+    def kernels(p):
+        return jax.tree.map(lambda leaf: leaf.ndim >= 2, p)
+
+    optimizers = {
+        "optax.adamw": optax.adamw(LEARNING_RATE, weight_decay=1e-2, mask=kernels),
+        "chain(adam, decoupled_weight_decay)": optax.chain(
+            optax.adam(LEARNING_RATE),
+            jaxtricks.decoupled_weight_decay(1e-2, learning_rate=LEARNING_RATE),
+        ),
+        "chain(weissi, adam)": optax.chain(jaxtricks.weissi(1e-3), optax.adam(LEARNING_RATE)),
+        "chain(adam, weissi decoupled)": optax.chain(
+            optax.adam(LEARNING_RATE), jaxtricks.weissi(1.0, learning_rate=LEARNING_RATE)
+        ),
+        "chain(weissi product + direction, adam)": optax.chain(
+            jaxtricks.weissi(1e-3, direction_weight=1e-4, form="product"),
+            optax.adam(LEARNING_RATE),
+        ),
+    }
+    states = {name: optimizer.init(params) for name, optimizer in optimizers.items()}
+
+    def step_of(name):
+        def step(params, grads, states):
+            updates, state = optimizers[name].update(grads, states[name], params)
+            return optax.apply_updates(params, updates), state
+        return step
+
+    timings = _harness.compare(
+        {name: step_of(name) for name in optimizers}, params, grads, states,
+        rounds=5 if report.quick else 15,
+    )
+    report.table(
+        f"speed: one optimiser step (update + apply) on an MLP pytree of {count / 1e6:.1f}M "
+        f"parameters {widths}, ratio to optax.adamw",
+        _harness.timing_rows(timings, "optax.adamw"),
+    )
+
+
+def run(report: _harness.Report) -> None:
+    data = load_data()
+    if report.quick:
+        regularise = Schedule((64, 64, 64, 10), segments=4, steps_per_segment=50, batch=64,
+                              seeds=2)
+        flooded = regularise
+    else:
+        regularise = Schedule((64, 128, 128, 10), segments=20, steps_per_segment=100,
+                              batch=64, seeds=5)
+        flooded = Schedule((64, 128, 128, 10), segments=30, steps_per_segment=100, batch=64,
+                           seeds=5)
+    regulariser_rows(report, data, regularise)
+    flooding_rows(report, data, flooded)
+    speed_rows(report)

@@ -1,0 +1,155 @@
+"""Smoothed F1 (linear soft Dice) losses and the F1-weighted cross-entropy (spec 1.4).
+
+These are batch-level quantities: F1 is a ratio of sums over the batch, so its value on
+a mini-batch is a biased estimate of the dataset's F1 (Su recommends training with
+cross-entropy first, then fine-tuning with the F1 loss).
+
+0/0: a class with `T_c = sum_i (p_ic + y_ic) = 0` (absent from the labels and given
+probability 0 everywhere, e.g. masked out) has no F1; it is skipped (left out of the
+macro mean, of the micro sums trivially). When every class is skipped the loss is 0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxtricks._src import checks
+from jaxtricks.losses import _binary, _common
+
+
+def _soft_f1(true_positives: jax.Array, totals: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(2 TP / T, defined)` elementwise; 1 where `T = 0` (skipped), with safe gradients."""
+    defined = totals > 0
+    ratio = 2 * true_positives / jnp.where(defined, totals, 1.0)
+    return jnp.where(defined, ratio, 1.0), defined
+
+
+def _elementwise_mask(where, shape):
+    if where is None:
+        return None
+    where = jnp.asarray(where, bool)
+    checks.check_shape("where", where.shape, shape)
+    return where
+
+
+def smoothed_f1_loss(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    average: str = "macro",
+    axis: _common.Axis = -1,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""`1 - F1_soft` of a batch: the linear soft Dice of Su's smoothed F1 (spec 1.4).
+
+    With `p = softmax(s)` and one-hot labels, per class
+    `F1_c = 2 sum_i p_ic y_ic / sum_i (p_ic + y_ic)` (no smoothing constant). `macro`
+    averages `F1_c` over classes, `micro` sums over examples and classes first; since
+    every row of `p` and `y` sums to 1, micro F1 equals the batch mean of `p_y` (the
+    smoothed accuracy). The gradient is a re-weighted cross-entropy: `p_ic` gets weight
+    `(2 / T_c)(y_ic - F1_c / 2)`. Classes with `T_c = 0` are skipped (module docstring).
+
+    Compared with `optax.dice_loss` (per sample, `smooth=1` by default), this sums over
+    the whole batch; `optax.dice_loss(logits[None], onehot[None], smooth=0)` is the
+    macro form when every class occurs.
+
+    Args:
+        logits: scores, shape `[..., num_classes]`.
+        labels: integer labels, shape `[...]`.
+        average: "macro" or "micro".
+        axis: the class axis or axes, as in optax.
+        where: None, or a mask of shape `[...]` (examples) or of the logits' shape.
+
+    Returns:
+        A scalar in `[0, 1]`.
+
+    References:
+        Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019, and
+        `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020.
+    """
+    checks.check_choice("average", average, ("macro", "micro"))
+    scores, labels, mask = _common.prepare(logits, labels, axis, where)
+    probs = _common.probabilities(scores, mask)
+    one_hot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    if mask is not None:
+        one_hot = jnp.where(jnp.any(mask, axis=-1, keepdims=True), one_hot, 0.0)
+    batch_axes = tuple(range(scores.ndim - 1))
+    true_positives = jnp.sum(probs * one_hot, axis=batch_axes)
+    totals = jnp.sum(probs + one_hot, axis=batch_axes)
+    if average == "micro":
+        true_positives, totals = jnp.sum(true_positives), jnp.sum(totals)
+    f1, defined = _soft_f1(true_positives, totals)
+    mean_f1 = jnp.sum(jnp.where(defined, f1, 0.0)) / jnp.maximum(jnp.sum(defined), 1)
+    mean_f1 = jnp.where(jnp.any(defined), mean_f1, 1.0)
+    return (1.0 - mean_f1).astype(jnp.asarray(logits).dtype)
+
+
+def _binary_soft_f1(z, y, mask):
+    probs = jax.nn.sigmoid(z)
+    weights = jnp.ones_like(z) if mask is None else mask.astype(z.dtype)
+    f1, _ = _soft_f1(jnp.sum(weights * probs * y), jnp.sum(weights * (probs + y)))
+    return f1
+
+
+def binary_smoothed_f1_loss(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""`1 - F1_soft` over all elements, `F1_soft = 2 sum p y / sum (p + y)`, `p = sigma(z)`.
+
+    Su's binary smoothed F1 (spec 1.4): the linear soft Dice over the whole batch, no
+    smoothing constant. Its gradient is the cross-entropy gradient re-weighted by
+    `(2/T)(1 - F1/2) p` for positives and `(2/T)(F1/2)(1 - p)` for negatives. `T = 0`
+    (no positive and no predicted mass) gives loss 0.
+
+    Args:
+        logits: binary logits, any shape.
+        labels: labels in `[0, 1]`, same shape.
+        where: None or a boolean mask of the same shape (elements to count).
+
+    Returns:
+        A scalar in `[0, 1]`.
+    """
+    z, y = _binary.binary_inputs(logits, labels)
+    mask = _elementwise_mask(where, z.shape)
+    return (1.0 - _binary_soft_f1(z, y, mask)).astype(jnp.asarray(logits).dtype)
+
+
+def binary_f1_weighted_cross_entropy(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""The weighted cross-entropy that the smoothed F1 becomes under "p -> log p" (spec 1.4).
+
+    .. math::
+        \ell_i = -(1 - F_1/2)\, y_i \log \sigma(z_i) - (F_1/2)(1 - y_i) \log \sigma(-z_i),
+
+    with `F1` the batch's soft F1 (`binary_smoothed_f1_loss`) under stop-gradient.
+    Positives weigh `(2 - F1)/F1` times as much as negatives: a lot while F1 is small.
+    The post's own normalisation was not seen; the common factor `2/T` is dropped.
+
+    Args:
+        logits: binary logits, any shape.
+        labels: labels in `[0, 1]`, same shape.
+        where: None or a boolean mask of the same shape; masked elements get 0 and are
+            left out of F1.
+
+    Returns:
+        Elementwise losses, the logits' shape and dtype.
+
+    References:
+        Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020.
+    """
+    z, y = _binary.binary_inputs(logits, labels)
+    mask = _elementwise_mask(where, z.shape)
+    half_f1 = jax.lax.stop_gradient(_binary_soft_f1(z, y, mask)) / 2
+    positive, negative = _binary.cross_entropy_terms(z)
+    loss = (1 - half_f1) * y * positive + half_f1 * (1 - y) * negative
+    if mask is not None:
+        loss = jnp.where(mask, loss, 0.0)
+    return loss.astype(jnp.asarray(logits).dtype)

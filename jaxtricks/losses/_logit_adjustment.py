@@ -1,0 +1,130 @@
+"""Logit adjustment for long-tailed data (spec section 2): the loss, post-hoc, priors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxtricks._src import checks
+from jaxtricks.losses import _common
+
+
+def logit_adjusted_softmax_cross_entropy(
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    class_priors: jax.typing.ArrayLike,
+    tau: jax.typing.ArrayLike = 1.0,
+    axis: _common.Axis = -1,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""Logit-adjusted softmax cross-entropy (Menon et al., eq. 10).
+
+    .. math::
+        \ell = -\log \frac{e^{s_y + \tau \log \pi_y}}{\sum_i e^{s_i + \tau \log \pi_i}}
+             = \log\Big[1 + \sum_{i \ne y} (\pi_i / \pi_y)^\tau e^{s_i - s_y}\Big].
+
+    Rare classes must win by a larger margin. Predict with `argmax s` afterwards (do not
+    also apply `adjust_logits`: that would count the prior twice). `tau = 0` or uniform
+    priors give plain cross-entropy. Priors may be counts: they are normalised, and
+    floored at 1e-12 before the log (the reference code adds 1e-12 to `pi^tau`).
+
+    Args:
+        logits: scores, shape `[..., num_classes]`.
+        labels: integer labels, shape `[...]`.
+        class_priors: `[num_classes]` training class frequencies or counts, `>= 0`.
+        tau: finite temperature of the adjustment.
+        axis: the class axis or axes, as in optax.
+        where: None, or a mask of shape `[...]` or of the logits' shape.
+
+    Returns:
+        Per-example losses, shape `[...]`.
+
+    Raises:
+        ValueError: labels of the wrong shape, priors of the wrong length, negative or
+            summing to 0, `tau` not finite.
+
+    References:
+        Menon et al., `Long-tail learning via logit adjustment
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021; Su,
+        `通过互信息思想来缓解类别不平衡问题 <https://kexue.fm/archives/7615>`_, 2020.
+    """
+    checks.check_scalar("tau", tau)
+    scores, labels, mask = _common.prepare(logits, labels, axis, where)
+    priors = _common.check_priors(class_priors, scores.shape[-1])
+    shift = jnp.asarray(tau, scores.dtype) * _common.log_priors(priors, scores.dtype)
+    loss = -_common.log_target_probability(scores + shift, labels, mask)
+    return _common.zero_where_excluded(loss, mask).astype(jnp.asarray(logits).dtype)
+
+
+def adjust_logits(
+    logits: jax.typing.ArrayLike,
+    *,
+    class_priors: jax.typing.ArrayLike,
+    tau: jax.typing.ArrayLike = 1.0,
+    axis: int = -1,
+) -> jax.Array:
+    r"""Post-hoc logit adjustment (Menon et al., eq. 9): `s - tau * log(pi)`.
+
+    For a model trained with plain cross-entropy, `argmax` of the adjusted logits is the
+    plug-in Bayes rule for the balanced error (`tau = 1`). Note the sign: minus.
+
+    Args:
+        logits: scores of a model trained with cross-entropy, classes along `axis`.
+        class_priors: `[num_classes]` training class frequencies or counts, `>= 0`
+            (normalised, floored at 1e-12).
+        tau: finite temperature.
+        axis: the class axis.
+
+    Returns:
+        The adjusted logits, same shape and dtype.
+
+    Raises:
+        ValueError: priors of the wrong length, negative or summing to 0; `tau` not
+            finite.
+
+    References:
+        Menon et al., `Long-tail learning via logit adjustment
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
+    """
+    checks.check_scalar("tau", tau)
+    logits = jnp.asarray(logits)
+    _common.check_floating("logits", logits)
+    priors = _common.check_priors(class_priors, logits.shape[axis])
+    shift = jnp.asarray(tau, logits.dtype) * _common.log_priors(priors, logits.dtype)
+    return logits - jnp.moveaxis(jnp.broadcast_to(shift, (1,) * (logits.ndim - 1) + shift.shape),
+                                 -1, axis)
+
+
+def class_priors(
+    labels: jax.typing.ArrayLike,
+    num_classes: int,
+    *,
+    smoothing: jax.typing.ArrayLike = 0.0,
+) -> jax.Array:
+    r"""Empirical class frequencies `(n_c + smoothing) / (n + K * smoothing)`.
+
+    Args:
+        labels: integer labels of any shape, in `[0, num_classes)`.
+        num_classes: `K`, a Python int.
+        smoothing: additive (Laplace) smoothing `>= 0`; use it so that a class absent
+            from `labels` keeps a positive prior.
+
+    Returns:
+        `[num_classes]` float32 priors summing to 1.
+
+    Raises:
+        ValueError: non-integer labels, `num_classes < 1`, `smoothing < 0`, or empty
+            labels with no smoothing.
+    """
+    checks.check_positive_int("num_classes", num_classes)
+    checks.check_scalar("smoothing", smoothing, low=0.0)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
+    concrete_smoothing = checks.concrete_value(smoothing)
+    if labels.size == 0 and concrete_smoothing is not None and concrete_smoothing == 0:
+        raise ValueError("labels is empty and smoothing is 0: the priors are 0/0.")
+    counts = jnp.bincount(labels.ravel(), length=num_classes).astype(jnp.float32)
+    smoothed = counts + jnp.asarray(smoothing, jnp.float32)
+    return smoothed / jnp.sum(smoothed)

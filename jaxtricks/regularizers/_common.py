@@ -1,0 +1,119 @@
+"""Machinery shared by the regularisers: masks, schedules, norms and the step count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtricks._src import checks
+
+Mask = Any | Callable[[optax.Params], Any] | None
+"""A pytree of bools shaped like the params, a callable of the params returning one, or
+None for the default: every leaf with `ndim >= 2` (weight matrices, convolution
+kernels, embeddings), leaving biases and normalisation scales alone."""
+
+
+class CountState(NamedTuple):
+    """State of a transform whose rates may be schedules.
+
+    Attributes:
+        count: number of updates applied so far; shape (), int32.
+    """
+
+    count: jax.Array
+
+
+def init_count(params: optax.Params) -> CountState:
+    """The initial `CountState` (the params are not used)."""
+    del params
+    return CountState(count=jnp.zeros([], jnp.int32))
+
+
+def next_count(state: CountState) -> CountState:
+    """The state after one more update (saturating at the int32 maximum)."""
+    return CountState(count=optax.safe_increment(state.count))
+
+
+def value_at(rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
+    """A rate at step `count`: the schedule's value, or the constant itself."""
+    return rate(count) if callable(rate) else rate
+
+
+def check_rate(name: str, rate: optax.ScalarOrSchedule) -> None:
+    """Checks that a constant (non-schedule, concrete) rate is finite and >= 0."""
+    if not callable(rate):
+        checks.check_scalar(name, rate, low=0.0)
+
+
+def _is_masked_node(node: Any) -> bool:
+    return isinstance(node, optax.MaskedNode)
+
+
+def resolve_mask(mask: Mask, tree: optax.Params) -> Any:
+    """The pytree of bools that `mask` selects in `tree` (params or updates).
+
+    Args:
+        mask: see `Mask`.
+        tree: the params (or updates). Leaves already masked out by an enclosing
+            `optax.masked` (`optax.MaskedNode`) count as leaves of the structure.
+
+    Returns:
+        A pytree of bools with the structure of `tree`.
+
+    Raises:
+        ValueError: when the mask's structure differs from the tree's.
+    """
+    if mask is None:
+        return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, tree)
+    mask_tree = mask(tree) if callable(mask) else mask
+    skeleton = jax.tree.map(lambda _: True, tree, is_leaf=_is_masked_node)
+    checks.check_same_structure("mask", mask_tree, "params", skeleton)
+    return mask_tree
+
+
+def masked(
+    inner: optax.GradientTransformation, mask: Mask
+) -> optax.GradientTransformationExtraArgs:
+    """`optax.masked(inner, ...)` on the leaves that `mask` selects (see `Mask`)."""
+    return optax.masked(inner, lambda tree: resolve_mask(mask, tree))
+
+
+def selected_leaves(params: optax.Params, mask: Mask) -> list[jax.Array]:
+    """The leaves of `params` that `mask` selects, in tree order."""
+    mask_tree = resolve_mask(mask, params)
+    return [
+        leaf
+        for leaf, keep in zip(
+            jax.tree.leaves(params), jax.tree.leaves(mask_tree), strict=True
+        )
+        if keep
+    ]
+
+
+def add_scaled_params(
+    updates: optax.Updates, params: optax.Params, coefficient: jax.typing.ArrayLike
+) -> optax.Updates:
+    """`updates + coefficient * params`, leaf by leaf, in the updates' dtypes.
+
+    Unlike `optax.add_decayed_weights`, a float32 (e.g. scheduled) coefficient does not
+    promote bfloat16 updates, so the optimiser states after it keep their dtypes.
+    """
+    return jax.tree.map(
+        lambda update, param: update + (coefficient * param).astype(update.dtype),
+        updates,
+        params,
+    )
+
+
+def accumulation_dtype(leaf: jax.typing.ArrayLike) -> jnp.dtype:
+    """The dtype in which a leaf's norms are summed: at least float32."""
+    return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
+
+
+def squared_norm(leaf: jax.typing.ArrayLike) -> jax.Array:
+    """`||leaf||^2` of the flattened leaf, summed in at least float32."""
+    return jnp.sum(jnp.square(jnp.asarray(leaf, accumulation_dtype(leaf))))

@@ -1,0 +1,114 @@
+"""Flooding, individual flooding (iFlood) and the gradient-norm penalty (spec 3)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtricks._src import checks
+
+
+def flood(loss: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.Array:
+    """Flooding: `|loss - level| + level`, applied to the mini-batch mean loss.
+
+    Above the flood level the objective and its gradient are unchanged; below it the
+    sign of the gradient flips, so a step is gradient *ascent*: the training loss
+    hovers around `level` instead of reaching zero (`flood(J) >= level` always,
+    `flood(J) = J` for `level = 0` and `J >= 0`). Once it hovers, each descent/ascent
+    pair of learning rate `lr` is one descent step of rate `lr^2 / 2` on
+    `||grad J||^2` (Su's analysis): see `gradient_norm_penalty`.
+
+    The sign flip applies to the whole batch, so `loss` must be the batch-level
+    (mean) loss, a scalar; flooding each example's loss is a different method,
+    `iflood`. A batch-level quantity: a biased estimate of the flooded dataset loss.
+    At a tie `loss == level`, JAX's derivative of `abs` at 0 is +1: a descent step.
+
+    Args:
+        loss: the mini-batch training objective, a scalar.
+        level: the flood level `b`: finite and >= 0 (a scalar, may be traced).
+
+    Returns:
+        The flooded loss, a scalar.
+
+    Raises:
+        ValueError: if `loss` is not a scalar or `level` is negative or not finite.
+
+    References:
+        Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training
+        Error?", ICML 2020, https://arxiv.org/abs/2002.08709; Su,
+        https://kexue.fm/archives/7643.
+    """
+    checks.check_shape("loss", jnp.shape(loss), ())
+    return _flooded(loss, level)
+
+
+def iflood(losses: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.Array:
+    """Individual flooding (iFlood): `|loss_i - level| + level` for every example.
+
+    Unlike `flood`, the sign flips per example: examples fitted below the level are
+    pushed back up while the others still descend. Take the mean of the result.
+
+    Args:
+        losses: per-example losses, any shape.
+        level: the flood level `b`: finite and >= 0 (scalar or broadcastable).
+
+    Returns:
+        The flooded per-example losses, the shape of `losses`.
+
+    References:
+        Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022
+        (OpenReview); spec 3.1 of jaxtricks.
+    """
+    return _flooded(losses, level)
+
+
+def _flooded(loss: jax.typing.ArrayLike, level: jax.typing.ArrayLike) -> jax.Array:
+    checks.check_scalar("level", level, low=0.0)
+    return jnp.abs(loss - level) + level
+
+
+def gradient_norm_penalty(
+    loss_fn: Callable[..., Any],
+    *,
+    coefficient: jax.typing.ArrayLike,
+    has_aux: bool = False,
+) -> Callable[..., Any]:
+    """Wraps `loss_fn(params, ...)` into `loss + coefficient * ||grad_params loss||^2`.
+
+    The penalty that flooding approximates (spec 3.2): near the flood level, a
+    descent step then an ascent step of learning rate `lr` move the parameters by
+    `-lr^2 H g = -(lr^2 / 2) grad ||g||^2`, i.e. per single step a descent step of
+    rate `lr` on `(lr / 4) ||grad J||^2`. So `coefficient = lr / 4` is the
+    flooding-equivalent choice (with the `J` term itself cancelling at the level);
+    plain gradient descent adds the same `(lr / 4) ||grad J||^2` implicitly (Barrett &
+    Dherin, https://arxiv.org/abs/2009.11162). Differentiating the wrapped function is
+    double back-propagation (about 2-3x the cost of a plain gradient).
+
+    Args:
+        loss_fn: `loss_fn(params, *args, **kwargs)` returning a scalar, or
+            `(scalar, aux)` when `has_aux`; differentiated in its first argument.
+        coefficient: `lambda >= 0` (may be traced).
+        has_aux: whether `loss_fn` returns `(loss, aux)`; the aux is passed through.
+
+    Returns:
+        A function with `loss_fn`'s signature returning the penalised loss (and aux).
+
+    References:
+        Su, https://kexue.fm/archives/7643 and https://kexue.fm/archives/7787.
+    """
+    checks.check_scalar("coefficient", coefficient, low=0.0)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+    @functools.wraps(loss_fn)
+    def penalised(params, *args, **kwargs):
+        value, grads = value_and_grad(params, *args, **kwargs)
+        loss, aux = value if has_aux else (value, None)
+        penalised_loss = loss + coefficient * optax.tree.norm(grads, squared=True)
+        return (penalised_loss, aux) if has_aux else penalised_loss
+
+    return penalised

@@ -1,0 +1,122 @@
+"""L2 regularisation (coupled) and decoupled, AdamW-style weight decay (spec 4.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import optax
+
+from jaxtricks.regularizers._common import (
+    Mask,
+    add_scaled_params,
+    check_rate,
+    init_count,
+    masked,
+    next_count,
+    selected_leaves,
+    squared_norm,
+    value_at,
+)
+
+
+def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
+    """The L2 penalty `0.5 * sum_l ||W_l||^2` over the selected leaves.
+
+    With the default mask, `l2_regularization(wd)` adds exactly
+    `wd * jax.grad(l2_penalty)(params)` to the updates.
+
+    Args:
+        params: a pytree of arrays.
+        mask: a pytree of bools shaped like `params`, a callable of the params
+            returning one, or None (default) for the leaves with `ndim >= 2`.
+
+    Returns:
+        A scalar (summed in at least float32).
+    """
+    return 0.5 * sum(squared_norm(leaf) for leaf in selected_leaves(params, mask))
+
+
+def _add_scaled_params_transform(
+    coefficient_at: Callable[[jax.Array], jax.typing.ArrayLike],
+) -> optax.GradientTransformation:
+    """`updates + coefficient_at(count) * params` (dtype-preserving, with a step count)."""
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(optax.NO_PARAMS_MSG)
+        coefficient = coefficient_at(state.count)
+        return add_scaled_params(updates, params, coefficient), next_count(state)
+
+    return optax.GradientTransformation(init_count, update_fn)
+
+
+def l2_regularization(
+    weight_decay: optax.ScalarOrSchedule, *, mask: Mask = None
+) -> optax.GradientTransformationExtraArgs:
+    """Adds the gradient of `weight_decay / 2 * ||w||^2`: coupled L2 regularisation.
+
+    `updates <- updates + weight_decay(t) * params` on the selected leaves. Placed
+    before the optimiser (`optax.chain(l2_regularization(wd), optax.adam(lr))`) the
+    penalty's gradient enters Adam's moments and is divided by `sqrt(v)`: under Adam,
+    L2 is not weight decay (Loshchilov & Hutter, https://arxiv.org/abs/1711.05101;
+    Su, https://kexue.fm/archives/7681). Before plain SGD it equals SGD on
+    `loss + weight_decay * l2_penalty`.
+
+    This is `optax.add_decayed_weights` under `optax.masked` with jaxtricks' default
+    mask (`ndim >= 2`), except that a scheduled (float32) rate keeps bfloat16 updates
+    in bfloat16.
+
+    Args:
+        weight_decay: the coefficient `lambda >= 0`, or a schedule of the step count.
+        mask: a pytree of bools shaped like the params, a callable of the params
+            returning one, or None (default) for the leaves with `ndim >= 2`. Under
+            `optax.inject_hyperparams`, a callable mask must be listed in
+            `static_args`.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
+        around a `CountState(count)` (the step count for schedules).
+    """
+    check_rate("weight_decay", weight_decay)
+    return masked(
+        _add_scaled_params_transform(lambda count: value_at(weight_decay, count)), mask
+    )
+
+
+def decoupled_weight_decay(
+    weight_decay: optax.ScalarOrSchedule,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Decoupled (AdamW-style) weight decay, placed after the optimiser.
+
+    `updates <- updates - learning_rate(t) * weight_decay(t) * params` on the selected
+    leaves, so that
+
+        optax.chain(optax.adam(lr), decoupled_weight_decay(wd, learning_rate=lr))
+
+    gives the updates of `optax.adamw(lr, weight_decay=wd, mask=...)`: the decay is
+    multiplied by the full learning rate, as in optax and PyTorch. Loshchilov & Hutter
+    (https://arxiv.org/abs/1711.05101) multiply it by the schedule multiplier `eta_t`
+    alone: pass that multiplier as `learning_rate` to get their form.
+
+    Args:
+        weight_decay: the coefficient `lambda >= 0`, or a schedule of the step count.
+        learning_rate: the optimiser's learning rate (>= 0), or its schedule; the step
+            count is kept in the state, so give the same schedule as the optimiser.
+        mask: a pytree of bools shaped like the params, a callable of the params
+            returning one, or None (default) for the leaves with `ndim >= 2`.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
+        around a `CountState(count)` (the step count for schedules).
+    """
+    check_rate("weight_decay", weight_decay)
+    check_rate("learning_rate", learning_rate)
+
+    def signed_decay(count: jax.Array) -> jax.typing.ArrayLike:
+        return -value_at(learning_rate, count) * value_at(weight_decay, count)
+
+    return masked(_add_scaled_params_transform(signed_decay), mask)

@@ -1,0 +1,374 @@
+"""Gradient flow through time in recurrent cells: Jacobian and gradient norms per step.
+
+The gradient through time is a product of one-step Jacobians (spec section 8.1):
+
+    d carry_t / d carry_0 = J_t J_{t-1} ... J_1,     J_k = d carry_k / d carry_{k-1},
+
+and vanishing (exploding) gradients are this product shrinking (growing) geometrically
+in t. The functions here measure it for any step function `(carry, x_t) -> (carry, y_t)`
+(the `jax.lax.scan` convention, which flax's linen and nnx cells follow), in one pass
+through time.
+
+Reference: Su Jianlin, "也来谈谈RNN的梯度消失/爆炸问题" (2020),
+https://kexue.fm/archives/7888.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from jaxtricks._src import checks
+
+Carry = Any
+StepFn = Callable[[Carry, Any], tuple[Carry, Any]]
+
+_ORDS = ("spectral", "fro")
+_METHODS = ("auto", "exact", "power")
+# Largest Jacobian block (rows = columns) whose spectral norm "auto" takes by SVD.
+_EXACT_MAX_SIZE = 64
+# Number of vectors of the subspace (block power) iteration.
+_BLOCK_SIZE = 8
+
+
+class GradientNorms(NamedTuple):
+    """Gradient norms at every time step, from one backward pass.
+
+    Attributes:
+        inputs: `[T]`, `||dL / d x_t||` (all leaves of `x_t` together).
+        carry: `[T]`, `||dL / d carry_t||` for the carry entering step t (the one
+            combined with `x_t`); with `per_leaf=True`, a pytree shaped like the carry
+            holding one `[T]` array per leaf.
+    """
+
+    inputs: jax.Array
+    carry: Any
+
+
+def linen_step(cell, params) -> StepFn:
+    """A flax linen cell with its parameters, as a step function `(carry, x) -> (carry, y)`.
+
+    Args:
+        cell: a `flax.linen` recurrent cell (`SimpleCell`, `LSTMCell`, `GRUCell`, ...).
+        params: its parameters, `cell.init(...)["params"]`.
+
+    Returns:
+        `step(carry, x) = cell.apply({"params": params}, carry, x)`.
+    """
+
+    def step(carry, x):
+        return cell.apply({"params": params}, carry, x)
+
+    return step
+
+
+def nnx_step(cell: nnx.Module) -> StepFn:
+    """A flax nnx cell as a pure step function `(carry, x) -> (carry, y)`.
+
+    The cell is split into its graph and state once; each call merges them again, so
+    the step is a pure function that traces under `jax.jit`, `jax.lax.scan` and `jax.jvp`.
+
+    Args:
+        cell: a `flax.nnx` recurrent cell (`nnx.SimpleCell`, `nnx.LSTMCell`, ...).
+
+    Returns:
+        `step(carry, x) = cell(carry, x)`.
+    """
+    graphdef, state = nnx.split(cell)
+
+    def step(carry, x):
+        return nnx.merge(graphdef, state)(carry, x)
+
+    return step
+
+
+def jacobian_norms(
+    step_fn: StepFn,
+    carry: Carry,
+    inputs: Any,
+    *,
+    ord: str = "spectral",
+    per_leaf: bool = False,
+    method: str = "auto",
+    tol: float = 1e-4,
+    max_iterations: int = 100,
+    log_space: bool = False,
+) -> Any:
+    """Norms `||d carry_t / d carry_0||` for t = 1..T, in one forward pass through time.
+
+    Forward mode over the whole carry: the tangent block `P_t = (d carry_t / d carry_0)^T`
+    (`[D, D]`, D the number of carry entries) is carried through `jax.lax.scan`, each step
+    applying the step's linearisation to its D rows (`jax.linearize` + `jax.vmap`), so the
+    cost is D Jacobian-vector products per step and only one `[D, D]` block lives at a
+    time (never the T Jacobians). The block is renormalised every step and its scale
+    kept as a logarithm, so norms of 1e-300 or 1e300 neither underflow nor overflow
+    inside (see `log_space`).
+
+    The Frobenius norm is exact. The spectral norm is computed per step by
+
+    - `method="exact"`: singular values of the block (SVD, O(D^3) per step);
+    - `method="power"`: subspace (block power) iteration with 8 vectors on the block,
+      `V <- qr(M^T M V)`, estimate `sigma_max(M V)` (a lower bound of `||M||_2`),
+      stopped when its relative change is at most `tol` (or after `max_iterations`);
+      the first step starts from a fixed Gaussian basis, every later step from the
+      previous step's basis (the leading right singular vectors of `d carry_t / d carry_0`
+      converge in t, so a few iterations suffice). O(D^2) per iteration;
+    - `method="auto"`: "exact" when the block has at most 64 rows, else "power".
+
+    Args:
+        step_fn: `(carry, x_t) -> (new_carry, y_t)`, with `new_carry` of the same
+            structure, shapes and dtypes as `carry`; see `linen_step`, `nnx_step`.
+        carry: the initial carry, a pytree of floating arrays (e.g. `(c, h)`).
+        inputs: a pytree of arrays with a leading time axis `[T, ...]`.
+        ord: "spectral" (largest singular value) or "fro" (Frobenius).
+        per_leaf: False: the norm of the Jacobian of the whole carry, flattened.
+            True: for each carry leaf a, the norm of its own block `d a_t / d a_0`
+            (e.g. the `c` path and the `h` path of an LSTM), as a pytree like `carry`.
+        method: "auto", "exact" or "power" (spectral norm only; see above).
+        tol: relative tolerance of the power iteration, > 0.
+        max_iterations: most power iterations per time step.
+        log_space: return the natural logarithms of the norms instead.
+
+    Returns:
+        `[T]` float32 norms (or a pytree of them with `per_leaf=True`).
+
+    Raises:
+        ValueError: unknown `ord` or `method`, `inputs` without a time axis, a carry
+            that is not floating point, or a `step_fn` whose carry changes structure,
+            shape or dtype.
+
+    References:
+        https://kexue.fm/archives/7888 (spec section 8.1).
+    """
+    log_norms = _jacobian_scan(
+        step_fn, carry, inputs, cumulative=True, ord=ord, per_leaf=per_leaf,
+        method=method, tol=tol, max_iterations=max_iterations,
+    )
+    return log_norms if log_space else jax.tree.map(jnp.exp, log_norms)
+
+
+def step_jacobian_norms(
+    step_fn: StepFn,
+    carry: Carry,
+    inputs: Any,
+    *,
+    ord: str = "spectral",
+    per_leaf: bool = False,
+    method: str = "auto",
+    tol: float = 1e-4,
+    max_iterations: int = 100,
+) -> Any:
+    """Norms of the one-step Jacobians `||J_t|| = ||d carry_t / d carry_{t-1}||`, t = 1..T.
+
+    Evaluated along the trajectory from `carry`; `prod_k ||J_k||` bounds
+    `||d carry_t / d carry_0||` (for `ord="spectral"`). Same algorithm and arguments as
+    `jacobian_norms` (the tangent block is reset to the identity every step). For a tanh
+    cell `J_t = D(1 - h_t^2) U` (column-vector convention; flax's kernels are its
+    transpose), for an LSTM's `c` path `D(f_t)` plus damped terms (spec 8.2-8.4).
+
+    Args:
+        step_fn, carry, inputs, ord, per_leaf, method, tol, max_iterations: as in
+            `jacobian_norms`.
+
+    Returns:
+        `[T]` float32 norms (or a pytree of them with `per_leaf=True`).
+    """
+    log_norms = _jacobian_scan(
+        step_fn, carry, inputs, cumulative=False, ord=ord, per_leaf=per_leaf,
+        method=method, tol=tol, max_iterations=max_iterations,
+    )
+    return jax.tree.map(jnp.exp, log_norms)
+
+
+def gradient_norms_over_time(
+    loss_fn: Callable[[Carry, Any], jax.Array],
+    step_fn: StepFn,
+    carry: Carry,
+    inputs: Any,
+    *,
+    per_leaf: bool = False,
+) -> GradientNorms:
+    """`||dL / d x_t||` and `||dL / d carry_t||` for every t, in one backward pass.
+
+    The sequence is scanned with a zero perturbation `delta_t` added to the carry entering
+    each step, `carry_t + delta_t`, and `L = loss_fn(final_carry, outputs)` is
+    differentiated once with respect to all `delta_t` and all `x_t`:
+    `dL/d delta_t = dL/d carry_t = sum_{s >= t} (dl_s/d carry_s) J_s ... J_{t+1}`
+    (spec 8.1), the gradient that reaches step t from everything after it.
+
+    Args:
+        loss_fn: `(final_carry, outputs) -> scalar`, `outputs` the stacked `y_t` `[T, ...]`.
+        step_fn: `(carry, x_t) -> (new_carry, y_t)` (see `jacobian_norms`).
+        carry: the initial carry, a pytree of floating arrays.
+        inputs: a pytree of floating arrays with a leading time axis `[T, ...]`.
+        per_leaf: also split `||dL/d carry_t||` per carry leaf (a pytree like `carry`).
+
+    Returns:
+        `GradientNorms(inputs=[T], carry=[T] or pytree of [T])`, index t being the step
+        that reads `x_t` (so `carry[0]` is `||dL / d carry_0||`).
+    """
+    length = _check_sequence(inputs)
+    _check_step(step_fn, carry, inputs)
+    perturbations = jax.tree.map(lambda c: jnp.zeros((length, *jnp.shape(c)), c.dtype), carry)
+
+    def perturbed_loss(perturbations, inputs):
+        def body(state, slice_t):
+            perturbation, x = slice_t
+            return step_fn(jax.tree.map(jnp.add, state, perturbation), x)
+
+        final_carry, outputs = jax.lax.scan(body, carry, (perturbations, inputs))
+        return loss_fn(final_carry, outputs)
+
+    carry_grads, input_grads = jax.grad(perturbed_loss, argnums=(0, 1))(perturbations, inputs)
+    carry_norms = (
+        jax.tree.map(_norms_over_time, carry_grads) if per_leaf
+        else _norms_over_time(carry_grads)
+    )
+    return GradientNorms(inputs=_norms_over_time(input_grads), carry=carry_norms)
+
+
+def _norms_over_time(tree) -> jax.Array:
+    """`[T]` Euclidean norms of a pytree of `[T, ...]` arrays, all leaves together."""
+    squares = [
+        jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(leaf.shape[0], -1), axis=1)
+        for leaf in jax.tree.leaves(tree)
+    ]
+    return jnp.sqrt(sum(squares))
+
+
+def _jacobian_scan(
+    step_fn, carry, inputs, *, cumulative, ord, per_leaf, method, tol, max_iterations
+):
+    """Log norms of `d carry_t/d carry_0` (cumulative) or `d carry_t/d carry_{t-1}`."""
+    checks.check_choice("ord", ord, _ORDS)
+    checks.check_choice("method", method, _METHODS)
+    checks.check_scalar("tol", tol, low=0.0, low_inclusive=False)
+    checks.check_positive_int("max_iterations", max_iterations)
+    _check_sequence(inputs)
+    _check_step(step_fn, carry, inputs)
+    flat_carry, unravel = ravel_pytree(carry)
+    blocks = _leaf_blocks(carry) if per_leaf else [slice(0, flat_carry.size)]
+    sizes = [block.stop - block.start for block in blocks]
+    use_power = ord == "spectral" and (
+        method == "power" or (method == "auto" and max(sizes) > _EXACT_MAX_SIZE)
+    )
+
+    def flat_step(flat, x):
+        return ravel_pytree(step_fn(unravel(flat), x)[0])[0]
+
+    identity = jnp.eye(flat_carry.size, dtype=flat_carry.dtype)
+    bases = [_initial_basis(size) for size in sizes] if use_power else [None] * len(sizes)
+
+    def body(state, x):
+        flat, tangents, log_scale, bases = state
+        flat, linear = jax.linearize(lambda f: flat_step(f, x), flat)
+        tangents = jax.vmap(linear)(tangents if cumulative else identity)
+        scale = jnp.linalg.norm(tangents.astype(jnp.float32))
+        tangents = tangents / jnp.where(scale > 0, scale, 1.0).astype(tangents.dtype)
+        log_scale = (log_scale if cumulative else 0.0) + jnp.log(scale)
+        # Row j of `tangents` is d carry_t / d carry_0[j]: the Jacobian's block is the
+        # transpose of the tangents' block.
+        matrices = [tangents[block, block].T.astype(jnp.float32) for block in blocks]
+        if use_power:
+            results = [
+                _top_singular_value(m, b, tol, max_iterations)
+                for m, b in zip(matrices, bases, strict=True)
+            ]
+            norms, bases = [r[0] for r in results], [r[1] for r in results]
+        else:
+            norms = [jnp.linalg.norm(m, 2 if ord == "spectral" else "fro") for m in matrices]
+        log_norms = [log_scale + jnp.log(norm) for norm in norms]
+        return (flat, tangents, log_scale, bases), log_norms
+
+    initial = (flat_carry, identity, jnp.zeros((), jnp.float32), bases)
+    _, log_norms = jax.lax.scan(body, initial, inputs)
+    if not per_leaf:
+        return log_norms[0]
+    return jax.tree.unflatten(jax.tree.structure(carry), log_norms)
+
+
+def _leaf_blocks(carry) -> list[slice]:
+    """The slice of each carry leaf in the flattened carry (`ravel_pytree` order)."""
+    sizes = [math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+
+
+def _initial_basis(size: int) -> jax.Array:
+    """A fixed orthonormal `[size, min(8, size)]` Gaussian basis (key 0) to start from."""
+    gaussian = jax.random.normal(jax.random.key(0), (size, min(_BLOCK_SIZE, size)))
+    return jnp.linalg.qr(gaussian)[0]
+
+
+def _top_singular_value(matrix, basis, tol, max_iterations):
+    """Largest singular value of `matrix` by subspace iteration from `basis`.
+
+    Iterates `basis <- qr(M^T M basis)` with the Rayleigh-Ritz estimate
+    `sigma = sigma_max(M basis)` until `|sigma_new - sigma_old| <= tol * sigma_new`.
+
+    Returns:
+        (sigma, basis): the estimate (a lower bound of `||M||_2`) and the final basis.
+    """
+
+    def estimate(basis):
+        image = matrix @ basis
+        return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(image.T @ image)[-1], 0.0))
+
+    def not_converged(state):
+        _, sigma, previous, iteration = state
+        return (iteration < max_iterations) & (jnp.abs(sigma - previous) > tol * sigma)
+
+    def iterate(state):
+        basis, sigma, _, iteration = state
+        basis = jnp.linalg.qr(matrix.T @ (matrix @ basis))[0]
+        return basis, estimate(basis), sigma, iteration + 1
+
+    sigma = estimate(basis)
+    basis, sigma, _, _ = jax.lax.while_loop(
+        not_converged, iterate, iterate((basis, sigma, sigma, 0))
+    )
+    return sigma, basis
+
+
+def _check_sequence(inputs) -> int:
+    """Checks that every leaf of `inputs` has the same leading time axis; returns T."""
+    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(inputs)]
+    if not shapes or any(len(shape) == 0 for shape in shapes):
+        raise ValueError(
+            f"inputs must be arrays with a leading time axis [T, ...], got shapes {shapes}."
+        )
+    lengths = {shape[0] for shape in shapes}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(
+            f"inputs must share one leading time axis of length T >= 1, got shapes {shapes}."
+        )
+    return lengths.pop()
+
+
+def _check_step(step_fn, carry, inputs) -> None:
+    """Checks that `step_fn` maps a floating carry to one of the same structure and shapes."""
+    for leaf in jax.tree.leaves(carry):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"carry must hold floating-point arrays, got dtype {jnp.result_type(leaf)}."
+            )
+    first_input = jax.tree.map(lambda leaf: leaf[0], inputs)
+    result = jax.eval_shape(step_fn, carry, first_input)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ValueError(
+            f"step_fn must return (new_carry, output), got {jax.tree.structure(result)}."
+        )
+    expected = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in jax.tree.leaves(carry)]
+    actual = [(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(result[0])]
+    if jax.tree.structure(carry) != jax.tree.structure(result[0]) or expected != actual:
+        raise ValueError(
+            "step_fn must return a new carry of the same structure, shapes and dtypes as "
+            f"carry: expected {jax.tree.structure(carry)} with {expected}, got "
+            f"{jax.tree.structure(result[0])} with {actual}."
+        )

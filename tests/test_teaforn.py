@@ -1,0 +1,308 @@
+"""TeaForN loss: checked against teacher forcing (optax) and a hand-built numpy version."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxtricks.teaforn import teaforn_loss
+
+B, T, D, V = 3, 6, 4, 7
+
+
+def _problem(seed=0):
+    """Params of a tiny causal body, inputs, targets and an embedding table."""
+    keys = jax.random.split(jax.random.key(seed), 6)
+    params = {
+        "mix": jax.random.normal(keys[0], (D, D)) / np.sqrt(D),
+        "bias": 0.1 * jax.random.normal(keys[1], (D,)),
+        "out": jax.random.normal(keys[2], (D, V)),
+    }
+    inputs = jax.random.normal(keys[3], (B, T, D))
+    targets = jax.random.randint(keys[4], (B, T), 0, V)
+    embedding = jax.random.normal(keys[5], (V, D))
+    return params, inputs, targets, embedding
+
+
+def _body(params, vectors):
+    """Causal: position t sees inputs 0..t only, through a prefix sum."""
+    return jnp.tanh(jnp.cumsum(vectors @ params["mix"], axis=-2) + params["bias"])
+
+
+def _output(params, hidden):
+    return hidden @ params["out"]
+
+
+def _loss(params, inputs, targets, **kwargs):
+    return teaforn_loss(
+        functools.partial(_body, params), functools.partial(_output, params),
+        inputs, targets, **kwargs,
+    )
+
+
+# ---------------------------------------------------------------- hand-built reference
+def _np_feed(feed, hidden, logits, embedding, top_k):
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    if feed == "hidden":
+        return hidden
+    if feed == "soft":
+        return probs @ embedding
+    if feed == "argmax":
+        return embedding[np.argmax(logits, -1)]
+    feeds = np.zeros((*hidden.shape[:-1], embedding.shape[1]))
+    for index in np.ndindex(*logits.shape[:-1]):
+        top = np.argsort(-logits[index])[:top_k]
+        feeds[index] = probs[index][top] @ embedding[top] / probs[index][top].sum()
+    return feeds
+
+
+def _np_per_position_ce(params, inputs, targets, n, feed="hidden", embedding=None, top_k=None):
+    """CE of every position of every pass, [B, T, n], by explicit loops over t in float64."""
+    mix, bias, out = (np.asarray(params[k], np.float64) for k in ("mix", "bias", "out"))
+    inputs = np.asarray(inputs, np.float64)
+    embedding = None if embedding is None else np.asarray(embedding, np.float64)
+    batch, length, _ = inputs.shape
+    ce = np.zeros((batch, length, n))
+    pass_inputs = inputs.copy()
+    for p in range(n):
+        hidden = np.zeros((batch, length, mix.shape[1]))
+        for t in range(length):
+            hidden[:, t] = np.tanh(pass_inputs[:, : t + 1].sum(1) @ mix + bias)
+        logits = hidden @ out
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ce[:, :, p] = -np.take_along_axis(log_probs, np.asarray(targets)[..., None], -1)[..., 0]
+        feeds = _np_feed(feed, hidden, logits, embedding, top_k)
+        next_inputs = inputs.copy()
+        next_inputs[:, 1:] = feeds[:, :-1]
+        pass_inputs = next_inputs
+    return ce
+
+
+# ------------------------------------------------------------------------------ tests
+def test_one_pass_equals_teacher_forcing_cross_entropy():
+    params, inputs, targets, _ = _problem()
+    where = jnp.arange(T) < jnp.array([[T], [4], [2]])
+    loss, per_pass = jax.jit(lambda p, x, y, w: _loss(p, x, y, n=1, where=w))(
+        params, inputs, targets, where
+    )
+    logits = _output(params, _body(params, inputs))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    expected = jnp.sum(ce * where) / jnp.sum(where)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(per_pass, [expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("n", "feed", "top_k"),
+    [(2, "hidden", None), (3, "hidden", None), (3, "soft", None), (3, "topk", 2),
+     (3, "argmax", None)],
+)
+def test_per_pass_losses_match_a_hand_built_computation(n, feed, top_k):
+    params, inputs, targets, embedding = _problem(seed=n)
+    weights = jnp.arange(1.0, n + 1.0)
+    kwargs = {"n": n, "feed": feed, "top_k": top_k, "weights": weights}
+    if feed != "hidden":
+        kwargs["embedding"] = embedding
+    loss, per_pass = _loss(params, inputs, targets, **kwargs)
+    expected = _np_per_position_ce(params, inputs, targets, n, feed, embedding, top_k)
+    expected_per_pass = expected.mean(axis=(0, 1))
+    np.testing.assert_allclose(per_pass, expected_per_pass, rtol=2e-5)
+    np.testing.assert_allclose(loss, np.dot(np.asarray(weights), expected_per_pass), rtol=2e-5)
+
+
+def test_zero_first_weight_still_sends_gradients_through_pass_one_outputs():
+    # Pass 2 reads e_1..e_{T-2} only through h^(1) (h_T^(1) is dropped, so e_{T-1} not at
+    # all): with weights (0, 1) their gradient exists only along the path through pass 1's
+    # outputs. The directional derivative is compared with central differences of the
+    # float64 reference (step 1e-4: truncation ~1e-8, far below the float32 tolerance).
+    params, inputs, targets, _ = _problem()
+
+    def pass_two_loss(params, inputs):
+        return _loss(params, inputs, targets, n=2, weights=(0.0, 1.0))[0]
+
+    grad_params, grad_inputs = jax.grad(pass_two_loss, argnums=(0, 1))(params, inputs)
+    assert float(jnp.abs(grad_inputs[:, 1:-1]).min()) > 0.0
+    assert float(jnp.abs(grad_inputs[:, -1]).max()) == 0.0
+
+    def reference_loss(step):
+        shifted = jax.tree.map(lambda x, u: np.asarray(x, np.float64) + step * np.asarray(u),
+                               (params, inputs), direction)
+        return _np_per_position_ce(*shifted, targets, 2)[..., 1].mean()
+
+    leaves, treedef = jax.tree.flatten((params, inputs))
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    direction = treedef.unflatten(
+        [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)])
+    for only_inputs in (False, True):
+        if only_inputs:  # the path through h^(1) alone
+            direction = (jax.tree.map(jnp.zeros_like, params), direction[1])
+        analytic = sum(jnp.vdot(g, u) for g, u in zip(
+            jax.tree.leaves((grad_params, grad_inputs)), jax.tree.leaves(direction), strict=True))
+        numeric = (reference_loss(1e-4) - reference_loss(-1e-4)) / 2e-4
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-4)
+
+
+def _per_position_ce(params, inputs, targets, n, **kwargs):
+    """The library's CE at every (position, pass), [T, n], via right-padding masks.
+
+    With `where` valid for the first m positions, m * per_pass_losses is the sum of the
+    first m CEs (right padding does not change a causal body's earlier positions), so
+    consecutive differences give each position's CE. Uses one row.
+    """
+    def prefix_sums(length):
+        where = (jnp.arange(T) < length)[None]
+        return length * _loss(params, inputs[:1], targets[:1], n=n, where=where, **kwargs)[1]
+
+    sums = jax.vmap(prefix_sums)(jnp.arange(T + 1))
+    return jnp.diff(sums, axis=0)
+
+
+def test_positions_before_pass_index_repeat_the_previous_pass():
+    params, inputs, targets, _ = _problem()
+    n = 4
+    ce = _per_position_ce(params, inputs, targets, n)
+    for p in range(1, n):  # 0-based pass p is pass i = p + 1; 0-based t < p is t + 1 < i
+        np.testing.assert_allclose(ce[:p, p], ce[:p, p - 1], rtol=1e-5)
+        assert np.all(np.abs(ce[p:, p] - ce[p:, p - 1]) > 1e-4)
+    np.testing.assert_allclose(ce, _np_per_position_ce(params, inputs[:1], targets[:1], n)[0],
+                               rtol=1e-4)
+    _, masked = _loss(params, inputs[:1], targets[:1], n=n, mask_repeated=True)
+    np.testing.assert_allclose(masked, [ce[p:, p].mean() for p in range(n)], rtol=1e-5)
+
+
+def test_right_padding_changes_nothing_and_padded_inputs_do_not_leak():
+    params, inputs, targets, embedding = _problem()
+    lengths = np.array([T, 4, 2])
+    where = jnp.arange(T) < lengths[:, None]
+    garbage = jax.random.normal(jax.random.key(9), inputs.shape) * 100.0
+    noisy_inputs = jnp.where(where[..., None], inputs, garbage)
+    noisy_targets = jnp.where(where, targets, -1)  # invalid labels at padding
+
+    def loss(inputs, targets):
+        return _loss(params, inputs, targets, n=3, feed="soft", embedding=embedding,
+                     where=where)
+
+    (_, per_pass_clean), grad_clean = jax.value_and_grad(loss, has_aux=True)(
+        inputs, targets)
+    (_, per_pass_noisy), grad_noisy = jax.value_and_grad(loss, has_aux=True)(
+        noisy_inputs, noisy_targets)
+    np.testing.assert_allclose(per_pass_noisy, per_pass_clean, rtol=1e-6)
+    np.testing.assert_allclose(grad_noisy, grad_clean, rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(jnp.where(where[..., None], 0.0, grad_noisy)).max()) == 0.0
+    # Against the reference on each row truncated to its length: mean over all valid CEs.
+    rows = [_np_per_position_ce(params, inputs[b:b + 1, :m], targets[b:b + 1, :m], 3,
+                                "soft", embedding)[0] for b, m in enumerate(lengths)]
+    np.testing.assert_allclose(per_pass_noisy, np.concatenate(rows).mean(0), rtol=2e-5)
+
+
+def test_left_padding_keeps_the_start_token_and_matches_the_unpadded_loss():
+    # A body that ignores padded inputs (as an attention mask would): left padding by k
+    # must give the loss of the unpadded sequence, so the pass-2 input at the start
+    # position must stay e_0 and never become the output of a padded position.
+    params, inputs, targets, _ = _problem()
+    pad = 2
+    padded_inputs = jnp.concatenate([jnp.full((B, pad, D), 50.0), inputs], axis=1)
+    padded_targets = jnp.concatenate([jnp.zeros((B, pad), targets.dtype), targets], axis=1)
+    where = jnp.broadcast_to(jnp.arange(T + pad) >= pad, (B, T + pad))
+
+    def masked_body(vectors):
+        return _body(params, vectors * where[..., None])
+
+    _, per_pass_padded = teaforn_loss(masked_body, functools.partial(_output, params),
+                                      padded_inputs, padded_targets, n=3, where=where)
+    _, per_pass = _loss(params, inputs, targets, n=3)
+    np.testing.assert_allclose(per_pass_padded, per_pass, rtol=1e-5)
+
+
+def test_scan_unroll_and_remat_give_the_same_loss_and_gradients():
+    params, inputs, targets, embedding = _problem()
+
+    @jax.jit
+    def all_variants(params):
+        results = []
+        for unroll in (True, False):
+            for remat in (False, True):
+                def loss(params, unroll=unroll, remat=remat):
+                    return _loss(params, inputs, targets, n=3, feed="topk", top_k=3,
+                                 embedding=embedding, unroll=unroll, remat=remat,
+                                 mask_repeated=True)[0]
+                results.append(jax.value_and_grad(loss)(params))
+        return results
+
+    (reference_loss, reference_grad), *others = all_variants(params)
+    for loss, grad in others:
+        np.testing.assert_allclose(loss, reference_loss, rtol=1e-6)
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+                     grad, reference_grad)
+
+
+def test_argmax_feed_is_straight_through():
+    # Forward: the embedding of the argmax token (checked in the hand-built test);
+    # backward: the gradient of the soft feed p^T E, so e_1.. get a gradient in pass 2.
+    params, inputs, targets, embedding = _problem()
+
+    def pass_two_loss(inputs):
+        return _loss(params, inputs, targets, n=2, weights=(0.0, 1.0), feed="argmax",
+                     embedding=embedding)[0]
+
+    assert float(jnp.abs(jax.grad(pass_two_loss)(inputs)[:, 1:-1]).min()) > 0.0
+
+
+def test_bfloat16_and_huge_logits_stay_finite():
+    params, inputs, targets, embedding = _problem()
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    params["out"] = params["out"] * 1e4
+
+    def loss(params):
+        return _loss(params, inputs.astype(jnp.bfloat16), targets, n=3, feed="soft",
+                     embedding=embedding.astype(jnp.bfloat16))[0]
+
+    value, grad = jax.value_and_grad(loss)(params)
+    assert value.dtype == jnp.float32 and np.isfinite(float(value))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+
+
+def test_runs_unchanged_on_a_sharded_batch():
+    params, inputs, targets, _ = _problem()
+    inputs, targets = jnp.tile(inputs, (4, 1, 1)), jnp.tile(targets, (4, 1))
+    mesh = jax.make_mesh((4,), ("batch",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    loss = jax.jit(lambda x, y: _loss(params, x, y, n=2)[0])
+    sharded = loss(jax.device_put(inputs, sharding), jax.device_put(targets, sharding))
+    np.testing.assert_allclose(sharded, loss(inputs, targets), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 0}, "n must be"),
+        ({"n": 2, "weights": (1.0,)}, "weights must have shape"),
+        ({"n": 2, "weights": (1.0, -0.5)}, "weights must lie"),
+        ({"n": 2, "feed": "gumbel"}, "feed must be one of"),
+        ({"n": 2, "feed": "soft"}, "needs embedding"),
+        ({"n": 2, "feed": "soft", "embedding": np.ones((V, D + 1))}, "embedding must have"),
+        ({"n": 2, "feed": "topk", "embedding": np.ones((V, D))}, "needs top_k"),
+        ({"n": 2, "feed": "topk", "embedding": np.ones((V, D)), "top_k": V + 1}, "top_k must"),
+        ({"n": 2, "top_k": 2}, "top_k is only used"),
+        ({"n": 2, "embedding": np.ones((V, D))}, "embedding is only used"),
+        ({"n": 2, "where": np.ones((B, T + 1), bool)}, "where must have shape"),
+    ],
+)
+def test_bad_arguments_raise_value_errors(kwargs, message):
+    params, inputs, targets, _ = _problem()
+    with pytest.raises(ValueError, match=message):
+        _loss(params, inputs, targets, **kwargs)
+
+
+def test_disagreeing_shapes_raise_value_errors():
+    params, inputs, targets, _ = _problem()
+    with pytest.raises(ValueError, match="targets must have shape"):
+        _loss(params, inputs, targets[:, :-1], n=2)
+    with pytest.raises(ValueError, match="body_fn's output"):
+        teaforn_loss(lambda x: x[..., :2], lambda h: h, inputs, targets, n=2)
+    with pytest.raises(ValueError, match="output_fn's output"):
+        teaforn_loss(lambda x: x, lambda h: h[:, :-1], inputs, targets, n=2)
