@@ -1,3 +1,20 @@
-"""Zeroth-order and policy-gradient estimators (spec section 5)."""
+"""Zeroth-order and policy-gradient estimators (spec section 5).
 
-__all__ = ()
+Two views of one estimator (Su, https://kexue.fm/archives/7737): a zeroth-order
+estimate with Gaussian directions is the policy gradient of a Gaussian policy over
+the parameters. Both are pure functions of an explicit key, vmapped over samples.
+"""
+
+from jaxtricks.estimators._policy_gradient import (
+    categorical_policy,
+    gaussian_policy,
+    policy_gradient,
+)
+from jaxtricks.estimators._zeroth_order import zeroth_order_grad
+
+__all__ = (
+    "categorical_policy",
+    "gaussian_policy",
+    "policy_gradient",
+    "zeroth_order_grad",
+)

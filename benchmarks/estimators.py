@@ -1,0 +1,445 @@
+"""Gradient estimators: variance vs closed forms, throughput, memory, evosax and optax peers.
+
+Problems: (1) the quadratic `0.5 x^T A x + b^T x + c` (closed-form covariances, spec
+5.5); (2) the Gaussian-measure costs `(x-k)^2`, `exp(-k x^2)`, `cos(k x)` of Mohamed et
+al. (2020), exact variances by Gauss-Hermite quadrature; (3) the accuracy of a linear
+classifier on scikit-learn's digits (not differentiable): policy gradient over its
+categorical outputs vs zeroth-order over its weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import _harness
+from jaxtricks import estimators
+
+
+# ------------------------------------------------------------------ the quadratic
+def _quadratic(d: int):
+    """Diagonal A (eigenvalues 0.5..2), b = 1, c = 1, x = 0.1: `(f, x, g, theory)`."""
+    a = jnp.linspace(0.5, 2.0, d)
+    x = jnp.full((d,), 0.1)
+
+    def f(w):
+        return 0.5 * jnp.sum(a * w * w) + jnp.sum(w) + 1.0
+
+    g = np.asarray(a * x + 1.0, np.float64)
+    an = np.asarray(a, np.float64)
+    return f, x, g, _quadratic_traces(an, g, float(f(x)))
+
+
+def _quadratic_traces(a: np.ndarray, g: np.ndarray, f0: float):
+    """Single-direction covariance traces of spec 5.5 for diagonal A; name -> fn(sigma)."""
+    d, g2, t, t2 = len(a), g @ g, a.sum(), (a**2).sum()
+
+    def forward(s):
+        return (d + 1) * g2 + s**2 / 4 * (d + 4) * (t**2 + 2 * t2)
+
+    return {
+        "forward": forward,
+        "central": lambda s: (d + 1) * g2,
+        "sphere_central": lambda s: (d - 1) * g2,
+        "spsa_central": lambda s: (d - 1) * g2,
+        "raw": lambda s: forward(s) + d * f0**2 / s**2 + (d + 2) * f0 * t,
+    }
+
+
+def _evosax_grad(f, x, num_samples, sigma):
+    """evosax Open_ES antithetic gradient: one ask/tell with SGD(1), identity shaping."""
+    from evosax.algorithms import Open_ES
+    from evosax.core.fitness_shaping import identity_fitness_shaping_fn
+
+    strategy = Open_ES(
+        num_samples, x, use_antithetic_sampling=True, optimizer=optax.sgd(1.0),
+        std_schedule=optax.constant_schedule(sigma),
+        fitness_shaping_fn=identity_fitness_shaping_fn,
+    )
+    params = strategy.default_params
+
+    def estimate(point, key):
+        init_key, ask_key, tell_key = jax.random.split(key, 3)
+        state = strategy.init(init_key, point, params)
+        population, state = strategy.ask(ask_key, state, params)
+        fitness = jax.vmap(f)(population)
+        new_state, _ = strategy.tell(tell_key, population, fitness, state, params)
+        return state.mean - new_state.mean  # SGD(1): mean - grad
+
+    return estimate
+
+
+def _optax_grad(f, num_samples, sigma):
+    """optax.perturbations.make_perturbed_fun (Normal noise, baseline f(x)), its grad."""
+    perturbed = optax.perturbations.make_perturbed_fun(
+        f, num_samples, sigma, noise=optax.perturbations.Normal(), use_baseline=True
+    )
+    return lambda point, key: jax.grad(perturbed, argnums=1)(key, point)
+
+
+def _estimators(f, x, n, sigma, *, peers=True):
+    """name -> (estimate(x, key), theory trace key or None, directions used)."""
+    zo = estimators.zeroth_order_grad
+    policy = estimators.gaussian_policy(sigma)
+    rows = {
+        "ZO forward": (lambda p, k: zo(f, p, k, num_samples=n, sigma=sigma, antithetic=False),
+                       "forward", n),
+        "ZO antithetic": (lambda p, k: zo(f, p, k, num_samples=n, sigma=sigma), "central",
+                          n // 2),
+        "ZO sphere": (lambda p, k: zo(f, p, k, num_samples=n, sigma=sigma,
+                                      directions="sphere"), "sphere_central", n // 2),
+        "SPSA": (lambda p, k: zo(f, p, k, num_samples=n, sigma=sigma,
+                                 directions="rademacher"), "spsa_central", n // 2),
+        "PG none": (lambda p, k: estimators.policy_gradient(
+            *policy, f, p, k, num_samples=n, baseline=None), "raw", n),
+        "PG mean": (lambda p, k: estimators.policy_gradient(
+            *policy, f, p, k, num_samples=n, baseline="mean"), None, n),
+        "PG RLOO": (lambda p, k: estimators.policy_gradient(
+            *policy, f, p, k, num_samples=n, baseline="leave_one_out"), None, n),
+    }
+    if peers:
+        rows["evosax Open_ES"] = (_evosax_grad(f, x, n, sigma), "central", n // 2)
+        rows["optax perturbed"] = (_optax_grad(f, n, sigma), "forward", n)
+    return rows
+
+
+def _error_statistics(estimate, x, g, repeats, key):
+    """Variance trace, MSE (+ relative s.e.) and mean cosine of `repeats` estimates."""
+    keys = jax.random.split(key, repeats)
+    batch = max(1, min(repeats, 2**22 // max(1, x.size * 64)))
+    samples = jax.jit(lambda ks: jax.lax.map(lambda k: estimate(x, k), ks, batch_size=batch))
+    values = np.asarray(samples(keys), np.float64)
+    errors = np.sum((values - g) ** 2, axis=1)
+    cosine = values @ g / (np.linalg.norm(values, axis=1) * np.linalg.norm(g) + 1e-30)
+    return {
+        "variance": float(np.sum(np.var(values, axis=0, ddof=1))),
+        "mse": float(errors.mean()),
+        "rel_se": float(errors.std() / math.sqrt(repeats) / errors.mean()),
+        "cosine": float(cosine.mean()),
+    }
+
+
+def _variance_sweep(report, key):
+    full = [(10, 4), (10, 16), (10, 64), (10, 256), (1000, 64)]
+    cases = [(10, 16)] if report.quick else full
+    sigma, rows = 0.5, []
+    for d, n in report.progress(cases, "quadratic variance"):
+        f, x, g, traces = _quadratic(d)
+        repeats = (2**11 if report.quick else 2**14) // (1 if d <= 10 else 8)
+        for name, (estimate, theory_key, directions) in _estimators(f, x, n, sigma).items():
+            stats = _error_statistics(estimate, x, g, repeats, key)
+            theory = None if theory_key is None else traces[theory_key](sigma) / directions
+            rows.append({
+                "d": d, "num_samples": n, "estimator": name, "repeats": repeats,
+                "variance": stats["variance"], "theory": theory,
+                "ratio": None if theory is None else stats["variance"] / theory,
+                "mse": stats["mse"], "mse_rel_se": stats["rel_se"], "cosine": stats["cosine"],
+            })
+        rows.append({"d": d, "num_samples": n, "estimator": "jax.grad", "variance": 0.0,
+                     "theory": 0.0, "mse": 0.0, "cosine": 1.0})
+    report.table("quadratic: variance trace of one estimate vs spec 5.5 (sigma = 0.5)", rows)
+    _plot_variance(report, rows, 10)
+
+
+def _plot_variance(report, rows, d):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    names = dict.fromkeys(r["estimator"] for r in rows if r["d"] == d and r["variance"])
+    for index, name in enumerate(names):
+        mine = [r for r in rows if r["d"] == d and r["estimator"] == name]
+        n = [r["num_samples"] for r in mine]
+        line = axis.loglog(n, [r["variance"] for r in mine], "o", label=name,
+                           color=f"C{index}")[0]
+        if mine[0]["theory"] is not None:
+            axis.loglog(n, [r["theory"] for r in mine], "-", color=line.get_color(), lw=0.8)
+    axis.set_xlabel("num_samples (evaluations of f)")
+    axis.set_ylabel("trace of the covariance of one estimate")
+    axis.set_title(f"quadratic, d = {d}: measured (dots) vs spec 5.5 (lines)")
+    axis.legend(fontsize=7)
+    report.save_figure(figure, "variance")
+
+
+# -------------------------------------------------- Mohamed et al. Gaussian costs
+COSTS = {  # name -> (cost(x, k, numpy module), its derivative in x)
+    "(x-k)^2": (lambda x, k, m: (x - k) ** 2, lambda x, k, m: 2 * (x - k)),
+    "exp(-k x^2)": (lambda x, k, m: m.exp(-k * x**2),
+                    lambda x, k, m: -2 * k * x * m.exp(-k * x**2)),
+    "cos(k x)": (lambda x, k, m: m.cos(k * x), lambda x, k, m: -k * m.sin(k * x)),
+}
+
+
+def _quadrature_variances(cost, derivative, mu, sigma, k):
+    """Exact single-sample variances by 200-point Gauss-Hermite (weight exp(-u^2/2))."""
+    u, weights = np.polynomial.hermite_e.hermegauss(200)
+    weights = weights / math.sqrt(2 * math.pi)
+    plus, minus = cost(mu + sigma * u, k, np), cost(mu - sigma * u, k, np)
+    terms = {
+        "PG none (score function)": plus * u / sigma,
+        "ZO forward": (plus - cost(mu, k, np)) * u / sigma,
+        "ZO antithetic": (plus - minus) * u / (2 * sigma),
+        "jax.grad (pathwise)": derivative(mu + sigma * u, k, np),
+    }
+    return {name: float(weights @ t**2 - (weights @ t) ** 2) for name, t in terms.items()}
+
+
+def _gaussian_costs(report, key):
+    mu, sigma = 1.0, 1.0
+    ks = (2.0,) if report.quick else (0.5, 1.0, 2.0, 3.0)
+    count = 2**13 if report.quick else 2**16
+    rows, zo = [], estimators.zeroth_order_grad
+    for cost_name, (cost, derivative) in report.progress(COSTS.items(), "Gaussian costs"):
+
+        @jax.jit
+        def samples(k, cost=cost):
+            f = lambda p: cost(p[0], k, jnp)  # noqa: E731
+            point = jnp.array([mu])
+            options = {"sigma": sigma, "return_samples": True}
+            grads = jax.vmap(jax.grad(f))(
+                point + sigma * jax.random.normal(key, (count, 1)))
+            return {
+                "PG none (score function)": zo(f, point, key, num_samples=count,
+                                               antithetic=False, baseline=False, **options),
+                "ZO forward": zo(f, point, key, num_samples=count, antithetic=False,
+                                 **options),
+                "ZO antithetic": zo(f, point, key, num_samples=2 * count, **options),
+                "jax.grad (pathwise)": grads,
+            }
+
+        for k in ks:
+            exact = _quadrature_variances(cost, derivative, mu, sigma, k)
+            measured = samples(k)
+            for name, values in measured.items():
+                values = np.asarray(values[:, 0], np.float64)
+                variance = float(values.var(ddof=1))
+                # s.e. of a sample variance: sqrt((m4 - var^2) / N).
+                m4 = float(np.mean((values - values.mean()) ** 4))
+                rows.append({
+                    "cost": cost_name, "k": k, "estimator": name, "variance": variance,
+                    "exact (quadrature)": exact[name], "ratio": variance / exact[name]
+                    if exact[name] > 1e-12 else None,  # zero exact variance: no ratio
+                    "rel_se": math.sqrt(max(m4 - variance**2, 0.0) / len(values)) / variance
+                    if variance > 0 else None,
+                })
+    report.table(
+        f"Mohamed et al. costs, N(mu={mu}, sigma={sigma}): single-sample variance vs "
+        f"exact ({count} samples)", rows)
+    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    report.note("Gaussian costs: worst |ratio - 1|", float(max(abs(r - 1) for r in ratios)))
+
+
+# -------------------------------------------- forward vs antithetic, equal budget
+def _equal_budget(report, key):
+    d, budget, repeats = 10, 16, 2**9 if report.quick else 2**12
+    sigmas = (0.1, 10.0) if report.quick else (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
+    curvatures = (1.0,) if report.quick else (0.1, 1.0, 10.0)
+    zo = estimators.zeroth_order_grad
+
+    def make(antithetic):
+        def estimate(curvature, sigma, key):
+            f = lambda w: 0.5 * curvature * jnp.sum(w * w) + jnp.sum(w)  # noqa: E731
+            # forward spends one evaluation on f(x): budget - 1 directions.
+            n = budget if antithetic else budget - 1
+            return zo(f, jnp.full((d,), 0.1), key, num_samples=n, sigma=sigma,
+                      antithetic=antithetic)
+        return jax.jit(jax.vmap(estimate, in_axes=(None, None, 0)))
+
+    forward, central = make(False), make(True)
+    keys = jax.random.split(key, repeats)
+    rows = []
+    for curvature in curvatures:
+        g = np.full(d, 0.1 * curvature + 1.0)
+        a = np.full(d, curvature)
+        traces = _quadratic_traces(a, g, 0.0)
+        for sigma in sigmas:
+            measured_f = np.sum(np.var(np.asarray(forward(curvature, sigma, keys)), 0, ddof=1))
+            measured_c = np.sum(np.var(np.asarray(central(curvature, sigma, keys)), 0, ddof=1))
+            predicted_f = traces["forward"](sigma) / (budget - 1)
+            predicted_c = traces["central"](sigma) / (budget // 2)
+            rows.append({
+                "curvature": curvature, "sigma": sigma,
+                "forward_var": float(measured_f), "antithetic_var": float(measured_c),
+                "measured_fwd/anti": float(measured_f / measured_c),
+                "predicted_fwd/anti": predicted_f / predicted_c,
+                "winner": "forward" if measured_f < measured_c else "antithetic",
+                "predicted_winner": "forward" if predicted_f < predicted_c else "antithetic",
+            })
+    report.table(
+        f"equal budget of {budget} evaluations (forward: {budget - 1} directions + f(x); "
+        f"antithetic: {budget // 2} pairs), d = {d}, A = curvature * I, x = 0.1", rows)
+    agree = sum(r["winner"] == r["predicted_winner"] for r in rows)
+    report.note("equal budget: measured winner == predicted winner", f"{agree}/{len(rows)}")
+
+
+# ------------------------------------------------------ throughput and memory
+def _throughput(report, key):
+    sizes = (1000,) if report.quick else (1000, 100_000, 1_000_000)
+    rows = []
+    problems = [("quadratic", d) for d in sizes]
+    problems += [] if report.quick else [("tanh(Mw), M 256 x d", 1000)]
+    for problem, d in report.progress(problems, "throughput"):
+        n = 32 if d >= 1_000_000 else 64
+        if problem == "quadratic":
+            f, x, _, _ = _quadratic(d)
+        else:
+            m = jax.random.normal(jax.random.key(1), (256, d)) / math.sqrt(d)
+            x = jnp.full((d,), 0.1)
+            f = lambda w, m=m: jnp.sum(jnp.tanh(m @ w))  # noqa: E731
+
+        def bare(point, k, f=f, n=n):
+            keys = jax.random.split(k, n)
+            draws = jax.vmap(lambda kk: optax.tree.random_like(kk, point))(keys)
+            return jnp.sum(jax.vmap(lambda u: f(point + 0.5 * u))(draws))
+
+        candidates = {"bare: n vmapped evaluations": bare}
+        candidates |= {name: est for name, (est, _, _) in _estimators(f, x, n, 0.5).items()}
+        candidates["jax.grad"] = lambda point, k, f=f: jax.grad(f)(point)
+        timings = _harness.compare(candidates, x, key, rounds=3, min_round_s=0.02)
+        base = timings["bare: n vmapped evaluations"].median_s
+        for row in _harness.timing_rows(timings, "bare: n vmapped evaluations",
+                                        problem=problem, d=d, num_samples=n):
+            row["estimates_per_s"] = 1e3 / row["median_ms"]
+            row["throughput_vs_bare"] = base / (row["median_ms"] / 1e3)
+            rows.append(row)
+    report.table("throughput (one estimate per call; ratio = time / bare)", rows)
+    _plot_throughput(report, [r for r in rows if r["d"] == sizes[-1]], sizes[-1])
+    return rows
+
+
+def _plot_throughput(report, rows, d):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.barh([r["name"] for r in rows], [r["estimates_per_s"] for r in rows])
+    axis.set_xscale("log")
+    axis.set_xlabel("estimates per second")
+    axis.set_title(f"quadratic, d = {d}, num_samples = {rows[0]['num_samples']} "
+                   f"({jax.default_backend()}, {jax.device_count()} device(s))")
+    report.save_figure(figure, "throughput")
+
+
+def _memory(report, key):
+    d = 100_000 if report.quick else 10_000_000
+    n, chunk = 64, 8
+    f, x, _, _ = _quadratic(d)
+    rows = []
+    for chunk_size in (None, chunk):
+        def estimate(point, k, chunk_size=chunk_size):
+            return estimators.zeroth_order_grad(f, point, k, num_samples=n, sigma=0.5,
+                                                chunk_size=chunk_size)
+        compiled, compile_s = _harness.compile_timed(estimate, x, key)
+        peak = _harness.peak_bytes(compiled)
+        row = {"d": d, "num_samples": n, "chunk_size": chunk_size, "compile_s": compile_s,
+               "peak_MiB": None if peak is None else peak / 2**20, "median_s": None}
+        if peak is not None and peak < 3 * 2**30:
+            row["median_s"] = _harness.time_one(estimate, x, key, rounds=1,
+                                                min_round_s=0.0).median_s
+        else:
+            row["note"] = "planned peak only (not run: > 3 GiB)"
+        rows.append(row)
+    report.table("memory: antithetic ZO, XLA's planned peak (compiled.memory_analysis)", rows)
+    if rows[0]["peak_MiB"] and rows[1]["peak_MiB"]:
+        report.note("memory: unchunked / chunked peak", rows[0]["peak_MiB"] / rows[1]["peak_MiB"])
+
+
+# ------------------------------------------------------- digits, accuracy objective
+def _digits(report, key):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    size = 256 if report.quick else 512
+    inputs = jnp.asarray((data.data[:size] - 8.0) / 8.0, jnp.float32)
+    labels = jnp.asarray(data.target[:size])
+    params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
+
+    def logits_fn(p):
+        return inputs @ p["w"] + p["b"]
+
+    def cross_entropy(p):
+        return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p), labels).mean()
+
+    for _ in range(10):  # a partly trained model: a few steps of gradient descent on CE
+        params = jax.tree.map(lambda p, g: p - 0.5 * g, params, jax.grad(cross_entropy)(params))
+
+    def accuracy(p):  # the non-differentiable objective, of the weights
+        return jnp.mean(jnp.argmax(logits_fn(p), -1) == labels)
+
+    def expected_accuracy(p):  # E_{y ~ softmax}[accuracy(y)], the PG objective
+        probs = jax.nn.softmax(logits_fn(p))
+        return jnp.mean(jnp.take_along_axis(probs, labels[:, None], -1))
+
+    def sampled_accuracy(actions):
+        return jnp.mean(actions == labels)
+
+    exact_pg = jax.grad(expected_accuracy)(params)
+    sigma = 0.05
+    reference_zo = jax.jit(lambda k: estimators.zeroth_order_grad(
+        accuracy, params, k, num_samples=2**11 if report.quick else 2**15, sigma=sigma,
+        chunk_size=2**10))(jax.random.key(99))
+    n, repeats = (32, 4) if report.quick else (128, 16)
+    policy = estimators.categorical_policy(logits_fn)
+    zo = estimators.zeroth_order_grad
+    candidates = {
+        f"PG {b or 'none'} (categorical outputs)": (lambda p, k, b=b: estimators.policy_gradient(
+            *policy, sampled_accuracy, p, k, num_samples=n, baseline=b), exact_pg)
+        for b in (None, "mean", "leave_one_out")
+    }
+    candidates |= {
+        "ZO antithetic (weights)": (lambda p, k: zo(accuracy, p, k, num_samples=n,
+                                                    sigma=sigma), reference_zo),
+        "ZO forward (weights)": (lambda p, k: zo(accuracy, p, k, num_samples=n, sigma=sigma,
+                                                 antithetic=False), reference_zo),
+        "SPSA (weights)": (lambda p, k: zo(accuracy, p, k, num_samples=n, sigma=sigma / 8,
+                                           directions="rademacher"), reference_zo),
+        "jax.grad of E[accuracy] (exact PG)": (lambda p, k: jax.grad(expected_accuracy)(p),
+                                               exact_pg),
+    }
+    if report.quick:
+        kept = ("PG leave_one_out (categorical outputs)", "ZO antithetic (weights)")
+        candidates = {name: candidates[name] for name in kept}
+    flat = lambda tree: np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])  # noqa: E731
+    keys = jax.random.split(key, repeats)
+    batched = {name: jax.vmap(est, in_axes=(None, 0)) for name, (est, _) in candidates.items()}
+    timings = _harness.compare(batched, params, keys, rounds=3, min_round_s=0.02)
+    rows = []
+    for name, (_, target) in candidates.items():
+        values = jax.jit(batched[name])(params, keys)
+        values = np.stack([flat(jax.tree.map(lambda v, i=i: v[i], values))
+                           for i in range(repeats)])
+
+        def cosine(v, t):
+            return float(np.mean(v @ t / (np.linalg.norm(v, axis=1) * np.linalg.norm(t)
+                                          + 1e-30)))
+
+        rows.append({
+            "estimator": name, "num_samples": n,
+            "cos to own target": cosine(values, flat(target)),
+            "cos to grad E[acc]": cosine(values, flat(exact_pg)),
+            "estimates_per_s": repeats / timings[name].median_s,
+            "compile_s": timings[name].compile_s,
+        })
+    report.table(
+        f"digits ({size} examples, linear model at accuracy {float(accuracy(params)):.3f}): "
+        f"own target = exact grad E[acc] for PG, a {2**15 if not report.quick else 2**11}-"
+        f"evaluation ZO estimate (sigma={sigma}) for ZO", rows)
+
+
+def run(report: _harness.Report) -> None:
+    """Runs every section (see the module docstring)."""
+    key = jax.random.key(0)
+    _gaussian_costs(report, key)
+    _variance_sweep(report, key)
+    _equal_budget(report, key)
+    _throughput(report, key)
+    _memory(report, key)
+    _digits(report, key)
