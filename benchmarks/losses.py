@@ -81,7 +81,8 @@ def _speed_rows(report: _harness.Report, shape: tuple[int, int]) -> None:
     logits = 4.0 * jax.random.normal(key_logits, shape, jnp.float32)
     labels = jax.random.randint(key_labels, (batch,), 0, num_classes)
     multi_hot = (jax.random.uniform(key_multi, shape) < 5.0 / num_classes).astype(jnp.float32)
-    rounds = 3 if report.quick else 7
+    # Calls take 5-30 ms: long, many rounds keep the medians steady on a shared machine.
+    rounds, min_round_s = (3, 0.05) if report.quick else (15, 0.2)
 
     groups = (
         ("softmax losses", _softmax_losses(num_classes), (logits, labels, multi_hot)),
@@ -89,7 +90,8 @@ def _speed_rows(report: _harness.Report, shape: tuple[int, int]) -> None:
     )
     for title, candidates, args in report.progress(groups, "speed"):
         timings = _harness.compare(
-            {name: _mean_gradient(fn) for name, fn in candidates.items()}, *args, rounds=rounds
+            {name: _mean_gradient(fn) for name, fn in candidates.items()}, *args,
+            rounds=rounds, min_round_s=min_round_s,
         )
         reference = next(iter(candidates))
         rows = _harness.timing_rows(timings, reference, shape=f"{batch}x{num_classes}")

@@ -305,6 +305,31 @@ def test_multilabel_loss_matches_formula_and_its_special_cases():
         losses.multilabel_softmax_cross_entropy(extreme, labels), np.float32)))
 
 
+def test_multilabel_gradient_is_the_closed_form_for_multi_hot_labels_and_masks():
+    # Spec 2.5: d/ds_i = e^{s_i} / (1 + sum_neg e^s) for a negative i and
+    # -e^{-s_j} / (1 + sum_pos e^{-s}) for a positive j; masked classes get 0.
+    rng = np.random.default_rng(17)
+    logits = 3 * rng.standard_normal((8, 6))
+    labels = np.where(rng.random((8, 6)) < 0.4, rng.choice([1.0, 2.0, -0.5], (8, 6)), 0.0)
+    mask = rng.random((8, 6)) < 0.8
+    positive, negative = (labels != 0) & mask, (labels == 0) & mask
+    exp_neg = np.where(negative, np.exp(logits), 0.0)
+    exp_pos = np.where(positive, np.exp(-logits), 0.0)
+    expected_loss = np.log1p(exp_neg.sum(-1)) + np.log1p(exp_pos.sum(-1))
+    expected_grad = (exp_neg / (1 + exp_neg.sum(-1, keepdims=True))
+                     - exp_pos / (1 + exp_pos.sum(-1, keepdims=True)))
+
+    def loss(s):
+        return losses.multilabel_softmax_cross_entropy(s, labels, where=mask)
+
+    np.testing.assert_allclose(loss(logits.astype(np.float32)), expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(lambda s: loss(s).sum())(logits.astype(np.float32)),
+                               expected_grad, atol=1e-6)
+    with jax.enable_x64(True):
+        check_grads(jax.jit(loss), (jnp.asarray(logits, jnp.float64),), order=2,
+                    modes=["rev"])
+
+
 def test_sharded_batch_gives_the_unsharded_result():
     devices = np.array(jax.devices()[:4])
     mesh = jax.sharding.Mesh(devices, ("batch",))

@@ -258,9 +258,12 @@ def multilabel_softmax_cross_entropy(
 
     A threshold class of logit 0 separates positives from negatives: predict label `i`
     iff `s_i > 0`. With one class it is the sigmoid binary cross-entropy; an empty
-    positive (or negative) set contributes `log 1 = 0`. Non-members are masked with
-    `-inf` (not bert4keras' `-1e12`, which overflows in bfloat16), so it is finite for
-    logits of +-1e4 in every float dtype.
+    positive (or negative) set contributes `log 1 = 0`. Each term is shifted by its own
+    maximum exponent (no `-1e12` masking as in bert4keras, which overflows in bfloat16),
+    so it is finite for logits of +-1e4 in every float dtype. One fused pass computes
+    one exponential per score and keeps it for the backward pass (a custom VJP,
+    elementwise: `e^{s_i - lse_neg}` for a negative, `-e^{-s_j - lse_pos}` for a
+    positive), so it is reverse-mode only, like the other losses.
 
     Args:
         logits: scores, shape `[..., num_classes]`.
@@ -277,16 +280,55 @@ def multilabel_softmax_cross_entropy(
         2020.
     """
     scores, labels, mask = _common.prepare(logits, labels, axis, where, integer_labels=False)
-    positive = labels != 0
-    members = jnp.ones_like(positive) if mask is None else mask
-    loss = (_log_one_plus_sum_exp(scores, members & ~positive)
-            + _log_one_plus_sum_exp(-scores, members & positive))
-    return loss.astype(jnp.asarray(logits).dtype)
+    # 1 for a non-zero label, 0 otherwise, in arithmetic that XLA:CPU fuses with the rest
+    # of the loss (a comparison splits the fusion: 3x slower; jnp.sign costs 15% more).
+    positive = jnp.ceil(jnp.minimum(jnp.abs(labels.astype(scores.dtype)), 1.0))
+    return _multilabel_log_terms(scores, positive, mask).astype(jnp.asarray(logits).dtype)
 
 
-def _log_one_plus_sum_exp(scores: jax.Array, members: jax.Array) -> jax.Array:
-    """`log(1 + sum_{members} exp(scores))` over the last axis, stable, NaN-free grads."""
-    masked = jnp.where(members, scores, -jnp.inf)
-    top = jax.lax.stop_gradient(jnp.maximum(jnp.max(masked, axis=-1), 0.0))
-    total = jnp.exp(-top) + jnp.sum(jnp.exp(masked - top[..., None]), axis=-1)
-    return top + jnp.log(total)
+def _multilabel_terms_fwd(scores, positive, mask):
+    """Both terms in one pass, with one exponential per score, saved for the VJP.
+
+    Each score belongs to one term, with exponent `t = s` (negative) or `-s` (positive);
+    each term is `top + log(e^-top + sum exp(t - top))`, `top = max(0, max t)` over its
+    own members (non-members enter the maxima as 0, which the floor at 0 ignores).
+    Written with as few array operations as possible (products with the 0/1 labels,
+    no selects): XLA:CPU then runs it as one fusion, whose time grows with their count.
+    """
+    exponent = scores * (1.0 - 2.0 * positive)
+    in_pos = positive * exponent
+    in_neg = exponent - in_pos
+    if mask is not None:
+        in_pos, in_neg = mask * in_pos, mask * in_neg
+    top_pos = jnp.maximum(jnp.max(in_pos, axis=-1), 0.0)
+    top_neg = jnp.maximum(jnp.max(in_neg, axis=-1), 0.0)
+    shift = top_neg[..., None] + positive * (top_pos - top_neg)[..., None]
+    exps = jnp.exp(exponent - shift)
+    if mask is not None:
+        exps = jnp.where(mask, exps, 0.0)
+    exps_pos = positive * exps
+    total_pos = jnp.exp(-top_pos) + jnp.sum(exps_pos, axis=-1)
+    total_neg = jnp.exp(-top_neg) + jnp.sum(exps - exps_pos, axis=-1)
+    loss = top_neg + jnp.log(total_neg) + top_pos + jnp.log(total_pos)
+    return loss, (exps, positive, total_neg, total_pos)
+
+
+def _multilabel_terms_bwd(residuals, cotangent):
+    """`g e^{s_i} / (1 + sum_neg e^s)` for a negative, `-g e^{-s_j} / (1 + sum_pos e^-s)`.
+
+    Written `e * (g / T_neg + y * c)` with `c = -(g / T_neg + g / T_pos)`, one product
+    per score; the positives' rounding error stays below `2 eps |g|`.
+    """
+    exps, positive, total_neg, total_pos = residuals
+    neg_scale = cotangent / total_neg
+    pos_minus_neg = -(neg_scale + cotangent / total_pos)
+    return exps * (neg_scale[..., None] + positive * pos_minus_neg[..., None]), None, None
+
+
+@jax.custom_vjp
+def _multilabel_log_terms(scores, positive, mask):
+    """`log(1 + sum_neg e^s) + log(1 + sum_pos e^-s)` over the last axis (fused VJP)."""
+    return _multilabel_terms_fwd(scores, positive, mask)[0]
+
+
+_multilabel_log_terms.defvjp(_multilabel_terms_fwd, _multilabel_terms_bwd)

@@ -130,19 +130,31 @@ def zero_where_excluded(values: jax.Array, mask: jax.Array | None) -> jax.Array:
     return jnp.where(jnp.any(mask, axis=-1), values, 0.0)
 
 
-def _log_normaliser(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """logsumexp over the last axis of the unmasked scores; 0 for an all-masked row."""
+def _shifted_exponentials(
+    logits: jax.Array, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(exp(s - max s), its sum, logsumexp(s))` over the last axis.
+
+    Masked scores get 0; an all-masked row gets the sum 0 and the logsumexp 0. Without a
+    mask the sum is at least 1 and no guard is needed; leaving the guards out then lets
+    XLA:CPU fuse the whole softmax, as it does for optax's cross-entropy.
+    """
     shifted = masked_logits(logits, mask)
     top = jnp.max(shifted, axis=-1, keepdims=True)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    total = jnp.sum(jnp.exp(shifted - top), axis=-1)
+    if mask is not None:
+        top = jnp.where(jnp.isfinite(top), top, 0.0)
+    exps = jnp.exp(shifted - top)
+    total = jnp.sum(exps, axis=-1)
     log_norm = jnp.log(total) + top[..., 0]
-    return jnp.where(total > 0, log_norm, 0.0)
+    if mask is not None:
+        log_norm = jnp.where(total > 0, log_norm, 0.0)
+    return exps, total, log_norm
 
 
 def probabilities(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Softmax over the last axis; masked scores (and all-masked rows) get 0."""
-    probs = jnp.exp(masked_logits(logits, mask) - _log_normaliser(logits, mask)[..., None])
+    log_norm = _shifted_exponentials(logits, mask)[2]
+    probs = jnp.exp(masked_logits(logits, mask) - log_norm[..., None])
     return probs if mask is None else jnp.where(mask, probs, 0.0)
 
 
@@ -164,24 +176,29 @@ def log_target_probability(
     Returns:
         `[...]`: the target log-probabilities (0 for rows with every score masked).
 
-    The VJP is `g * (e_y - p)` (masked entries 0), with `p` recomputed from the saved
-    normaliser: one pass forward, one elementwise pass backward. Reverse mode only:
-    `jax.jvp`/`jax.jacfwd` through it raise (a `custom_vjp`); reverse-over-reverse works.
+    The VJP is `g * (e_y - p)` (masked entries 0), with `p` the saved exponentials
+    `exp(s - max s)` over their saved sum: the forward pass computes one exponential
+    per score, as `optax.softmax_cross_entropy_with_integer_labels` does, and the
+    backward pass is elementwise. Reverse mode only: `jax.jvp`/`jax.jacfwd` through it
+    raise (a `custom_vjp`); reverse-over-reverse works.
     """
-    return _target_logit(logits, labels) - _log_normaliser(logits, mask)
+    return _log_target_probability_fwd(logits, labels, mask)[0]
 
 
 def _log_target_probability_fwd(logits, labels, mask):
-    log_norm = _log_normaliser(logits, mask)
+    exps, total, log_norm = _shifted_exponentials(logits, mask)
     out = _target_logit(logits, labels) - log_norm
-    return out, (logits, labels, mask, log_norm)
+    return out, (exps, total, labels, mask)
 
 
 def _log_target_probability_bwd(residuals, cotangent):
-    logits, labels, mask, log_norm = residuals
-    probs = jnp.exp(masked_logits(logits, mask) - log_norm[..., None])
-    one_hot = _one_hot_like(logits, labels).astype(logits.dtype)
-    grad = cotangent[..., None].astype(logits.dtype) * (one_hot - probs)
+    exps, total, labels, mask = residuals
+    cotangent = cotangent.astype(exps.dtype)
+    one_hot = _one_hot_like(exps, labels).astype(exps.dtype)
+    if mask is not None:  # all-masked rows: every exponential is 0, and so is p
+        total = jnp.where(total > 0, total, 1.0)
+    scale = cotangent / total
+    grad = cotangent[..., None] * one_hot - scale[..., None] * exps
     if mask is not None:
         grad = jnp.where(mask, grad, 0.0)
     return grad, None, None
@@ -210,8 +227,10 @@ def _target_lead_fwd(logits, labels, mask):
     if mask is not None:
         rivals = rivals & mask
     rival = jnp.argmax(jnp.where(rivals, logits, -jnp.inf), axis=-1)
-    has_rival = jnp.any(rivals, axis=-1)
     lead = _target_logit(logits, labels) - _target_logit(logits, rival)
+    if mask is None and logits.shape[-1] > 1:  # every row has a rival: skip a pass
+        return lead, (logits, labels, rival)
+    has_rival = jnp.any(rivals, axis=-1)
     return jnp.where(has_rival, lead, 0.0), (logits, labels, jnp.where(has_rival, rival, labels))
 
 
