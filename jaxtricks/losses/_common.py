@@ -31,7 +31,7 @@ def check_floating(name: str, array: jax.Array) -> None:
         raise ValueError(f"{name} must have a floating dtype, got {array.dtype}.")
 
 
-def classes_last(
+def prepare(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     axis: Axis,
@@ -39,7 +39,8 @@ def classes_last(
     *,
     integer_labels: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Moves the class axis (or axes, flattened) of the logits last and checks shapes.
+    """Moves the class axis (or axes, flattened) of the logits last, checks shapes, and
+    casts the logits to the compute dtype (at least float32).
 
     Args:
         logits: scores of shape `batch_shape + class_shape` (class axes anywhere).
@@ -87,20 +88,7 @@ def classes_last(
                 f"where must have shape {batch_shape} or {logits.shape}, "
                 f"got shape {where.shape}."
             )
-    return to_classes_last(logits), labels, mask
-
-
-def prepare(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    axis: Axis,
-    where: jax.typing.ArrayLike | None,
-    *,
-    integer_labels: bool = True,
-) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """`classes_last`, with the logits cast to the compute dtype."""
-    scores, labels, mask = classes_last(logits, labels, axis, where,
-                                        integer_labels=integer_labels)
+    scores = to_classes_last(logits)
     return scores.astype(compute_dtype(scores.dtype)), labels, mask
 
 
