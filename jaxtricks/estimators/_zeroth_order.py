@@ -20,7 +20,7 @@ def zeroth_order_grad(
     key: jax.Array,
     *,
     num_samples: int,
-    sigma: jax.typing.ArrayLike,
+    sigma: jax.typing.ArrayLike = 1e-3,
     antithetic: bool = True,
     directions: str = "gaussian",
     baseline: bool | str = True,
@@ -60,7 +60,9 @@ def zeroth_order_grad(
         params: the point `x`, any pytree of float arrays.
         key: a `jax.random` key.
         num_samples: the number of perturbed evaluations of `fn`.
-        sigma: the perturbation scale, `> 0`.
+        sigma: the perturbation scale, `> 0`. The default 1e-3 is MeZO's, for smooth
+            objectives; a non-smooth one (accuracy, a hard threshold) needs a `sigma` of
+            the scale over which it changes (e.g. 0.05-0.5), or the estimate is mostly 0.
         antithetic: central differences over `±u` (`num_samples` must be even); the
             baseline then cancels and is ignored.
         directions: "gaussian", "sphere" or "rademacher".
