@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compat import enable_x64
 from jax.test_util import check_grads
 
 from jaxtricks import losses
@@ -98,21 +99,21 @@ def test_focal_gradient_is_the_reweighted_cross_entropy_gradient(gamma):
 def test_gradients_pass_check_grads_in_float64(name):
     loss = SOFTMAX_LOSSES[name]
     logits, labels = _problem(3)
-    with jax.enable_x64(True):
+    with enable_x64():
         check_grads(jax.jit(lambda s: loss(s, labels)), (jnp.asarray(logits, jnp.float64),),
                     order=1, modes=["rev"])
 
 
 def test_focal_supports_reverse_over_reverse_differentiation():
     logits, labels = _problem(3, batch=1, num_classes=3)
-    with jax.enable_x64(True):
+    with enable_x64():
         check_grads(jax.jit(lambda s: losses.softmax_focal_loss(s, labels, gamma=1.5)),
                     (jnp.asarray(logits, jnp.float64),), order=2, modes=["rev"])
 
 
 def test_grad_of_focal_gamma_matches_finite_differences():
     logits, labels = _problem(4)
-    with jax.enable_x64(True):
+    with enable_x64():
         check_grads(lambda g: losses.softmax_focal_loss(jnp.asarray(logits, jnp.float64),
                                                        labels, gamma=g), (1.5,), order=1,
                     modes=["rev"])
@@ -297,7 +298,7 @@ def test_multilabel_loss_matches_formula_and_its_special_cases():
     # One class: sigmoid binary cross-entropy.
     np.testing.assert_allclose(
         losses.multilabel_softmax_cross_entropy(logits[:, :1], labels[:, :1]),
-        optax.sigmoid_binary_cross_entropy(logits[:, 0], labels[:, 0].astype(float)),
+        optax.sigmoid_binary_cross_entropy(logits[:, 0], labels[:, 0].astype(np.float32)),
         rtol=1e-5)
     # bert4keras' -1e12 masking overflows in bfloat16; ours stays finite.
     extreme = jnp.asarray(np.where(labels, -1e4, 1e4), jnp.bfloat16)
@@ -325,7 +326,7 @@ def test_multilabel_gradient_is_the_closed_form_for_multi_hot_labels_and_masks()
     np.testing.assert_allclose(loss(logits.astype(np.float32)), expected_loss, rtol=1e-5)
     np.testing.assert_allclose(jax.grad(lambda s: loss(s).sum())(logits.astype(np.float32)),
                                expected_grad, atol=1e-6)
-    with jax.enable_x64(True):
+    with enable_x64():
         check_grads(jax.jit(loss), (jnp.asarray(logits, jnp.float64),), order=2,
                     modes=["rev"])
 

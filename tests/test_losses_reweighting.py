@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compat import enable_x64
 from jax.test_util import check_grads
 
 from jaxtricks import losses
@@ -152,7 +153,7 @@ def test_binary_losses_are_finite_in_extremes_and_pass_check_grads(name):
     # Finite differences cannot check the piecewise hard truncation, nor the F1-weighted
     # loss, whose F1 is under stop-gradient (its weights are checked above).
     if name not in ("hard_truncated", "f1_weighted"):
-        with jax.enable_x64(True):
+        with enable_x64():
             check_grads(jax.jit(lambda z: loss(z, labels)), (jnp.asarray(logits, jnp.float64),),
                         order=1, modes=["rev"])
 
@@ -161,7 +162,7 @@ def test_cross_entropy_weights_recover_the_closed_forms_of_spec_1_1():
     p = np.linspace(0.01, 0.99, 40)
     logits = np.stack([np.log(p), np.log1p(-p)], -1)
     labels = np.zeros(40, np.int32)
-    with jax.enable_x64(True):
+    with enable_x64():
         def weights(fn):
             return losses.cross_entropy_weights(fn, jnp.asarray(logits), labels)
 
@@ -189,7 +190,7 @@ def test_cross_entropy_weights_project_other_losses_and_flag_vanishing_gradients
     def la(s, y):
         return losses.logit_adjusted_softmax_cross_entropy(s, y, class_priors=priors)
 
-    with jax.enable_x64(True):
+    with enable_x64():
         got = losses.cross_entropy_weights(la, jnp.asarray(logits), labels)
         grads = np.asarray(jax.grad(lambda s: la(s, labels).sum())(jnp.asarray(logits)))
     shifted = logits - logits.max(-1, keepdims=True)

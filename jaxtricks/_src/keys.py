@@ -1,0 +1,50 @@
+"""One entry point for PRNG keys: typed (`jax.random.key`) and legacy (`PRNGKey`) alike.
+
+JAX has two key kinds: typed key arrays (`jax.random.key(s)`, dtype `key<impl>`) and
+legacy raw keys (`jax.random.PRNGKey(s)`, `uint32[..., 2]` for the default threefry
+implementation), which most flax code and tutorials still pass. `as_key` turns either
+into a typed key array of the same batch shape, so that every function of the library
+accepts both and, as `jax.random` itself does, gives the same numbers for
+`jax.random.key(s)` and `jax.random.PRNGKey(s)`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def is_typed_key(key) -> bool:
+    """Whether `key` is a typed key array (`jax.random.key`)."""
+    return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def as_key(key, name: str = "key", *, shape: tuple[int, ...] = ()) -> jax.Array:
+    """Returns `key` as a typed key array of batch shape `shape`.
+
+    Args:
+        key: a typed key array or a legacy raw key (`uint32[..., 2]`); also a tracer,
+            for example inside `jax.vmap` over a batch of keys.
+        name: the argument's name, used in the message.
+        shape: the expected batch shape (`()` for one key).
+
+    Raises:
+        ValueError: naming the argument, when `key` is neither kind or has another
+            batch shape.
+    """
+    if is_typed_key(key):
+        typed = key
+    else:
+        raw = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+        if raw.dtype != jnp.uint32 or raw.ndim < 1 or raw.shape[-1] != 2:
+            raise ValueError(
+                f"{name} must be a jax.random.key or a jax.random.PRNGKey (uint32 of "
+                f"shape (..., 2)), got dtype {raw.dtype} and shape {raw.shape}."
+            )
+        typed = jax.random.wrap_key_data(raw)
+    if typed.shape != tuple(shape):
+        raise ValueError(
+            f"{name} must be a single key of batch shape {tuple(shape)}, got batch shape "
+            f"{typed.shape}."
+        )
+    return typed
