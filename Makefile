@@ -1,9 +1,30 @@
 # `make test` and `make bench` each create .venv when missing and install what they need.
+# `make test-floor` runs the suite at the declared minimum versions, in .venv-floor.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+FLOOR_VENV := .venv-floor
+FLOOR_PY := $(FLOOR_VENV)/bin/python
+FLOOR_CONSTRAINTS := .ci/constraints-floor.txt
 
-.PHONY: test bench lint clean
+# The JAX build that `make bench` installs: detected by benchmarks/_backend.py (CUDA where
+# nvidia-smi lists a GPU, TPU on a TPU VM, CPU elsewhere) unless given: `make bench BACKEND=cpu`.
+BACKENDS := cpu cuda12 cuda13 tpu
+ifeq ($(origin BACKEND), undefined)
+BACKEND := $(shell $(PYTHON) benchmarks/_backend.py)
+endif
+ifeq ($(filter $(BACKEND),$(BACKENDS)),)
+$(error BACKEND must be one of $(BACKENDS), got '$(BACKEND)')
+endif
+comma := ,
+BENCH_EXTRAS := bench$(if $(filter-out cpu,$(BACKEND)),$(comma)$(BACKEND))
+# JAX_PLATFORMS makes JAX fail loudly instead of falling back to the CPU.
+JAX_PLATFORMS_cpu := cpu
+JAX_PLATFORMS_cuda12 := cuda
+JAX_PLATFORMS_cuda13 := cuda
+JAX_PLATFORMS_tpu := tpu
+
+.PHONY: test test-floor bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +34,16 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-$(VENV)/.bench-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[bench]"
+$(VENV)/.bench-installed-$(BACKEND): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[$(BENCH_EXTRAS)]"
+	touch $@
+
+$(FLOOR_PY):
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install -q --upgrade pip
+
+$(FLOOR_VENV)/.test-installed: pyproject.toml $(FLOOR_CONSTRAINTS) | $(FLOOR_PY)
+	$(FLOOR_PY) -m pip install -q -c $(FLOOR_CONSTRAINTS) -e ".[test]"
 	touch $@
 
 lint: $(VENV)/.test-installed
@@ -23,8 +52,11 @@ lint: $(VENV)/.test-installed
 test: lint
 	$(PY) -m pytest
 
-bench: $(VENV)/.bench-installed
-	$(PY) -m benchmarks $(ARGS)
+test-floor: $(FLOOR_VENV)/.test-installed
+	JAXTRICKS_FLOOR_CONSTRAINTS=$(FLOOR_CONSTRAINTS) $(FLOOR_PY) -m pytest
+
+bench: $(VENV)/.bench-installed-$(BACKEND)
+	JAX_PLATFORMS=$(JAX_PLATFORMS_$(BACKEND)) $(PY) -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) benchmarks/results
+	rm -rf $(VENV) $(FLOOR_VENV) benchmarks/results

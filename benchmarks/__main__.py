@@ -1,4 +1,8 @@
-"""Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick] [--list]`."""
+"""Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick] [--tag T] [--list]`.
+
+`python -m benchmarks compare FILE...` merges result files of several runs instead
+(see `benchmarks/_compare.py`).
+"""
 
 from __future__ import annotations
 
@@ -54,8 +58,25 @@ def _summary(name: str) -> str:
     return ""
 
 
+def compare_main(argv: list[str]) -> int:
+    from benchmarks import _compare
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks compare", description=_compare.__doc__.split("\n")[0]
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="result JSON files")
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="two-sided level of the agreement test (default 0.01)")
+    args = parser.parse_args(argv)
+    path = _compare.run(args.files, alpha=args.alpha)
+    _harness.echo(f"compare: -> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     _reexec_with_steady_allocator(argv)
     catalogue = available()
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
@@ -65,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke test)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--tag", default=None, help="appended to the backend in the result files' names, "
+        "e.g. --tag bf16 writes NAME.cpu-bf16.json"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, summary in catalogue.items():
@@ -76,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.names or list(catalogue)
 
     env = _harness.environment()
+    label = _harness.run_label(args.tag)
     print(
         f"jaxtricks benchmarks on backend={env['backend']} "
         f"devices={env['device_count']} ({env['device_kind']}), jax {env['jax']}, "
-        f"{env['machine']}, {env['cpu_count']} CPUs"
+        f"matmul precision {env['default_matmul_precision']}, x64={env['x64']}, "
+        f"{env['machine']}, {env['cpu_count']} CPUs; results *.{label}.json"
         + (" [quick]" if args.quick else "")
     )
     try:
@@ -88,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         def tqdm(iterable, **_):
             return iterable
     for name in tqdm(selected, desc="benchmarks", unit="benchmark"):
-        report = _harness.Report(name, quick=args.quick)
+        report = _harness.Report(name, quick=args.quick, label=label)
         start = time.perf_counter()
         importlib.import_module(f"benchmarks.{name}").run(report)
         path = report.write()

@@ -44,17 +44,37 @@ class Timing:
 
 
 def environment() -> dict[str, Any]:
-    """The backend, devices and machine the figures come from."""
+    """The backend, devices, versions, precision settings and machine of the figures."""
+    import jaxlib
+
     devices = jax.devices()
     return {
         "backend": jax.default_backend(),
         "device_count": len(devices),
         "device_kind": devices[0].device_kind,
+        "process_count": jax.process_count(),
         "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "x64": bool(jax.config.jax_enable_x64),
         "cpu_count": os.cpu_count(),
         "machine": f"{platform.system()} {platform.machine()} {_cpu_model()}",
         "python": platform.python_version(),
     }
+
+
+def run_label(tag: str | None = None) -> str:
+    """The label of this run's result files: the backend, then `tag` if given.
+
+    Result files are `<benchmark>.<label>.json` and `<benchmark>_<plot>.<label>.png`, so
+    runs on several backends (or with several settings, e.g. `cpu-bf16`) sit side by side.
+    """
+    label = jax.default_backend()
+    if tag:
+        if not all(c.isalnum() or c in "-_" for c in tag):
+            raise ValueError(f"tag must use letters, digits, '-' and '_' only, got {tag!r}.")
+        label = f"{label}-{tag}"
+    return label
 
 
 def _cpu_model() -> str:
@@ -170,14 +190,21 @@ class Report:
     Attributes:
         name: the benchmark's name (its module's).
         quick: whether to run the reduced sizes (smoke test).
-        results_dir: where `<name>.json` and the PNG plots go.
+        label: the run's label in file names (`run_label`: the backend and a tag).
+        results_dir: where `<name>.<label>.json` and the PNG plots go.
     """
 
     def __init__(
-        self, name: str, *, quick: bool, results_dir: pathlib.Path = RESULTS_DIR
+        self,
+        name: str,
+        *,
+        quick: bool,
+        label: str | None = None,
+        results_dir: pathlib.Path = RESULTS_DIR,
     ):
         self.name = name
         self.quick = quick
+        self.label = run_label() if label is None else label
         self.results_dir = results_dir
         self.tables: dict[str, list[dict[str, Any]]] = {}
         self.notes: dict[str, Any] = {}
@@ -204,22 +231,23 @@ class Report:
         echo(f"{self.name} | {key}: {value}")
 
     def save_figure(self, figure, stem: str) -> pathlib.Path:
-        """Saves a matplotlib figure as `<results_dir>/<name>_<stem>.png` and closes it."""
+        """Saves a matplotlib figure as `<results_dir>/<name>_<stem>.<label>.png`, closes it."""
         import matplotlib.pyplot as plt
 
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        path = self.results_dir / f"{self.name}_{stem}.png"
+        path = self.results_dir / f"{self.name}_{stem}.{self.label}.png"
         figure.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(figure)
         self.figures.append(path.name)
         return path
 
     def write(self) -> pathlib.Path:
-        """Writes `<results_dir>/<name>.json` with the environment and every table."""
+        """Writes `<results_dir>/<name>.<label>.json`: the environment and every table."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        path = self.results_dir / f"{self.name}.json"
+        path = self.results_dir / f"{self.name}.{self.label}.json"
         payload = {
             "benchmark": self.name,
+            "label": self.label,
             "quick": self.quick,
             "environment": environment(),
             "wall_s": time.perf_counter() - self._start,

@@ -1,8 +1,14 @@
 """The public API: every exported name exists, is documented, and is listed once."""
 
 import importlib
+import os
+import pathlib
+import tomllib
+from importlib import metadata
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 import jaxtricks
 
@@ -22,3 +28,43 @@ def test_top_level_reexports_the_regularizers():
     for exported in jaxtricks.regularizers.__all__:
         assert getattr(jaxtricks, exported) is getattr(jaxtricks.regularizers, exported)
         assert exported in jaxtricks.__all__
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FLOOR_CONSTRAINTS = ROOT / ".ci" / "constraints-floor.txt"
+
+
+def _declared_floor() -> dict[str, str]:
+    """`{name: version}` from pyproject's runtime `name>=version` requirements."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    floor = {}
+    for requirement in map(Requirement, dependencies):
+        (specifier,) = requirement.specifier
+        assert specifier.operator == ">=", f"{requirement} must declare a floor with >="
+        floor[requirement.name] = specifier.version
+    return floor
+
+
+def _pinned(path: pathlib.Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def test_the_floor_constraints_pin_the_declared_minimum_versions():
+    pinned = {name: Version(v) for name, v in _pinned(FLOOR_CONSTRAINTS).items()}
+    assert pinned == {name: Version(v) for name, v in _declared_floor().items()}
+
+
+@pytest.mark.skipif(
+    "JAXTRICKS_FLOOR_CONSTRAINTS" not in os.environ, reason="only in the floor run"
+)
+def test_the_floor_run_uses_the_pinned_versions():
+    pins = _pinned(ROOT / os.environ["JAXTRICKS_FLOOR_CONSTRAINTS"])
+    assert {name: metadata.version(name) for name in pins} == pins
