@@ -115,8 +115,11 @@ def _error_statistics(estimate, x, g, repeats, key):
     values = np.asarray(samples(keys), np.float64)
     errors = np.sum((values - g) ** 2, axis=1)
     cosine = values @ g / (np.linalg.norm(values, axis=1) * np.linalg.norm(g) + 1e-30)
+    # The trace is the mean of ||v_r - mean||^2 (times R/(R-1)): its s.e. is theirs.
+    spread = np.sum((values - values.mean(0)) ** 2, axis=1)
     return {
         "variance": float(np.sum(np.var(values, axis=0, ddof=1))),
+        "variance_se": float(spread.std() / math.sqrt(repeats)),
         "mse": float(errors.mean()),
         "rel_se": float(errors.std() / math.sqrt(repeats) / errors.mean()),
         "cosine": float(cosine.mean()),
@@ -135,7 +138,8 @@ def _variance_sweep(report, key):
             theory = None if theory_key is None else traces[theory_key](sigma) / directions
             rows.append({
                 "d": d, "num_samples": n, "estimator": name, "repeats": repeats,
-                "variance": stats["variance"], "theory": theory,
+                "variance": stats["variance"], "variance_se": stats["variance_se"],
+                "theory": theory,
                 "ratio": None if theory is None else stats["variance"] / theory,
                 "mse": stats["mse"], "mse_rel_se": stats["rel_se"], "cosine": stats["cosine"],
             })
@@ -206,7 +210,7 @@ def _gaussian_costs(report, key):
                 point + sigma * jax.random.normal(key, (count, 1)))
             return {
                 "PG none (score function)": zo(f, point, key, num_samples=count,
-                                               antithetic=False, baseline=False, **options),
+                                               antithetic=False, baseline=None, **options),
                 "ZO forward": zo(f, point, key, num_samples=count, antithetic=False,
                                  **options),
                 "ZO antithetic": zo(f, point, key, num_samples=2 * count, **options),

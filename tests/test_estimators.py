@@ -1,10 +1,14 @@
-"""Zeroth-order and policy-gradient estimators against the closed forms of spec 5.5-5.6.
+"""Zeroth-order and policy-gradient estimators against their closed-form moments.
 
 Statistical checks use fixed keys and one jitted, vmapped call per check. Tolerances:
-- a mean vector `m` of `N` i.i.d. estimates with covariance `C` (closed form) is tested
-  with `T = N (m - g)^T C^+ (m - g)`, asymptotically chi-square with `rank(C)` degrees
-  of freedom; we require `T < 18.47`, the 0.999 quantile of chi-square(4) (every
-  problem below has rank 4);
+- a mean vector `m` of `N` i.i.d. estimates with covariance `C` is tested in the span of
+  `C`, the subspace the estimator lives in (policy-gradient scores sum to zero, so `C`
+  is singular): with `C = V diag(lambda) V^T` restricted to the eigenvalues above
+  `RANK_TOLERANCE` times the largest, `T = N sum_k (V_k^T (m - g))^2 / lambda_k`, and
+  the part of `m - g` outside the span must be float rounding only. With `C` exact,
+  `T` is chi-square with `rank` degrees of freedom; with `C` estimated from the same
+  samples, Hotelling's `T^2 ~ rank (N-1)/(N-rank) F(rank, N-rank)`. We require `T`
+  below the 0.999 quantile, from scipy.stats;
 - an empirical variance trace `mean_i ||g_i - m||^2` is compared with its closed form
   within 4 standard errors, the standard error being `std_i ||g_i - m||^2 / sqrt(N)`
   (CLT band from the estimates' own fourth moment: they are far from Gaussian, so the
@@ -12,18 +16,24 @@ Statistical checks use fixed keys and one jitted, vmapped call per check. Tolera
 """
 
 import functools
+import inspect
 import itertools
 import math
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
+from _compat import enable_x64
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from scipy import stats
 
 from jaxtricks import estimators
+from jaxtricks.estimators import _baselines
 
-CHI2_4_999 = 18.47  # 0.999 quantile of the chi-square distribution with 4 d.o.f.
+LEVEL = 0.999
+RANK_TOLERANCE = 1e-9  # relative eigenvalue below which a direction carries no variance
 NUM_ESTIMATES = 2**15
 D = 4
 SIGMA = 0.5
@@ -94,7 +104,7 @@ OPTIMAL_DELTA = -(D + 2) * SIGMA**2 * np.trace(A) / (2 * D)
 CASES = {
     "gaussian_forward": ({"antithetic": False}, _gaussian_forward_cov),
     "gaussian_antithetic": ({}, _gaussian_central_cov),
-    "gaussian_raw": ({"antithetic": False, "baseline": False}, lambda: _gaussian_forward_cov(F0)),
+    "gaussian_raw": ({"antithetic": False, "baseline": None}, lambda: _gaussian_forward_cov(F0)),
     "gaussian_optimal": (
         {"antithetic": False, "baseline": "optimal"},
         lambda: _gaussian_forward_cov(OPTIMAL_DELTA),
@@ -122,9 +132,36 @@ def _zeroth_order_samples(case):
     return np.asarray(sample(jax.random.key(7)), np.float64)
 
 
-def _hotelling(samples, mean, cov):
+def _hotelling(samples, mean, cov, *, estimated=False):
+    """`(T, critical value at LEVEL, rank)` of the mean of `samples` against `mean`.
+
+    `cov` is the exact covariance of one sample, or (`estimated=True`) its estimate
+    from `samples` themselves.
+    """
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    kept = eigenvalues > RANK_TOLERANCE * eigenvalues.max()
+    basis, variances, rank = eigenvectors[:, kept], eigenvalues[kept], int(kept.sum())
+    count = len(samples)
     diff = samples.mean(0) - mean
-    return len(samples) * diff @ np.linalg.pinv(cov) @ diff
+    # Outside the span the estimator has no variance: only rounding may remain there,
+    # far below the standard error of the mean in the span.
+    outside = diff - basis @ (basis.T @ diff)
+    assert np.linalg.norm(outside) < 1e-3 * math.sqrt(variances.min() / count)
+    statistic = count * np.sum((basis.T @ diff) ** 2 / variances)
+    if estimated:
+        scale = rank * (count - 1) / (count - rank)
+        critical = scale * stats.f.ppf(LEVEL, rank, count - rank)
+    else:
+        critical = stats.chi2.ppf(LEVEL, rank)
+    return statistic, critical, rank
+
+
+def _assert_mean_is(samples, mean, cov=None):
+    """The mean of `samples` is `mean` (Hotelling; `cov` None: estimated)."""
+    estimated = cov is None
+    cov = np.cov(samples.T) if estimated else cov
+    statistic, critical, _ = _hotelling(samples, mean, cov, estimated=estimated)
+    assert statistic < critical
 
 
 def _trace_band(samples):
@@ -136,7 +173,9 @@ def _trace_band(samples):
 @pytest.mark.parametrize("case", CASES)
 def test_zeroth_order_estimators_are_unbiased_on_a_quadratic(case):
     samples = _zeroth_order_samples(case)
-    assert _hotelling(samples, GRAD, CASES[case][1]()) < CHI2_4_999
+    statistic, critical, rank = _hotelling(samples, GRAD, CASES[case][1]())
+    assert rank == D
+    assert statistic < critical
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -223,8 +262,9 @@ def test_policy_gradient_without_baseline_matches_the_closed_form():
     )
     second_moment = np.einsum("y,yi,yj->ij", PROBS * REWARDS**2, SCORES, SCORES)
     cov = second_moment - np.outer(PG_EXACT, PG_EXACT)
-    assert np.linalg.matrix_rank(cov) == 4  # scores sum to zero: rank K - 1
-    assert _hotelling(samples, PG_EXACT, cov) < CHI2_4_999
+    statistic, critical, rank = _hotelling(samples, PG_EXACT, cov)
+    assert rank == 4  # scores sum to zero: rank K - 1
+    assert statistic < critical
     trace, standard_error = _trace_band(samples)
     assert abs(trace - np.trace(cov)) < 4 * standard_error
 
@@ -242,11 +282,11 @@ def test_leave_one_out_is_unbiased_and_the_mean_baseline_is_shrunk():
     n = 4
     rloo, mean = _repeated_pg("leave_one_out"), _repeated_pg("mean")
     np.testing.assert_allclose(rloo, n / (n - 1) * mean, rtol=1e-4, atol=1e-5)
-    rloo_cov = np.cov(rloo.T)
-    assert _hotelling(rloo, PG_EXACT, rloo_cov) < CHI2_4_999
-    mean_cov = np.cov(mean.T)
-    assert _hotelling(mean, (1 - 1 / n) * PG_EXACT, mean_cov) < CHI2_4_999
-    assert _hotelling(mean, PG_EXACT, mean_cov) > 10 * CHI2_4_999  # the bias is visible
+    _assert_mean_is(rloo, PG_EXACT)
+    _assert_mean_is(mean, (1 - 1 / n) * PG_EXACT)
+    statistic, critical, rank = _hotelling(mean, PG_EXACT, np.cov(mean.T), estimated=True)
+    assert rank == 4
+    assert statistic > 10 * critical  # the bias is visible
 
 
 def test_baselines_reduce_the_policy_gradient_variance():
@@ -255,9 +295,7 @@ def test_baselines_reduce_the_policy_gradient_variance():
     for baseline in ("leave_one_out", "optimal"):
         trace, standard_error = traces[baseline]
         assert trace + 4 * standard_error < (no_baseline - 4 * no_baseline_se) / 10
-    assert _hotelling(_repeated_pg("optimal"), PG_EXACT, np.cov(_repeated_pg("optimal").T)) < (
-        CHI2_4_999
-    )
+    _assert_mean_is(_repeated_pg("optimal"), PG_EXACT)
 
 
 def _non_smooth(params):
@@ -269,17 +307,26 @@ PARAMS = {"w": jnp.array([[0.3, -1.2], [0.7, 0.1]]), "b": jnp.array([0.2, -0.4, 
 
 @pytest.mark.parametrize(
     ("zo_baseline", "pg_baseline"),
-    [(True, float(_non_smooth(PARAMS))), (False, None), ("optimal", "optimal")],
+    [
+        ("default", float(_non_smooth(PARAMS))),  # ZO's default, "unperturbed": f(x)
+        (None, None),
+        ("mean", "mean"),
+        ("leave_one_out", "leave_one_out"),
+        ("optimal", "optimal"),
+    ],
 )
 def test_gaussian_policy_gradient_equals_zeroth_order_sample_by_sample(zo_baseline, pg_baseline):
-    # Spec 5.3: REINFORCE on N(x, sigma^2 I) == forward ZO with Gaussian directions.
+    # REINFORCE on N(x, sigma^2 I) == forward ZO with Gaussian directions (Su, 2020),
+    # for every baseline of the shared vocabulary.
     options = {"num_samples": 64, "return_samples": True}
+    zo_options = {} if isinstance(zo_baseline, str) and zo_baseline == "default" else {
+        "baseline": zo_baseline
+    }
 
     @jax.jit
     def both(key):
         zo = estimators.zeroth_order_grad(
-            _non_smooth, PARAMS, key, sigma=0.3, antithetic=False, baseline=zo_baseline,
-            **options,
+            _non_smooth, PARAMS, key, sigma=0.3, antithetic=False, **zo_options, **options,
         )
         pg = estimators.policy_gradient(
             *estimators.gaussian_policy(0.3), _non_smooth, PARAMS, key, baseline=pg_baseline,
@@ -288,6 +335,9 @@ def test_gaussian_policy_gradient_equals_zeroth_order_sample_by_sample(zo_baseli
         return zo, pg
 
     zo, pg = both(jax.random.key(17))
+    assert inspect.signature(estimators.zeroth_order_grad).parameters["baseline"].default == (
+        "unperturbed"
+    )
     # Equal up to rounding: the policy's score (w - x)/sigma^2 recovers u/sigma to ~1 ulp.
     for leaf_zo, leaf_pg in zip(jax.tree.leaves(zo), jax.tree.leaves(pg), strict=True):
         np.testing.assert_allclose(leaf_zo, leaf_pg, rtol=1e-4, atol=1e-4)
@@ -341,8 +391,11 @@ def test_policy_gradient_one_pass_equals_the_mean_of_its_samples():
     np.testing.assert_allclose(estimate, samples.mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_sharded_samples_give_the_single_device_numbers():
-    mesh = Mesh(np.array(jax.devices()[:4]), ("samples",))
+@pytest.mark.parametrize("axis_type", ["auto", "explicit"])
+def test_sharded_samples_give_the_single_device_numbers(axis_type):
+    # jax.make_mesh gives explicit axes by default in recent JAX; a Mesh, automatic ones.
+    types = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}
+    mesh = Mesh(np.array(jax.devices()[:4]), ("samples",), axis_types=(types[axis_type],))
     sample_sharding = NamedSharding(mesh, PartitionSpec("samples"))
     replicated = jax.device_put(PARAMS, NamedSharding(mesh, PartitionSpec()))
     key = jax.random.key(29)
@@ -375,15 +428,22 @@ def test_sharded_samples_give_the_single_device_numbers():
         ({"chunk_size": 3}, "chunk_size"),
         ({"chunk_size": 5, "antithetic": False}, "chunk_size"),
         ({"directions": "uniform"}, "directions"),
-        ({"baseline": "mean", "antithetic": False}, "baseline"),
+        ({"baseline": "median", "antithetic": False}, "baseline must be one of"),
+        ({"baseline": jnp.ones(2), "antithetic": False}, "shape"),
+        ({"baseline": "optimal", "antithetic": False, "num_samples": 1}, "num_samples"),
         ({"fn": lambda w: w}, "output of fn"),
+        ({"key": jnp.zeros(2)}, "key must be a jax.random.key"),
+        ({"key": jax.random.split(jax.random.key(0), 2)}, "key must be a single key"),
     ],
 )
 def test_zeroth_order_rejects_bad_arguments(options, message):
-    arguments = {"fn": lambda w: jnp.sum(w**2), "num_samples": 8, "sigma": 0.1} | options
+    arguments = {
+        "fn": lambda w: jnp.sum(w**2), "key": jax.random.key(0), "num_samples": 8,
+        "sigma": 0.1,
+    } | options
     with pytest.raises(ValueError, match=message):
         estimators.zeroth_order_grad(
-            arguments.pop("fn"), jnp.ones(3), jax.random.key(0), **arguments
+            arguments.pop("fn"), jnp.ones(3), arguments.pop("key"), **arguments
         )
 
 
@@ -392,20 +452,321 @@ def test_zeroth_order_rejects_bad_arguments(options, message):
     [
         ({"num_samples": 0}, "num_samples"),
         ({"num_samples": 1, "baseline": "leave_one_out"}, "num_samples"),
-        ({"baseline": "median"}, "baseline"),
+        ({"baseline": "median"}, "baseline must be one of"),
+        ({"baseline": "unperturbed"}, "zeroth_order_grad only"),
+        ({"baseline": jnp.zeros(3)}, "shape"),
         ({"reward_fn": lambda y: jnp.ones(2)}, "output of reward_fn"),
+        ({"key": jnp.zeros(2)}, "key must be a jax.random.key"),
     ],
 )
 def test_policy_gradient_rejects_bad_arguments(options, message):
     sample_fn, log_prob_fn = estimators.categorical_policy(lambda logits: logits)
-    arguments = {"reward_fn": lambda y: y.astype(jnp.float32), "num_samples": 8} | options
+    arguments = {
+        "reward_fn": lambda y: y.astype(jnp.float32), "key": jax.random.key(0),
+        "num_samples": 8,
+    } | options
     with pytest.raises(ValueError, match=message):
         estimators.policy_gradient(
             sample_fn, log_prob_fn, arguments.pop("reward_fn"), jnp.zeros(3),
-            jax.random.key(0), **arguments,
+            arguments.pop("key"), **arguments,
         )
 
 
 def test_gaussian_policy_rejects_a_non_positive_sigma():
     with pytest.raises(ValueError, match="sigma"):
         estimators.gaussian_policy(0.0)
+
+
+# ---------------------------------------------------------------- one baseline vocabulary
+@pytest.mark.parametrize("boolean", [True, False, np.True_, jnp.array(True)])
+@pytest.mark.parametrize("estimator", ["zeroth_order_grad", "policy_gradient"])
+def test_boolean_baselines_are_refused_with_what_they_meant(boolean, estimator):
+    # Formerly ZO read True as f(x) and False as none, while PG read True as the constant 1.
+    with pytest.raises(ValueError, match="boolean") as raised:
+        if estimator == "zeroth_order_grad":
+            estimators.zeroth_order_grad(
+                lambda w: jnp.sum(w**2), jnp.ones(3), jax.random.key(0), num_samples=8,
+                antithetic=False, baseline=boolean,
+            )
+        else:
+            estimators.policy_gradient(
+                *estimators.gaussian_policy(0.1), lambda w: jnp.sum(w**2), jnp.ones(3),
+                jax.random.key(0), num_samples=8, baseline=boolean,
+            )
+    message = str(raised.value)
+    assert "'unperturbed' (b = f(params))" in message
+    assert "baseline=False is None" in message
+    accepted = _baselines.BASELINES if estimator == "zeroth_order_grad" else (
+        _baselines.POLICY_BASELINES
+    )
+    assert str(accepted) in message
+
+
+def test_the_vocabulary_is_shared_and_dispatched_from_one_table():
+    assert _baselines.BASELINES == (None, "unperturbed", "mean", "leave_one_out", "optimal")
+    shared = tuple(name for name in _baselines.BASELINES if name != "unperturbed")
+    assert shared == _baselines.POLICY_BASELINES
+    assert tuple(_baselines._RULES) == _baselines.BASELINES
+    rewards, sq_norms = jnp.array([1.0, 2.0, 4.0]), jnp.array([1.0, 3.0, 0.5])
+    expected = {  # numpy, written out
+        None: [1.0, 2.0, 4.0],
+        "unperturbed": [1.0 - 7.0, 2.0 - 7.0, 4.0 - 7.0],
+        "mean": [1 - 7 / 3, 2 - 7 / 3, 4 - 7 / 3],
+        "leave_one_out": [1 - 3.0, 2 - 2.5, 4 - 1.5],
+        "optimal": [1 - 8 / 3.5, 2 - 3 / 1.5, 4 - 7 / 4],
+    }
+    for name, centred in expected.items():
+        np.testing.assert_allclose(
+            _baselines.centred_rewards(rewards, name, sq_norms, lambda: 7.0), centred,
+            rtol=1e-6,
+        )
+
+
+# ------------------------------------------------------------------ typed and legacy keys
+def _smooth(params):
+    return jnp.sum(params["w"] ** 2) + jnp.sum(jnp.sin(params["b"]))
+
+
+def _sample_sharding():
+    return NamedSharding(Mesh(np.array(jax.devices()[:4]), ("samples",)), PartitionSpec("samples"))
+
+
+# Each direction kind, antithetic and forward, one of the two plain and the other with
+# chunks, per-sample outputs and sharded samples together.
+KEY_CONFIGURATIONS = [
+    {"antithetic": antithetic, "directions": directions, "chunk_size": 4 if extras else None,
+     "return_samples": extras, "sharded": extras}
+    for index, (antithetic, directions) in enumerate(
+        itertools.product((True, False), ("gaussian", "sphere", "rademacher"))
+    )
+    for extras in [index % 2 == 1]
+]
+
+
+def test_zeroth_order_gives_the_same_numbers_for_typed_and_legacy_keys():
+    sharding = _sample_sharding()
+
+    def estimate(key, sharded, **options):
+        return estimators.zeroth_order_grad(
+            _smooth, PARAMS, key, num_samples=8, sigma=0.1,
+            sample_sharding=sharding if sharded else None, **options,
+        )
+
+    @jax.jit
+    def every_configuration(typed_key, legacy_key):
+        return [
+            (estimate(typed_key, **configuration), estimate(legacy_key, **configuration))
+            for configuration in KEY_CONFIGURATIONS
+        ]
+
+    for seed in (0, 5):
+        results = every_configuration(jax.random.key(seed), jax.random.PRNGKey(seed))
+        for configuration, (typed, legacy) in zip(KEY_CONFIGURATIONS, results, strict=True):
+            # The same random bits; the arithmetic, in one program, may round differently
+            # by an ulp where XLA fuses the two copies differently.
+            for leaf_t, leaf_l in zip(jax.tree.leaves(typed), jax.tree.leaves(legacy), strict=True):
+                np.testing.assert_allclose(leaf_t, leaf_l, rtol=1e-6, atol=1e-6 * np.max(
+                    np.abs(leaf_l)), err_msg=str(configuration))
+
+
+def _categorical_rewards(y):
+    return jnp.asarray(REWARDS, jnp.float32)[y]
+
+
+KEYED_FUNCTIONS = {  # name -> fn(key): every function of the package that takes a key
+    "zeroth_order_grad": lambda key: estimators.zeroth_order_grad(
+        _smooth, PARAMS, key, num_samples=8, sigma=0.1, antithetic=False, baseline="optimal"
+    ),
+    "policy_gradient (gaussian)": lambda key: estimators.policy_gradient(
+        *estimators.gaussian_policy(0.2), _smooth, PARAMS, key, num_samples=8,
+        sample_sharding=_sample_sharding(),
+    ),
+    "policy_gradient (categorical)": lambda key: estimators.policy_gradient(
+        *estimators.categorical_policy(lambda logits: logits), _categorical_rewards,
+        jnp.asarray(LOGITS, jnp.float32), key, num_samples=8, return_samples=True,
+    ),
+    "gaussian_policy sample_fn": lambda key: estimators.gaussian_policy(0.2)[0](PARAMS, key),
+    "categorical_policy sample_fn": lambda key: estimators.categorical_policy(
+        lambda logits: jnp.tile(logits, (3, 1))
+    )[0](jnp.asarray(LOGITS, jnp.float32), key),
+}
+
+
+@pytest.mark.parametrize("name", KEYED_FUNCTIONS)
+def test_batches_of_typed_and_legacy_keys_give_the_same_numbers_under_vmap(name):
+    function = jax.jit(jax.vmap(KEYED_FUNCTIONS[name]))
+    typed = function(jax.random.split(jax.random.key(3), 3))
+    legacy = function(jax.random.split(jax.random.PRNGKey(3), 3))
+    single = jax.eval_shape(KEYED_FUNCTIONS[name], jax.random.PRNGKey(3))
+    for leaf_t, leaf_l in zip(jax.tree.leaves(typed), jax.tree.leaves(legacy), strict=True):
+        np.testing.assert_array_equal(leaf_t, leaf_l)
+    for leaf_t, leaf_s in zip(jax.tree.leaves(typed), jax.tree.leaves(single), strict=True):
+        assert leaf_t.shape == (3, *leaf_s.shape)
+
+
+@pytest.mark.parametrize("name", KEYED_FUNCTIONS)
+@pytest.mark.parametrize("bad_key", [jnp.zeros(2), jnp.zeros(2, jnp.int32)])
+def test_a_non_key_array_is_refused_with_a_clear_message(name, bad_key):
+    message = r"key must be a jax\.random\.key or a jax\.random\.PRNGKey"
+    with pytest.raises(ValueError, match=message):
+        KEYED_FUNCTIONS[name](bad_key)
+
+
+# ------------------------------------------------------------------------ low precision
+def _float32_quadratic(x):
+    # The objective in float32 (as in mixed precision) of the params as stored: the
+    # barrier keeps XLA from fusing away their rounding to x.dtype (excess precision),
+    # as a matmul reading them would.
+    return quadratic(jax.lax.optimization_barrier(x).astype(jnp.float32))
+
+
+OFFSET = 1000.0  # exact in float32; `w - OFFSET` is exact there too (Sterbenz)
+
+
+def _offset_quadratic(x):
+    return quadratic(x - OFFSET)
+
+
+X_LOW = X + 2.0  # |x_j| in [1.3, 3.4]: in bfloat16, x + 1e-3 u rounds back to x
+PRECISION_CASES = {  # name -> (fn, params, options); the default sigma = 1e-3 unless given
+    "bfloat16 antithetic": (_float32_quadratic, jnp.asarray(X_LOW, jnp.bfloat16), {}),
+    "bfloat16 forward": (_float32_quadratic, jnp.asarray(X_LOW, jnp.bfloat16),
+                         {"antithetic": False}),
+    "bfloat16 sphere": (_float32_quadratic, jnp.asarray(X_LOW, jnp.bfloat16),
+                        {"directions": "sphere"}),
+    "float16 antithetic": (_float32_quadratic, jnp.asarray(X_LOW, jnp.float16), {}),
+    "float32 at 1e3, sigma 1e-9": (_offset_quadratic, jnp.asarray(X + OFFSET, jnp.float32),
+                                   {"sigma": 1e-9, "antithetic": False}),
+}
+
+
+def _exact_gradient(fn, params):
+    point = np.asarray(params.astype(jnp.float32), np.float64)
+    return A @ (point - (OFFSET if fn is _offset_quadratic else 0.0)) + B
+
+
+@pytest.mark.parametrize("case", PRECISION_CASES)
+def test_low_precision_params_give_the_exact_gradient_not_zero(case):
+    # Formerly x + sigma u == x in bfloat16 (and float32 at 1e3 with sigma = 1e-9): 0.
+    fn, params, options = PRECISION_CASES[case]
+    samples = jax.jit(
+        lambda x: estimators.zeroth_order_grad(
+            fn, x, jax.random.key(31), num_samples=2**13, return_samples=True, **options
+        )
+    )(params)
+    samples = np.asarray(samples, np.float64)
+    assert np.all(np.abs(samples.mean(0)) > 0)
+    _assert_mean_is(samples, _exact_gradient(fn, params))
+
+
+def test_the_gaussian_policy_resolves_bfloat16_params_too():
+    params = jnp.asarray(X_LOW, jnp.bfloat16)
+    samples = jax.jit(
+        lambda x: estimators.policy_gradient(
+            *estimators.gaussian_policy(1e-3), _float32_quadratic, x, jax.random.key(37),
+            num_samples=2**13, return_samples=True,
+        )
+    )(params)
+    _assert_mean_is(np.asarray(samples, np.float64), _exact_gradient(_float32_quadratic, params))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "directions"),
+    [(jnp.bfloat16, "gaussian"), (jnp.float16, "rademacher"), (jnp.bfloat16, "sphere")],
+)
+def test_sigma_is_raised_to_four_spacings_of_the_largest_parameter(dtype, directions):
+    params = {"a": jnp.asarray(X, dtype), "b": jnp.asarray([0.25, -3.0], dtype)}
+    spacings = 4 * float(jnp.finfo(dtype).eps) * 3.0  # max |x_j| = 3 (|X| < 1.4)
+    floor = spacings * (math.sqrt(6) if directions == "sphere" else 1.0)
+
+    def estimate(sigma):
+        return estimators.zeroth_order_grad(
+            lambda p: _float32_quadratic(p["a"]) + jnp.sum(p["b"].astype(jnp.float32) ** 3),
+            params, jax.random.key(41), num_samples=16, sigma=sigma, directions=directions,
+            return_samples=True,  # in float32: differences of sigma^2 stay visible
+        )
+
+    at_default, at_floor, above = jax.jit(
+        lambda: (estimate(1e-3), estimate(floor), estimate(2 * floor))
+    )()
+    jax.tree.map(np.testing.assert_array_equal, at_default, at_floor)
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, at_floor, above)))
+
+
+# --------------------------------------------------------------- function transformations
+TRANSFORMED = {  # name -> estimate(params, key), params = the 7-vector `FLAT`
+    "zo antithetic, chunked": lambda x, key: estimators.zeroth_order_grad(
+        _smooth_flat, x, key, num_samples=16, sigma=0.1, chunk_size=8
+    ),
+    "zo forward, optimal, sphere": lambda x, key: estimators.zeroth_order_grad(
+        _smooth_flat, x, key, num_samples=16, sigma=0.1, antithetic=False,
+        baseline="optimal", directions="sphere",
+    ),
+    "pg gaussian, leave_one_out": lambda x, key: estimators.policy_gradient(
+        *estimators.gaussian_policy(0.1), _smooth_flat, x, key, num_samples=16
+    ),
+    "pg categorical, optimal": lambda x, key: estimators.policy_gradient(
+        *estimators.categorical_policy(lambda p: jnp.reshape(p[:6], (2, 3))),
+        lambda y: jnp.sum(jnp.asarray([1.0, 3.0, -2.0])[y]),
+        x, key, num_samples=16, baseline="optimal",
+    ),
+}
+FLAT = jnp.array([0.3, -1.2, 0.7, 0.1, 0.2, -0.4, 1.1])
+
+
+def _smooth_flat(x):
+    return jnp.sum(x**2 * jnp.arange(1, x.shape[-1] + 1, dtype=x.dtype)) + jnp.sum(jnp.sin(x))
+
+
+@pytest.mark.parametrize("name", TRANSFORMED)
+def test_estimators_commute_with_jit_vmap_checkpoint_and_scan(name):
+    estimate = TRANSFORMED[name]
+    key = jax.random.key(43)
+    batch_keys = jnp.stack([key, jax.random.key(44)])
+    batch_params = jnp.stack([FLAT, 2 * FLAT])
+
+    def transformed():
+        return {
+            "checkpoint": jax.checkpoint(estimate)(FLAT, key),
+            "vmap over keys": jax.vmap(estimate, in_axes=(None, 0))(FLAT, batch_keys),
+            "vmap over params": jax.vmap(estimate, in_axes=(0, None))(batch_params, key),
+            "scan over keys": jax.lax.scan(
+                lambda carry, k: (carry, estimate(FLAT, k)), 0.0, batch_keys
+            )[1],
+        }
+
+    def one_at_a_time():
+        plain = estimate(FLAT, key)
+        over_keys = jnp.stack([plain, estimate(FLAT, batch_keys[1])])
+        return {
+            "checkpoint": plain,
+            "vmap over keys": over_keys,
+            "vmap over params": jnp.stack([plain, estimate(batch_params[1], key)]),
+            "scan over keys": over_keys,
+        }
+
+    results, expected = jax.jit(lambda: (transformed(), one_at_a_time()))()
+    for transformation, result in results.items():
+        scale = np.max(np.abs(expected[transformation]))
+        np.testing.assert_allclose(  # float32 rounding, amplified by 1/sigma
+            result, expected[transformation], rtol=1e-5, atol=1e-5 * scale,
+            err_msg=transformation,
+        )
+
+
+@pytest.mark.parametrize("name", TRANSFORMED)
+def test_estimates_are_differentiable_in_params_in_forward_and_reverse_mode(name):
+    # Against finite differences of the estimate (fixed key), float64.
+    # The old policy_gradient stopped the gradient of its coefficients: jvp was 0.
+    with enable_x64():
+        x = jnp.asarray(FLAT, jnp.float64)
+        estimate = jax.jit(functools.partial(TRANSFORMED[name], key=jax.random.key(47)))
+        jax.test_util.check_grads(estimate, (x,), order=1, modes=("fwd", "rev"))
+        jacobian = jax.jit(jax.jacfwd(estimate))(x)
+        step = 1e-6
+        differences = jnp.stack(
+            [(estimate(x + step * e) - estimate(x - step * e)) / (2 * step) for e in jnp.eye(7)],
+            axis=-1,
+        )
+        np.testing.assert_allclose(jacobian, differences, rtol=1e-5, atol=1e-5)
+        assert np.max(np.abs(jacobian)) > 0.1

@@ -96,27 +96,113 @@ def test_focal_gradient_is_the_reweighted_cross_entropy_gradient(gamma):
 
 
 @pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
-def test_gradients_pass_check_grads_in_float64(name):
+def test_first_and_second_derivatives_in_both_modes_pass_check_grads_in_float64(name):
     loss = SOFTMAX_LOSSES[name]
     logits, labels = _problem(3)
     with enable_x64():
         check_grads(jax.jit(lambda s: loss(s, labels)), (jnp.asarray(logits, jnp.float64),),
-                    order=1, modes=["rev"])
+                    order=2, modes=["fwd", "rev"])
 
 
-def test_focal_supports_reverse_over_reverse_differentiation():
-    logits, labels = _problem(3, batch=1, num_classes=3)
-    with enable_x64():
-        check_grads(jax.jit(lambda s: losses.softmax_focal_loss(s, labels, gamma=1.5)),
-                    (jnp.asarray(logits, jnp.float64),), order=2, modes=["rev"])
-
-
-def test_grad_of_focal_gamma_matches_finite_differences():
+def test_derivatives_in_focal_gamma_match_finite_differences():
     logits, labels = _problem(4)
     with enable_x64():
         check_grads(lambda g: losses.softmax_focal_loss(jnp.asarray(logits, jnp.float64),
                                                        labels, gamma=g), (1.5,), order=1,
-                    modes=["rev"])
+                    modes=["fwd", "rev"])
+
+
+def _plain_log_p(s, y, mask):
+    """`s_y - logsumexp(s)` by plain autodiff (no custom derivative), mask as optax's."""
+    scores = s if mask is None else jnp.where(mask, s, -jnp.inf)
+    return jnp.take_along_axis(s, y[:, None], -1)[:, 0] - jax.nn.logsumexp(scores, -1)
+
+
+def _plain_multilabel(s, y, mask):
+    positive = jax.nn.one_hot(y, s.shape[-1], dtype=bool)
+    present = jnp.ones_like(positive) if mask is None else mask
+
+    def term(exponents, members):
+        exponents = jnp.where(members & present, exponents, -jnp.inf)
+        return jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(exponents[:, :1]),
+                                                 exponents], -1), -1)
+
+    return term(s, ~positive) + term(-s, positive)
+
+
+def _plain_soft_truncated(s, y, mask):
+    log_p = _plain_log_p(s, y, mask)
+    rivals = jax.nn.one_hot(y, s.shape[-1]) == 0
+    if mask is not None:
+        rivals = rivals & mask
+    lead = jnp.take_along_axis(s, y[:, None], -1)[:, 0] - jnp.max(
+        jnp.where(rivals, s, -jnp.inf), -1)
+    return -jax.nn.sigmoid(-2.0 * lead) * log_p
+
+
+def _plain_focal(gamma, alpha):
+    def loss(s, y, mask):
+        log_p = _plain_log_p(s, y, mask)
+        return -jnp.asarray(alpha)[y] * (1.0 - jnp.exp(log_p)) ** gamma * log_p
+    return loss
+
+
+# The same losses written directly, differentiated by plain autodiff.
+PLAIN_LOSSES = {
+    "focal": _plain_focal(2.0, ALPHA),
+    "focal_small_gamma": _plain_focal(0.3, np.ones(NUM_CLASSES)),
+    "weighted": lambda s, y, m: -jnp.asarray(ALPHA)[y] * _plain_log_p(s, y, m),
+    "logit_adjusted": lambda s, y, m: -_plain_log_p(
+        s + 1.5 * jnp.log(PRIORS / PRIORS.sum()), y, m),
+    "smoothed_accuracy": lambda s, y, m: -jnp.exp(_plain_log_p(s, y, m)),
+    "hard_truncated": lambda s, y, m: jnp.where(
+        jnp.exp(_plain_log_p(s, y, m)) <= 0.6, -_plain_log_p(s, y, m), 0.0),
+    "soft_truncated": _plain_soft_truncated,
+    "multilabel": _plain_multilabel,
+}
+
+
+@pytest.mark.parametrize(("name", "masked"), [
+    *[(name, False) for name in SOFTMAX_LOSSES],
+    *[(name, True) for name in ("focal", "logit_adjusted", "soft_truncated", "multilabel")]])
+def test_forward_mode_derivatives_match_plain_autodiff(name, masked):
+    # jvp, jacfwd, linearize, hessian (forward over reverse) and the jvp of the gradient
+    # (a Hessian-vector product), each against the same transform of a plain version.
+    logits, labels = _problem(20, batch=4)
+    rng = np.random.default_rng(21)
+    mask = None
+    if masked:
+        mask = rng.random(logits.shape) < 0.7
+        mask[np.arange(4), labels] = True
+        mask[np.arange(4), (labels + 1) % NUM_CLASSES] = True
+    ours, plain = SOFTMAX_LOSSES[name], PLAIN_LOSSES[name]
+    with enable_x64():
+        s = jnp.asarray(logits, jnp.float64)
+        tangent = jnp.asarray(rng.standard_normal(logits.shape))
+        kwargs = {} if mask is None else {"where": mask}
+
+        @jax.jit
+        def transforms(s, tangent, f):
+            def squares(t):
+                return jnp.sum(f(t) ** 2)
+
+            return {
+                "jvp": jax.jvp(f, (s,), (tangent,)),
+                "jacfwd": jax.jacfwd(f)(s),
+                "linearize": jax.linearize(f, s)[1](tangent),
+                "hessian": jax.hessian(squares)(s),
+                "jvp_of_grad": jax.jvp(jax.grad(squares), (s,), (tangent,)),
+            }
+
+        got = transforms(s, tangent, jax.tree_util.Partial(
+            lambda t: ours(t, labels, **kwargs)))
+        expected = transforms(s, tangent, jax.tree_util.Partial(
+            lambda t: plain(t, labels, mask)))
+        for transform_name in got:
+            for g, e in zip(jax.tree.leaves(got[transform_name]),
+                            jax.tree.leaves(expected[transform_name]), strict=True):
+                np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12,
+                                           err_msg=f"{name} {transform_name}")
 
 
 @pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
@@ -296,9 +382,10 @@ def test_multilabel_loss_matches_formula_and_its_special_cases():
     got = losses.multilabel_softmax_cross_entropy(logits.astype(np.float32), labels)
     np.testing.assert_allclose(got, neg + pos, rtol=1e-5)
     # One class: sigmoid binary cross-entropy.
+    one_class = logits[:, :1].astype(np.float32)
     np.testing.assert_allclose(
-        losses.multilabel_softmax_cross_entropy(logits[:, :1], labels[:, :1]),
-        optax.sigmoid_binary_cross_entropy(logits[:, 0], labels[:, 0].astype(np.float32)),
+        losses.multilabel_softmax_cross_entropy(one_class, labels[:, :1]),
+        optax.sigmoid_binary_cross_entropy(one_class[:, 0], labels[:, 0].astype(np.float32)),
         rtol=1e-5)
     # bert4keras' -1e12 masking overflows in bfloat16; ours stays finite.
     extreme = jnp.asarray(np.where(labels, -1e4, 1e4), jnp.bfloat16)
@@ -328,7 +415,7 @@ def test_multilabel_gradient_is_the_closed_form_for_multi_hot_labels_and_masks()
                                expected_grad, atol=1e-6)
     with enable_x64():
         check_grads(jax.jit(loss), (jnp.asarray(logits, jnp.float64),), order=2,
-                    modes=["rev"])
+                    modes=["fwd", "rev"])
 
 
 def test_sharded_batch_gives_the_unsharded_result():
@@ -357,6 +444,9 @@ def test_bad_arguments_raise_value_errors_naming_them():
     _raises("labels must be integers", focal, logits, labels.astype(np.float32))
     _raises("gamma must lie in", focal, logits, labels, gamma=-0.5)
     _raises(r"alpha must be a scalar or have shape \(5,\)", focal, logits, labels, alpha=[1., 2.])
+    _raises("alpha must lie in", focal, logits, labels, alpha=-0.25)
+    _raises("alpha must lie in", focal, logits, labels, alpha=-ALPHA)
+    _raises("alpha must be finite", focal, logits, labels, alpha=np.full(5, np.nan))
     _raises("where must have shape", focal, logits, labels, where=np.ones(3, bool))
     _raises("logits must have a floating dtype", focal, labels[:, None], labels)
     _raises("class_weights must lie in", losses.weighted_softmax_cross_entropy, logits, labels,
@@ -386,3 +476,181 @@ def test_traced_hyper_parameters_skip_value_checks_and_still_work():
     per_gamma = jax.vmap(lambda g: losses.softmax_focal_loss(logits, labels, gamma=g))(gammas)
     for g, row in zip(gammas, per_gamma, strict=True):
         np.testing.assert_allclose(row, _np_focal(logits, labels, float(g)), rtol=2e-5)
+
+
+# Softmax losses with integer labels that follow optax's indexing of labels (the
+# logit-adjusted loss raises a ValueError for a concrete label outside [0, K)).
+INTEGER_LABEL_LOSSES = [name for name in SOFTMAX_LOSSES
+                        if name not in ("multilabel", "logit_adjusted")]
+
+
+def _value_and_grad(loss, logits, labels, **kwargs):
+    values = loss(logits, labels, **kwargs)
+    grads = jax.grad(lambda s: loss(s, labels, **kwargs).sum())(logits)
+    return np.asarray(values, np.float64), np.asarray(grads, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16])
+def test_narrow_integer_labels_give_the_int32_result_for_any_num_classes(dtype):
+    # K = 300 > 256: an iota in the labels' dtype would wrap around (a spurious one-hot
+    # at y + 256) and indexing a [K] weight vector with int8 labels would overflow.
+    num_classes = 300
+    logits, _ = _problem(22, batch=8, num_classes=num_classes)
+    info = np.iinfo(dtype)
+    top = min(info.max, num_classes - 1)
+    labels = np.array([0, 1, 17, 100, top, top - 1, 5, 127], np.int64)
+    labels = np.minimum(labels, top).astype(dtype)
+    weights = np.linspace(0.5, 2.0, num_classes)
+    by_name = {
+        "focal_alpha": lambda s, y: losses.softmax_focal_loss(s, y, alpha=weights),
+        "weighted": lambda s, y: losses.weighted_softmax_cross_entropy(
+            s, y, class_weights=weights),
+        "soft_truncated": losses.softmax_soft_truncated_cross_entropy,
+    }
+    for name, loss in by_name.items():
+        got = _value_and_grad(loss, logits, labels)
+        expected = _value_and_grad(loss, logits, labels.astype(np.int32))
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7, err_msg=f"{name} {dtype}")
+
+
+def test_wide_integer_labels_do_not_wrap_into_range_when_cast():
+    # Traced (the check of concrete labels would refuse them before any cast).
+    logits, _ = _problem(23, batch=3)
+    with enable_x64():
+        labels = np.array([2, 2**32 + 1, -(2**40)], np.int64)  # int32 would wrap both
+        values = jax.jit(lambda s, y: losses.weighted_softmax_cross_entropy(
+            s, y, class_weights=ALPHA))(logits, labels)
+        assert np.isfinite(values[0]) and np.all(np.isnan(values[1:]))
+    big = np.array([1, 2**32 - 1, 2**31 + 3], np.uint32)  # -1 and -2**31 + 3 as int32
+    values = jax.jit(losses.softmax_focal_loss)(logits, big)
+    assert np.isfinite(values[0]) and np.all(np.isnan(values[1:]))
+    with pytest.raises(ValueError, match="got 4294967295 at index"):
+        losses.softmax_focal_loss(logits, big)
+
+
+@pytest.mark.parametrize("name", INTEGER_LABEL_LOSSES)
+def test_concrete_labels_outside_zero_to_k_are_refused_naming_the_label(name):
+    # Negative ones too: optax would read -1 as class K - 1, a silent wrong answer when
+    # -1 marks padding.
+    loss = SOFTMAX_LOSSES[name]
+    logits, labels = _problem(24)
+    for bad_label in (-1, -NUM_CLASSES, NUM_CLASSES):
+        bad = labels.copy()
+        bad[2] = bad_label
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, {NUM_CLASSES}\).*"
+                                             rf"got {bad_label} at index \(2,\)"):
+            loss(logits, bad)
+    # Padding excluded by `where` is not checked.
+    bad = labels.copy()
+    bad[2] = -1
+    keep = np.arange(len(labels)) != 2
+    np.testing.assert_allclose(loss(logits, bad, where=keep)[keep],
+                               loss(logits, labels)[keep], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", INTEGER_LABEL_LOSSES)
+def test_traced_labels_outside_zero_to_k_give_nan_value_and_gradient(name):
+    # Optax gives NaN for a label >= K but a finite gradient (p, without e_y), and reads
+    # a negative label as y + K; here value and gradient are NaN, for that example only.
+    loss = SOFTMAX_LOSSES[name]
+    logits, labels = _problem(25)
+    bad = labels.copy()
+    bad[[1, 3, 4]] = [NUM_CLASSES, -1, -NUM_CLASSES - 1]
+    rows = np.isin(np.arange(6), [1, 3, 4])
+    for kwargs in ({}, {"where": np.ones(logits.shape, bool)}):
+        @jax.jit
+        def traced(s, y, kwargs=kwargs):
+            value = loss(s, y, **kwargs)
+            return value, jax.grad(lambda t: loss(t, y, **kwargs).sum())(s)
+
+        values, grads = map(np.asarray, traced(logits, bad))
+        good_values, good_grads = map(np.asarray, traced(logits, labels))
+        assert np.all(np.isnan(values[rows])), name
+        assert np.all(np.isnan(grads[rows])), name
+        np.testing.assert_allclose(values[~rows], good_values[~rows], rtol=1e-6)
+        np.testing.assert_allclose(grads[~rows], good_grads[~rows], atol=1e-7)
+        jvp = jax.jit(lambda s, y, kwargs=kwargs: jax.jvp(
+            lambda t: loss(t, y, **kwargs), (s,), (jnp.ones_like(s),))[1])(logits, bad)
+        assert np.all(np.isnan(np.asarray(jvp)[rows])), name
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
+def test_nan_and_inf_logits_give_non_finite_losses_for_their_example(name, masked):
+    loss = SOFTMAX_LOSSES[name]
+    logits, labels = _problem(26)
+    other = (labels + 1) % NUM_CLASSES  # not the target: a negative of the multi-label loss
+    dirty = logits.copy()
+    dirty[0, other[0]] = np.nan
+    dirty[1, labels[1]] = np.nan
+    dirty[2, other[2]] = np.inf
+    dirty[3, labels[3]] = np.inf
+    kwargs = {"where": np.ones(logits.shape, bool)} if masked else {}
+    values, grads = _value_and_grad(loss, dirty, labels, **kwargs)
+    clean_values, clean_grads = _value_and_grad(loss, logits, labels, **kwargs)
+    assert not np.any(np.isfinite(values[:4])), (name, values)
+    assert not np.any(np.all(np.isfinite(grads[:4]), axis=-1)), name
+    np.testing.assert_allclose(values[4:], clean_values[4:], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(grads[4:], clean_grads[4:], atol=1e-7, err_msg=name)
+    if name != "multilabel":  # a -inf score is a class of probability 0, as if masked
+        minus_inf = logits.copy()
+        minus_inf[:, 0] = -np.inf
+        keep = np.ones(logits.shape, bool)
+        keep[:, 0] = False
+        rows = labels != 0
+        got = _value_and_grad(loss, minus_inf, labels, **kwargs)
+        expected = _value_and_grad(loss, logits, labels, where=keep)
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g[rows], e[rows], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_nan_logits_under_the_mask_are_left_out():
+    logits, labels = _problem(27)
+    mask = np.ones(logits.shape, bool)
+    mask[0, (labels[0] + 1) % NUM_CLASSES] = False
+    dirty = logits.copy()
+    dirty[~mask] = np.nan
+    for name, loss in SOFTMAX_LOSSES.items():
+        got = _value_and_grad(loss, dirty, labels, where=mask)
+        expected = _value_and_grad(loss, logits, labels, where=mask)
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
+def test_empty_batch_gives_empty_losses(name):
+    loss = SOFTMAX_LOSSES[name]
+    logits, labels = np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0,), np.int32)
+    for kwargs in ({}, {"where": np.ones(0, bool)}, {"where": np.ones((0, NUM_CLASSES), bool)}):
+        values, grads = jax.jit(lambda s, kwargs=kwargs: (
+            loss(s, labels, **kwargs),
+            jax.grad(lambda t: loss(t, labels, **kwargs).sum())(s)))(logits)
+        assert values.shape == (0,) and values.dtype == jnp.float32, name
+        assert grads.shape == (0, NUM_CLASSES), name
+    grid = np.zeros((3, 0, NUM_CLASSES), np.float32)  # an empty inner batch axis
+    assert loss(grid, np.zeros((3, 0), np.int32)).shape == (3, 0)
+    empty = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    assert empty.shape == (0,)
+
+
+@pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
+def test_float64_under_x64_and_bfloat16_inputs_keep_their_dtype(name):
+    loss = SOFTMAX_LOSSES[name]
+    logits, labels = _problem(28)
+    plain = PLAIN_LOSSES[name]
+    with enable_x64():
+        s = jnp.asarray(logits, jnp.float64)
+        values, grads = jax.jit(lambda t: (loss(t, labels), jax.grad(
+            lambda u: loss(u, labels).sum())(t)))(s)
+        assert values.dtype == grads.dtype == jnp.float64
+        expected = _value_and_grad(lambda t, y: plain(t, y, None), s, labels)
+        np.testing.assert_allclose(values, expected[0], rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(grads, expected[1], rtol=1e-10, atol=1e-14, err_msg=name)
+    half = jnp.asarray(logits, jnp.bfloat16)
+    values = loss(half, labels)
+    assert values.dtype == jnp.bfloat16
+    # Computed in float32 from the rounded logits, then rounded once.
+    rounded = np.asarray(half, np.float32)
+    np.testing.assert_allclose(np.asarray(values, np.float32), loss(rounded, labels),
+                               rtol=8e-3, atol=1e-6, err_msg=name)

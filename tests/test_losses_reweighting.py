@@ -214,3 +214,302 @@ def test_binary_bad_arguments_raise_value_errors():
         losses.binary_smoothed_f1_loss(logits, labels[:3])
     with pytest.raises(ValueError, match="average must be one of"):
         losses.smoothed_f1_loss(logits.reshape(6, 4), np.zeros(6, int), average="weighted")
+
+
+def check_transforms(fn, x, *, finite_differences=True, rtol=1e-9):
+    """Checks `fn` (one float array -> array, called under enable_x64) in every mode.
+
+    jvp, jacfwd and linearize agree with jacrev, grad of jax.checkpoint with grad, vmap
+    and jvp inside lax.scan with direct calls; jax.hessian agrees with central
+    differences of the gradient (`finite_differences`, which also checks the jvp) or else
+    with reverse-over-reverse. All in one jit, so that the test compiles once.
+    """
+    x = jnp.asarray(x)
+    tangent = jnp.cos(jnp.arange(x.size, dtype=x.dtype)).reshape(x.shape)
+
+    def scalar(t):
+        return jnp.sum(fn(t) ** 2)
+
+    @jax.jit
+    def results(x):
+        value, derivative = jax.jvp(fn, (x,), (tangent,))
+        step = 1e-5 * tangent
+        _, scanned = jax.lax.scan(lambda c, t: (c, jax.jvp(fn, (t,), (tangent,))[1]), 0,
+                                  jnp.stack([x, x]))
+        return {
+            "value": value, "direct": fn(x), "derivative": derivative,
+            "linearized": jax.linearize(fn, x)[1](tangent), "scanned": scanned[1],
+            "jacfwd": jax.jacfwd(fn)(x), "jacrev": jax.jacrev(fn)(x),
+            "hessian": jax.hessian(scalar)(x),
+            "grad": jax.grad(scalar)(x), "checkpointed": jax.grad(jax.checkpoint(scalar))(x),
+            "vmapped": jax.vmap(fn)(jnp.stack([x, 0.5 * x]))[1], "halved": fn(0.5 * x),
+        } | ({
+            "difference": (fn(x + step) - fn(x - step)) / 2e-5,
+            "grad_difference": (jax.grad(scalar)(x + step) - jax.grad(scalar)(x - step)) / 2e-5,
+        } if finite_differences else {"rev_rev": jax.jacrev(jax.jacrev(scalar))(x)})
+
+    got = results(x)
+    close = {"rtol": rtol, "atol": rtol}
+    for a, b in (("value", "direct"), ("jacfwd", "jacrev"), ("linearized", "derivative"),
+                 ("scanned", "derivative"), ("checkpointed", "grad"), ("vmapped", "halved")):
+        np.testing.assert_allclose(got[a], got[b], err_msg=f"{a} != {b}", **close)
+    np.testing.assert_allclose(got["derivative"],
+                               jnp.tensordot(got["jacrev"], tangent, x.ndim), **close)
+    if finite_differences:
+        np.testing.assert_allclose(got["difference"], got["derivative"], rtol=1e-6, atol=1e-8)
+        hessian_tangent = jnp.tensordot(got["hessian"], tangent, x.ndim)
+        np.testing.assert_allclose(got["grad_difference"], hessian_tangent, rtol=1e-6,
+                                   atol=1e-8)
+    else:
+        np.testing.assert_allclose(got["hessian"], got["rev_rev"], **close)
+
+
+SMOOTHED_F1 = {
+    "macro": lambda s, y, **kw: losses.smoothed_f1_loss(s, y, **kw),
+    "micro": lambda s, y, **kw: losses.smoothed_f1_loss(s, y, average="micro", **kw),
+}
+
+
+def _np_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    exps = np.exp(logits - logits.max(-1, keepdims=True))
+    return exps / exps.sum(-1, keepdims=True)
+
+
+def _np_macro_f1_loss(logits, labels, num_classes):
+    p, one_hot = _np_softmax(logits), np.eye(num_classes)[labels]
+    totals = (p + one_hot).sum(0)
+    return 1 - np.mean(2 * (p * one_hot).sum(0) / totals)
+
+
+@pytest.mark.parametrize(("average", "bad"), [("macro", np.nan), ("micro", np.inf)])
+def test_smoothed_f1_is_nan_for_a_nan_or_inf_score_with_or_without_where(average, bad):
+    loss = SMOOTHED_F1[average]
+    logits, labels = _softmax_problem(12, batch=6)
+    logits[2, 1] = bad
+    for where in (None, np.ones(6, bool), np.ones((6, 4), bool)):
+        value, grads = jax.jit(jax.value_and_grad(lambda s, w=where: loss(s, labels, where=w)))(
+            logits)
+        assert np.isnan(value)
+        assert np.all(np.isnan(grads))
+    # A NaN in an example that `where` leaves out changes nothing.
+    keep = np.arange(6) != 2
+    np.testing.assert_allclose(loss(logits, labels, where=keep),
+                               loss(logits[keep], labels[keep]), rtol=1e-6)
+
+
+def test_binary_f1_losses_are_nan_for_a_nan_logit_or_label_but_skip_masked_ones():
+    logits, labels = _binary_problem(13, size=8)
+    for z, y in ((np.where(np.arange(8) == 3, np.nan, logits), labels),
+                 (logits, np.where(np.arange(8) == 5, np.nan, labels))):
+        z = z.astype(np.float32)
+        value, grads = jax.value_and_grad(losses.binary_smoothed_f1_loss)(z, y)
+        assert np.isnan(value)
+        assert np.all(np.isnan(grads))
+        assert np.all(np.isnan(losses.binary_f1_weighted_cross_entropy(z, y)))
+    bad = np.where(np.arange(8) == 3, np.nan, logits).astype(np.float32)
+    keep = np.arange(8) != 3
+    p = _np_sigmoid(logits[keep])
+    expected = 1 - 2 * np.sum(p * labels[keep]) / np.sum(p + labels[keep])
+    np.testing.assert_allclose(losses.binary_smoothed_f1_loss(bad, labels, where=keep),
+                               expected, rtol=1e-5)
+    weighted = losses.binary_f1_weighted_cross_entropy(bad, labels, where=keep)
+    np.testing.assert_allclose(weighted[keep], losses.binary_f1_weighted_cross_entropy(
+        logits[keep], labels[keep]), rtol=1e-6)
+    assert weighted[3] == 0.0
+
+
+@pytest.mark.parametrize("average", list(SMOOTHED_F1))
+def test_f1_losses_of_an_empty_or_fully_masked_batch_are_zero_with_a_zero_gradient(average):
+    loss = SMOOTHED_F1[average]
+    assert loss(np.zeros((0, 4), np.float32), np.zeros(0, np.uint8)) == 0.0
+    assert losses.binary_smoothed_f1_loss(np.zeros((0, 3), np.float32), np.zeros((0, 3))) == 0.0
+    logits, labels = _softmax_problem(14, batch=6)
+    for where in (np.zeros(6, bool), np.zeros((6, 4), bool)):
+        value, grads = jax.value_and_grad(lambda s, w=where: loss(s, labels, where=w))(logits)
+        assert value == 0.0
+        np.testing.assert_array_equal(grads, 0.0)
+    z, y = _binary_problem(15, size=8)
+    value, grads = jax.value_and_grad(losses.binary_smoothed_f1_loss)(
+        z, y, where=np.zeros(8, bool))
+    assert value == 0.0
+    np.testing.assert_array_equal(grads, 0.0)
+
+
+def test_elementwise_losses_and_weights_of_an_empty_batch_are_empty():
+    empty = np.zeros((0,), np.float32)
+    for name, loss in BINARY_LOSSES.items():
+        if name != "smoothed_f1":
+            out = loss(empty, empty)
+            assert out.shape == (0,) and out.dtype == np.float32, name
+    weights = losses.cross_entropy_weights(losses.smoothed_accuracy_loss,
+                                           np.zeros((0, 4), np.float32), np.zeros(0, np.int8))
+    assert weights.shape == (0,)
+    weights = losses.cross_entropy_weights(losses.binary_smoothed_f1_loss, empty, empty,
+                                           kind="sigmoid")
+    assert weights.shape == (0,)
+
+
+def test_smoothed_f1_and_weights_reject_labels_out_of_range_and_give_nan_when_traced():
+    logits, labels = _softmax_problem(16, batch=6)
+    for bad in (4, -1, 200):
+        wrong = labels.copy()
+        wrong[3] = bad
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\).*got {bad} at"):
+            losses.smoothed_f1_loss(logits, wrong)
+        with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\).*got {bad} at"):
+            losses.cross_entropy_weights(lambda s, y: jnp.sum(s), logits, wrong)
+        value, grads = jax.jit(jax.value_and_grad(losses.smoothed_f1_loss), static_argnames=())(
+            logits, wrong)
+        assert np.isnan(value) and np.all(np.isnan(grads))
+        weights = jax.jit(lambda s, y: losses.cross_entropy_weights(
+            losses.smoothed_accuracy_loss, s, y))(logits, wrong)
+        keep = np.arange(6) != 3
+        assert np.isnan(weights[3])
+        np.testing.assert_allclose(weights[keep], _np_softmax(logits)[keep, labels[keep]],
+                                   rtol=1e-5)
+    # Padding: a bad label in an example that `where` leaves out is not an error.
+    wrong = labels.copy()
+    wrong[3] = -1
+    keep = np.arange(6) != 3
+    expected = _np_macro_f1_loss(logits[keep], labels[keep], 4)
+    np.testing.assert_allclose(losses.smoothed_f1_loss(logits, wrong, where=keep), expected,
+                               rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(losses.smoothed_f1_loss)(logits, wrong, where=keep),
+                               expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "num_classes"), [(np.uint8, 300), (np.int8, 200)])
+def test_smoothed_f1_and_weights_accept_labels_of_any_integer_dtype(dtype, num_classes):
+    rng = np.random.default_rng(17)
+    labels = np.array([0, 5, np.iinfo(dtype).max, 3, 5, 1], dtype)
+    logits = rng.standard_normal((6, num_classes)).astype(np.float32)
+    logits[:, (5 + 256) % num_classes] += 6.0  # where a wrapped uint8 one-hot would land
+
+    @jax.jit
+    def both(s, y):
+        return (losses.smoothed_f1_loss(s, y),
+                losses.cross_entropy_weights(losses.smoothed_accuracy_loss, s, y))
+
+    loss, weights = both(logits, labels)
+    expected = _np_macro_f1_loss(logits, labels.astype(np.int64), num_classes)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(weights, _np_softmax(logits)[np.arange(6), labels], rtol=1e-4)
+
+
+def _np_binary_loss(name, z, y):
+    z = np.asarray(z, np.float64)
+    p = _np_sigmoid(z)
+    ce_pos, ce_neg = -np.log(p), -np.log1p(-p)
+    if name == "hard_truncated":
+        done = ((y == 1) & (p > 0.6)) | ((y == 0) & (p < 0.4))
+        return np.where(done, 0.0, y * ce_pos + (1 - y) * ce_neg)
+    if name == "soft_truncated":
+        return y * _np_sigmoid(-3 * z) * ce_pos + (1 - y) * _np_sigmoid(3 * z) * ce_neg
+    if name == "smoothed_accuracy":
+        return -(y * p + (1 - y) * (1 - p))
+    half_f1 = np.sum(p * y) / np.sum(p + y)
+    if name == "f1_weighted":
+        return (1 - half_f1) * y * ce_pos + half_f1 * (1 - y) * ce_neg
+    return 1 - 2 * half_f1
+
+
+@pytest.mark.parametrize("name", list(BINARY_LOSSES))
+def test_binary_losses_in_bfloat16_and_float64_match_float64_numpy(name):
+    loss = BINARY_LOSSES[name]
+    logits, labels = _binary_problem(18, size=8)
+    rounded = np.asarray(jnp.asarray(logits, jnp.bfloat16), np.float64)
+    got = loss(jnp.asarray(logits, jnp.bfloat16), labels)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float64),
+                               _np_binary_loss(name, rounded, labels), rtol=1e-2, atol=1e-2)
+    with enable_x64():
+        got = loss(jnp.asarray(logits, jnp.float64), labels)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, _np_binary_loss(name, logits, labels), rtol=1e-12)
+
+
+def test_smoothed_f1_and_weights_in_bfloat16_and_float64():
+    logits, labels = _softmax_problem(19, batch=6)
+    one_hot = np.eye(4)[labels]
+
+    @jax.jit
+    def all_three(s, y):
+        return (losses.smoothed_f1_loss(s, y), losses.smoothed_f1_loss(s, y, average="micro"),
+                losses.cross_entropy_weights(losses.smoothed_accuracy_loss, s, y))
+
+    def reference(s):
+        p = _np_softmax(s)
+        return (_np_macro_f1_loss(s, labels, 4), 1 - np.mean(np.sum(p * one_hot, -1)),
+                p[np.arange(6), labels])
+
+    half = jnp.asarray(logits, jnp.bfloat16)
+    got = all_three(half, labels)
+    assert [x.dtype for x in got] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
+    for x, y in zip(got, reference(np.asarray(half, np.float64)), strict=True):
+        np.testing.assert_allclose(np.asarray(x, np.float64), y, rtol=2e-2)
+    with enable_x64():
+        got = all_three(jnp.asarray(logits, jnp.float64), labels.astype(np.int64))
+        assert all(x.dtype == jnp.float64 for x in got)
+        for x, y in zip(got, reference(logits), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-10)
+
+
+def test_binary_and_f1_losses_work_in_forward_mode_and_under_every_transformation():
+    z, y = _binary_problem(20, size=8)
+    logits, labels = _softmax_problem(21, batch=6)
+    where = np.ones((6, 4), bool)
+    where[1, 2] = False
+
+    def stacked(names):  # one compilation for several losses
+        return lambda t: jnp.concatenate([BINARY_LOSSES[n](t, y).ravel() for n in names])
+
+    with enable_x64():
+        # Finite differences cannot check the F1-weighted loss (F1 under stop-gradient).
+        check_transforms(stacked(["hard_truncated", "soft_truncated", "smoothed_accuracy",
+                                  "smoothed_f1"]), jnp.asarray(z, jnp.float64))
+        check_transforms(stacked(["f1_weighted"]), jnp.asarray(z, jnp.float64),
+                         finite_differences=False)
+        check_transforms(lambda s: jnp.stack([
+            losses.smoothed_f1_loss(s, labels, where=where),
+            losses.smoothed_f1_loss(s, labels, average="micro")]),
+            jnp.asarray(logits, jnp.float64))
+
+
+def test_cross_entropy_weights_work_in_forward_mode_and_under_every_transformation():
+    logits, labels = _softmax_problem(22, batch=6)
+    z, y = _binary_problem(23, size=8)
+
+    with enable_x64():  # forward over reverse mode: derivatives of gradients
+        check_transforms(
+            lambda s: losses.cross_entropy_weights(
+                lambda t, u: losses.softmax_focal_loss(t, u, gamma=2.0), s, labels),
+            jnp.asarray(logits, jnp.float64))
+
+        def sigmoid_weights(t):
+            return losses.cross_entropy_weights(losses.binary_smoothed_f1_loss, t, y,
+                                                kind="sigmoid")
+
+        z = jnp.asarray(z, jnp.float64)
+        np.testing.assert_allclose(jax.jit(jax.jacfwd(sigmoid_weights))(z),
+                                   jax.jit(jax.jacrev(sigmoid_weights))(z), rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_cross_entropy_weights_accept_tuple_axes_like_the_losses():
+    logits, labels = _softmax_problem(24, batch=6)
+    expected = losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits, labels)
+    for axis in ((-1,), (1,)):
+        got = losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits, labels,
+                                           axis=axis)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    transposed = losses.cross_entropy_weights(
+        lambda s, y: losses.smoothed_accuracy_loss(s, y, axis=0), logits.T, labels, axis=0)
+    np.testing.assert_allclose(transposed, expected, rtol=1e-6)
+    split = logits.reshape(6, 2, 2)  # classes over two axes, flattened in order
+
+    def loss(s, y):
+        return losses.smoothed_accuracy_loss(s, y, axis=(1, 2))
+
+    got = losses.cross_entropy_weights(loss, split, labels, axis=(1, 2))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -2,6 +2,7 @@
 computation (optax's own optimisers, jax.grad of the penalty, numpy formulas, closed
 forms)."""
 
+import functools
 import itertools
 
 import jax
@@ -9,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compat import enable_x64
+from jax.test_util import check_grads
 
 import jaxtricks
 from jaxtricks import (
@@ -443,3 +446,178 @@ def test_bad_arguments_raise_value_errors_naming_them():
 def test_top_level_names_are_the_regularizers():
     assert jaxtricks.weissi is weissi
     assert jaxtricks.flood is jaxtricks.regularizers.flood
+
+
+# ---------------------------------------------------------------- params, masks and dtypes
+
+
+def all_transforms():
+    """Every transform that reads the params, constant and scheduled rates mixed."""
+    return {
+        "l2": l2_regularization(0.1),
+        "decoupled": decoupled_weight_decay(0.1, learning_rate=optax.constant_schedule(0.5)),
+        "weissi": weissi(0.1, direction_weight=0.05),
+        "weissi_product_decoupled": weissi(0.1, learning_rate=0.5, form="product"),
+    }
+
+
+def test_update_without_params_raises_optax_value_error_in_every_transform():
+    params = make_params()
+    for transform in all_transforms().values():
+        for wrapped in (transform, optax.chain(optax.sgd(0.1), transform)):
+            state = wrapped.init(params)
+            with pytest.raises(ValueError, match="not passing `params`"):
+                wrapped.update(params, state)
+    injected = optax.inject_hyperparams(weissi)(weight_decay=0.1)
+    with pytest.raises(ValueError, match="not passing `params`"):
+        injected.update(params, injected.init(params))
+
+
+def with_integer_leaves(params):
+    """`params` plus an int32 table, a bool mask and a uint8 table, all of ndim 2."""
+    return {
+        **params,
+        "table": jnp.arange(6, dtype=jnp.int32).reshape(3, 2) * 40,
+        "flags": jnp.array([[True, False], [True, True]]),
+        "codes": jnp.full((2, 3), 200, jnp.uint8),
+    }
+
+
+def test_default_mask_leaves_integer_and_boolean_leaves_alone():
+    # Same updates on the float leaves as without the integer ones, and the integer and
+    # boolean updates passed through bit for bit (not decayed, not promoted).
+    params = make_params()
+    grads = jax.tree.map(lambda leaf: 0.1 * jnp.ones_like(leaf), params)
+    full_params = with_integer_leaves(params)
+    full_grads = {**grads, **jax.tree.map(jnp.zeros_like, with_integer_leaves({}))}
+    everything = jax.tree.map(lambda _: True, full_params)
+    for name, transform in all_transforms().items():
+        expected, _ = transform.update(grads, transform.init(params), params)
+        for wrapped in (
+            transform,
+            optax.chain(transform, optax.identity()),
+            optax.masked(transform, everything),
+        ):
+            updates, _ = wrapped.update(full_grads, wrapped.init(full_params), full_params)
+            for key in ("table", "flags", "codes"):
+                assert updates[key].dtype == full_grads[key].dtype, (name, key)
+                np.testing.assert_array_equal(updates[key], full_grads[key])
+            assert_trees_close({k: updates[k] for k in params}, expected, rtol=1e-6)
+    for factory, arguments in [
+        (weissi, {"weight_decay": 0.1, "direction_weight": 0.05}),
+        (decoupled_weight_decay, {"weight_decay": 0.1, "learning_rate": 0.5}),
+        (l2_regularization, {"weight_decay": 0.1}),
+    ]:
+        # optax 0.2.6 would cast the rates to the dtype of the first leaf (uint8) otherwise.
+        injected = optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
+            **arguments)
+        updates, _ = injected.update(full_grads, injected.init(full_params), full_params)
+        plain = factory(**arguments)
+        expected, _ = plain.update(grads, plain.init(params), params)
+        assert_trees_close({k: updates[k] for k in params}, expected, rtol=1e-6)
+        np.testing.assert_array_equal(updates["table"], 0)
+        assert updates["flags"].dtype == jnp.bool_ and not updates["flags"].any()
+    for form in FORMS:
+        np.testing.assert_allclose(
+            weissi_penalty(full_params, form=form, direction_weight=0.3),
+            weissi_penalty(params, form=form, direction_weight=0.3),
+            rtol=1e-6,
+        )
+    np.testing.assert_allclose(l2_penalty(full_params), l2_penalty(params), rtol=1e-6)
+
+
+def test_l2_and_decoupled_decay_equal_optax_add_decayed_weights():
+    # At step t, optax.add_decayed_weights with the rate of step t (optax 0.2.6 does not
+    # advance a scheduled rate's count itself).
+    params, grads = make_params(), make_params(seed=3)
+    schedule = optax.linear_schedule(0.3, 0.05, 3)
+    pairs = [
+        (l2_regularization(schedule), schedule),
+        (decoupled_weight_decay(0.2, learning_rate=schedule), lambda t: -0.2 * schedule(t)),
+    ]
+    for ours, rate in pairs:
+        state = ours.init(params)
+        for step in range(3):
+            updates, state = ours.update(grads, state, params)
+            reference = optax.add_decayed_weights(rate(step), kernel_mask)
+            expected, _ = reference.update(grads, reference.init(params), params)
+            assert_trees_close(updates, expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- transformations, NaN
+
+
+def updates_as_function_of_params(transform, grads):
+    def update(params):
+        return transform.update(grads, transform.init(params), params)[0]
+
+    return update
+
+
+def test_transform_updates_have_correct_forward_and_reverse_derivatives():
+    with enable_x64():
+        keys = jax.random.split(jax.random.key(4), 3)
+        params = {"w1": jax.random.normal(keys[0], (3, 2), jnp.float64),
+                  "w2": jax.random.normal(keys[1], (2, 2), jnp.float64),
+                  "bias": jax.random.normal(keys[2], (2,), jnp.float64)}
+        grads = jax.tree.map(lambda leaf: 0.1 * jnp.ones_like(leaf), params)
+        tangent = jax.tree.map(jnp.ones_like, params)
+        for name, transform in all_transforms().items():
+            update = jax.jit(updates_as_function_of_params(transform, grads))
+            check_grads(update, (params,), order=1, modes=("fwd", "rev"), atol=1e-5,
+                        rtol=1e-5)
+            _, linearized = jax.linearize(update, params)
+            assert_trees_close(linearized(tangent), jax.jvp(update, (params,), (tangent,))[1],
+                               rtol=1e-10, err_msg=name)
+        # jax.hessian (forward over reverse) against reverse over reverse.
+        penalty = functools.partial(weissi_penalty, form="product", direction_weight=0.2)
+        assert_trees_close(jax.jit(jax.hessian(penalty))(params),
+                           jax.jit(jax.jacrev(jax.jacrev(penalty)))(params), rtol=1e-9,
+                           atol=1e-12)
+
+
+def test_transform_updates_under_vmap_checkpoint_and_scan_match_plain_calls():
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *[make_params(seed) for seed in range(3)])
+    grads = jax.tree.map(lambda leaf: 0.1 * jnp.ones_like(leaf), stacked)
+    for name, transform in all_transforms().items():
+        update = updates_as_function_of_params(transform, jax.tree.map(lambda g: g[0], grads))
+        per_example = [update(jax.tree.map(lambda leaf, i=i: leaf[i], stacked))
+                       for i in range(3)]
+        expected = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_example)
+        assert_trees_close(jax.vmap(update)(stacked), expected, rtol=1e-6, err_msg=name)
+        assert_trees_close(jax.lax.map(jax.checkpoint(update), stacked), expected,
+                           rtol=1e-6, err_msg=name)
+
+
+def test_nan_gradients_and_parameters_stay_nan_and_zero_parameters_stay_finite():
+    params = make_params()
+    grads = jax.tree.map(jnp.zeros_like, params)
+    nan_grads = {**grads, "dense1": {"kernel": grads["dense1"]["kernel"].at[0, 0].set(
+        jnp.nan), "bias": grads["dense1"]["bias"].at[0].set(jnp.nan)}}
+    nan_params = {**params, "dense1": {**params["dense1"], "kernel": params["dense1"][
+        "kernel"].at[1, 1].set(jnp.nan)}}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for name, transform in all_transforms().items():
+        state = transform.init(params)
+        updates, _ = transform.update(nan_grads, state, params)
+        assert np.isnan(updates["dense1"]["kernel"][0, 0]), name
+        assert np.isnan(updates["dense1"]["bias"][0]), name  # masked out: passed through
+        updates, _ = transform.update(grads, state, nan_params)
+        assert np.isnan(updates["dense1"]["kernel"][1, 1]), name
+        updates, _ = transform.update(zeros, state, zeros)
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(updates)), name
+    for penalty in (l2_penalty, weissi_penalty):
+        assert np.isnan(penalty(nan_params))
+        assert np.isnan(jax.grad(penalty)(nan_params)["dense1"]["kernel"][1, 1])
+        value, grad = jax.value_and_grad(penalty)(zeros)
+        assert np.isfinite(value) and all(np.isfinite(g).all() for g in jax.tree.leaves(grad))
+
+
+def test_penalty_gradients_keep_bfloat16_and_float16_dtypes():
+    for dtype in (jnp.bfloat16, jnp.float16):
+        params = make_params(dtype=dtype)
+        for penalty in (l2_penalty, functools.partial(weissi_penalty, direction_weight=0.1)):
+            value, grad = jax.value_and_grad(penalty)(params)
+            assert value.dtype == jnp.float32
+            assert all(g.dtype == dtype for g in jax.tree.leaves(grad))

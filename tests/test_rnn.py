@@ -1,11 +1,15 @@
 """Tests of jaxtricks.rnn: Jacobian and gradient norms through time (spec section 8)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _compat import enable_x64
 from flax import nnx
+from jax.test_util import check_grads
 
 from jaxtricks import rnn
 
@@ -222,3 +226,209 @@ def test_bad_arguments_raise_value_errors_naming_them():
         rnn.step_jacobian_norms(lambda h, x: ((h, h), h), carry, inputs)
     with pytest.raises(ValueError, match="carry"):
         rnn.gradient_norms_over_time(lambda c, y: 0.0, step, jnp.ones(3, int), inputs)
+
+
+def _tanh_step(matrix):
+    """`h' = tanh(A h + x)`, a cell whose Jacobian depends on the trajectory."""
+    return lambda h, x: (jnp.tanh(matrix @ h + x), h)
+
+
+def test_power_method_norms_are_differentiable_in_both_modes_like_svd():
+    # Reverse mode used to fail on the power iteration's while_loop; the implicit rule
+    # d sigma = u^T dM v must agree with differentiating the SVD, in both modes, and with
+    # central finite differences (check_grads, float64).
+    matrix = 0.5 * jax.random.normal(KEY, (4, 4))
+    inputs = jax.random.normal(jax.random.key(1), (3, 4))
+
+    def norms(matrix, norms_fn, method, tol=1e-4):
+        return norms_fn(_tanh_step(matrix), jnp.ones(4), inputs, method=method, tol=tol)
+
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
+        exact = jax.jacrev(norms)(matrix, norms_fn, "exact")
+        power = functools.partial(norms, norms_fn=norms_fn, method="power", tol=1e-5)
+        np.testing.assert_allclose(jax.jacrev(power)(matrix), exact, atol=2e-5)
+        np.testing.assert_allclose(jax.jacfwd(power)(matrix), exact, atol=2e-5)
+    with enable_x64():
+        matrix64 = matrix.astype(jnp.float64)
+        inputs = inputs.astype(jnp.float64)
+        check_grads(
+            jax.jit(lambda m: norms(m, rnn.jacobian_norms, "power", 1e-9)), (matrix64,),
+            order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6,
+        )
+
+
+def test_auto_method_above_64_carry_entries_has_the_exact_gradient_of_matrix_powers():
+    # h' = A h: d carry_2/d carry_0 = A^2, d sigma(A^2) = u^T (dA A + A dA) v, so the
+    # gradient is u (A v)^T + (A^T u) v^T (numpy SVD, float64).
+    size = 65
+    matrix = jax.random.normal(KEY, (size, size)) / np.sqrt(size)
+    inputs = jnp.zeros((2, size))
+    grad = jax.grad(
+        lambda m: rnn.jacobian_norms(_linear_step(m), jnp.ones(size), inputs)[1]
+    )(matrix)
+    a = np.asarray(matrix, np.float64)
+    left, _, right = np.linalg.svd(a @ a)
+    u, v = left[:, 0], right[0]
+    np.testing.assert_allclose(grad, np.outer(u, a @ v) + np.outer(a.T @ u, v), atol=2e-4)
+
+
+def test_integer_tokens_are_accepted_and_give_the_gradients_of_one_hot_inputs():
+    embedding = jax.random.normal(KEY, (11, 4))
+    step = lambda h, token: (jnp.tanh(embedding[token] + 0.9 * h), h)  # noqa: E731
+    one_hot_step = lambda h, x: (jnp.tanh(x @ embedding + 0.9 * h), h)  # noqa: E731
+    loss_fn = lambda c, outputs: jnp.sum(c**2) + jnp.sum(jnp.sin(outputs))  # noqa: E731
+    tokens = jax.random.randint(jax.random.key(1), (6,), 0, 11)
+    carry = jnp.ones(4)
+    want = rnn.gradient_norms_over_time(loss_fn, one_hot_step, carry, jax.nn.one_hot(tokens, 11))
+    for dtype in (jnp.int32, jnp.uint8, jnp.int16):
+        got = rnn.gradient_norms_over_time(loss_fn, step, carry, tokens.astype(dtype))
+        np.testing.assert_allclose(got.carry, want.carry, rtol=1e-5)
+        np.testing.assert_array_equal(got.inputs, np.zeros(6))  # no float leaf
+        np.testing.assert_allclose(
+            rnn.jacobian_norms(step, carry, tokens.astype(dtype)),
+            rnn.jacobian_norms(one_hot_step, carry, jax.nn.one_hot(tokens, 11)), rtol=1e-5,
+        )
+    # Mixed inputs: only the floating leaf counts in `inputs`.
+    mixed_step = lambda h, x: step(h + x["noise"], x["token"])  # noqa: E731
+    noise = jax.random.normal(jax.random.key(2), (6, 4))
+    got = rnn.gradient_norms_over_time(
+        loss_fn, mixed_step, carry, {"token": tokens, "noise": noise}
+    )
+    noise_grads = jax.grad(
+        lambda n: loss_fn(*jax.lax.scan(mixed_step, carry, {"token": tokens, "noise": n}))
+    )(noise)
+    np.testing.assert_allclose(got.inputs, np.linalg.norm(noise_grads, axis=1), rtol=1e-5)
+
+
+def test_power_iteration_key_accepts_typed_and_legacy_keys_alike():
+    step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
+    carry, inputs = jnp.ones(4), jax.random.normal(KEY, (3, 4))
+    run = lambda **kw: rnn.jacobian_norms(step, carry, inputs, method="power", **kw)  # noqa: E731
+    typed = run(key=jax.random.key(3))
+    np.testing.assert_array_equal(run(key=jax.random.PRNGKey(3)), typed)
+    np.testing.assert_array_equal(run(), run(key=jax.random.key(0)))  # documented default
+    np.testing.assert_allclose(typed, run(key=jax.random.key(4)), rtol=1e-4)
+    step_norms = rnn.step_jacobian_norms(step, carry, inputs, method="power",
+                                         key=jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(
+        step_norms,
+        rnn.step_jacobian_norms(step, carry, inputs, method="power", key=jax.random.key(5)),
+    )
+    with pytest.raises(ValueError, match="key"):
+        run(key=3)
+
+
+def test_empty_sequences_give_empty_norms():
+    cell = nn.LSTMCell(3)
+    carry, params = _linen_cell(cell, 2)
+    step = rnn.linen_step(cell, params)
+    inputs = jnp.zeros((0, 2))
+    assert rnn.jacobian_norms(step, carry, inputs).shape == (0,)
+    assert rnn.step_jacobian_norms(step, carry, inputs, method="power").shape == (0,)
+    c_norms, h_norms = rnn.jacobian_norms(step, carry, inputs, per_leaf=True, ord="fro")
+    assert c_norms.shape == h_norms.shape == (0,)
+    got = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(c[1]), step, carry, inputs,
+                                       per_leaf=True)
+    assert got.inputs.shape == got.carry[0].shape == got.carry[1].shape == (0,)
+
+
+def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
+    cell = nn.GRUCell(4)
+    carry, params = _linen_cell(cell, 2)
+    inputs = jax.random.normal(KEY, (5, 2))
+    with enable_x64():
+        params64, carry64, inputs64 = jax.tree.map(
+            lambda a: a.astype(jnp.float64), (params, carry, inputs)
+        )
+        step64 = rnn.linen_step(cell.copy(param_dtype=jnp.float64), params64)
+        want = np.linalg.norm(_jacobians_by_jacfwd(step64, carry64, inputs64), 2, (1, 2))
+        for method in ("exact", "power"):
+            got = rnn.jacobian_norms(step64, carry64, inputs64, method=method, tol=1e-7)
+            assert got.dtype == jnp.float64
+            np.testing.assert_allclose(got, want, rtol=1e-11)
+        grads = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(y**2), step64, carry64,
+                                             inputs64)
+        assert grads.inputs.dtype == grads.carry.dtype == jnp.float64
+    # bfloat16: float32 norms within bfloat16 rounding of the float32 cell's.
+    params16, carry16, inputs16 = jax.tree.map(
+        lambda a: a.astype(jnp.bfloat16), (params, carry, inputs)
+    )
+    step16 = rnn.linen_step(cell.copy(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), params16)
+    as32 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float32), tree)  # noqa: E731
+    want = rnn.jacobian_norms(rnn.linen_step(cell, as32(params16)), as32(carry16),
+                              as32(inputs16))
+    for method in ("exact", "power"):
+        got = rnn.jacobian_norms(step16, carry16, inputs16, method=method)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=0.1)
+
+
+def test_nan_at_one_step_gives_nan_norms_from_that_step_on():
+    step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
+    inputs = jax.random.normal(jax.random.key(1), (6, 4)).at[3, 1].set(jnp.nan)
+    for method in ("exact", "power"):
+        cumulative = np.asarray(rnn.jacobian_norms(step, jnp.ones(4), inputs, method=method))
+        per_step = np.asarray(rnn.step_jacobian_norms(step, jnp.ones(4), inputs,
+                                                      method=method))
+        assert np.all(np.isfinite(cumulative[:3])) and np.all(np.isnan(cumulative[3:]))
+        assert np.all(np.isfinite(per_step[:3])) and np.all(np.isnan(per_step[3:]))
+    fro = rnn.jacobian_norms(step, jnp.full(4, jnp.nan), inputs[:3], ord="fro")
+    assert np.all(np.isnan(fro))
+    grads = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(c), step, jnp.ones(4), inputs)
+    assert np.all(np.isnan(grads.inputs[:4])) and np.all(np.isnan(grads.carry[:4]))
+
+
+def test_norms_work_under_jit_vmap_checkpoint_scan_and_forward_mode_of_parameters():
+    cell = nn.SimpleCell(3)
+    carry, params = _linen_cell(cell, 2)
+    inputs = jax.random.normal(KEY, (4, 2))
+    loss_fn = lambda c, y: jnp.sum(jnp.sin(y)) + jnp.sum(c**2)  # noqa: E731
+
+    def measures(params):
+        step = rnn.linen_step(cell, params)
+        grads = rnn.gradient_norms_over_time(loss_fn, step, carry, inputs)
+        return (rnn.jacobian_norms(step, carry, inputs, method="power"),
+                rnn.step_jacobian_norms(step, carry, inputs, ord="fro"),
+                grads.inputs, grads.carry)
+
+    stacked = jax.tree.map(lambda p: jnp.stack([p, 1.5 * p]), params)
+    one_by_one = [
+        jax.jit(measures)(jax.tree.map(lambda p, i=i: p[i], stacked)) for i in range(2)
+    ]
+    batched = jax.jit(jax.vmap(measures))(stacked)
+    scanned = jax.lax.scan(lambda c, p: (c, jax.checkpoint(measures)(p)), 0, stacked)[1]
+    for got in (batched, scanned):
+        for i in range(2):
+            for g, w in zip(got, one_by_one[i], strict=True):
+                np.testing.assert_allclose(g[i], w, rtol=1e-5)
+    # Forward over reverse and reverse mode through checkpoint, against finite
+    # differences along one direction.
+    total = jax.jit(lambda p: sum(jnp.sum(m) for m in measures(p)))
+    direction = jax.tree.map(jnp.ones_like, params)
+    tangent = jax.jvp(total, (params,), (direction,))[1]
+    reverse = jax.grad(jax.checkpoint(total))(params)
+    eps = 1e-3
+    shifted = lambda s: total(jax.tree.map(lambda p, d: p + s * d, params, direction))  # noqa: E731
+    finite = (shifted(eps) - shifted(-eps)) / (2 * eps)
+    np.testing.assert_allclose(tangent, finite, rtol=2e-2)
+    np.testing.assert_allclose(
+        sum(jnp.sum(r) for r in jax.tree.leaves(reverse)), tangent, rtol=1e-4
+    )
+
+
+def test_nnx_step_is_differentiable_in_the_cells_state_like_linen_step():
+    cell = nnx.SimpleCell(2, 3, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(cell)
+    carry, inputs = jnp.full(3, 0.3), jax.random.normal(KEY, (4, 2))
+
+    def norms(state):
+        step = rnn.nnx_step(nnx.merge(graphdef, state))
+        return jnp.sum(rnn.jacobian_norms(step, carry, inputs, method="power"))
+
+    reverse = jax.grad(norms)(state)
+    direction = jax.tree.map(jnp.ones_like, state)
+    forward = jax.jvp(norms, (state,), (direction,))[1]
+    dot = sum(jnp.sum(r) for r in jax.tree.leaves(reverse))
+    np.testing.assert_allclose(dot, forward, rtol=1e-4)
+    jitted = jax.jit(jax.vmap(norms))(jax.tree.map(lambda s: jnp.stack([s, s]), state))
+    np.testing.assert_allclose(jitted, [norms(state)] * 2, rtol=1e-5)

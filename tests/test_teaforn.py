@@ -2,11 +2,15 @@
 
 import functools
 
+import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compat import enable_x64
+from flax import nnx
+from jax.test_util import check_grads
 
 from jaxtricks.teaforn import teaforn_loss
 
@@ -304,5 +308,165 @@ def test_disagreeing_shapes_raise_value_errors():
         _loss(params, inputs, targets[:, :-1], n=2)
     with pytest.raises(ValueError, match="body_fn's output"):
         teaforn_loss(lambda x: x[..., :2], lambda h: h, inputs, targets, n=2)
+    with pytest.raises(ValueError, match="body_fn's output"):  # before output_fn runs
+        teaforn_loss(lambda x: x[..., :2], lambda h: h @ jnp.ones((D, V)), inputs, targets,
+                     n=2)
     with pytest.raises(ValueError, match="output_fn's output"):
         teaforn_loss(lambda x: x, lambda h: h[:, :-1], inputs, targets, n=2)
+
+
+# ---------------------------------------------------------------- nnx and linen decoders
+class _DropoutBody(nnx.Module):
+    """Causal: dense, dropout, prefix sum, tanh."""
+
+    def __init__(self, rngs, deterministic=False):
+        self.dense = nnx.Linear(D, D, rngs=rngs)
+        self.dropout = nnx.Dropout(0.3, rngs=rngs, deterministic=deterministic)
+
+    def __call__(self, vectors):
+        return jnp.tanh(jnp.cumsum(self.dropout(self.dense(vectors)), axis=-2))
+
+
+def _eager_teaforn(body, output, inputs, targets, n):
+    """Hidden-feed TeaForN written out, calling the (stateful) modules eagerly."""
+    losses, pass_inputs = [], inputs
+    for _ in range(n):
+        hidden = body(pass_inputs)
+        ce = optax.softmax_cross_entropy_with_integer_labels(output(hidden), targets)
+        losses.append(ce.mean())
+        pass_inputs = jnp.concatenate([inputs[:, :1], hidden[:, :-1]], axis=1)
+    return jnp.stack(losses)
+
+
+def _dropout_decoder(deterministic=False):
+    rngs = nnx.Rngs(0, dropout=1)
+    return _DropoutBody(rngs, deterministic), nnx.Linear(D, V, rngs=rngs)
+
+
+def test_nnx_dropout_body_runs_unrolled_scanned_and_rematerialised():
+    _, inputs, targets, _ = _problem()
+    expected = _eager_teaforn(*_dropout_decoder(), inputs, targets, n=3)
+    for unroll, remat in ((True, False), (False, False), (False, True)):
+        body, output = _dropout_decoder()
+        _, per_pass = teaforn_loss(body, output, inputs, targets, n=3, unroll=unroll,
+                                   remat=remat)
+        np.testing.assert_allclose(per_pass, expected, rtol=1e-5, err_msg=str((unroll, remat)))
+        # Each pass drew its own mask and the stream moved on by one draw per pass.
+        np.testing.assert_allclose(body.dropout(jnp.ones((B, T, D))),
+                                   _dropout_after(3), rtol=0)
+
+
+def _dropout_after(draws):
+    body, _ = _dropout_decoder()
+    for _ in range(draws):
+        body.dropout(jnp.ones((B, T, D)))
+    return body.dropout(jnp.ones((B, T, D)))
+
+
+def test_nnx_dropout_body_under_nnx_jit_and_grad_matches_the_eager_gradient():
+    _, inputs, targets, _ = _problem()
+
+    def loss(modules, unroll):
+        return teaforn_loss(*modules, inputs, targets, n=2, unroll=unroll)[0]
+
+    def eager_loss(modules):
+        return jnp.sum(_eager_teaforn(*modules, inputs, targets, n=2))
+
+    expected, expected_grads = nnx.value_and_grad(eager_loss)(_dropout_decoder())
+    for unroll in (True, False):
+        step = nnx.jit(nnx.value_and_grad(loss), static_argnums=1)
+        value, grads = step(_dropout_decoder(), unroll)
+        np.testing.assert_allclose(value, expected, rtol=1e-5)
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+                     nnx.state(grads, nnx.Param), nnx.state(expected_grads, nnx.Param))
+
+
+def test_deterministic_nnx_dropout_equals_no_dropout_and_runs_as_a_jit_closure():
+    _, inputs, targets, _ = _problem()
+    body, output = _dropout_decoder(deterministic=True)
+    count_before = jax.tree.leaves(nnx.state(body, nnx.RngCount))
+    expected = _eager_teaforn(lambda x: jnp.tanh(jnp.cumsum(body.dense(x), axis=-2)),
+                              output, inputs, targets, n=3)
+    per_pass = jax.jit(lambda x: teaforn_loss(body, output, x, targets, n=3, unroll=False,
+                                              remat=True)[1])(inputs)
+    np.testing.assert_allclose(per_pass, expected, rtol=1e-5)
+    assert jax.tree.leaves(nnx.state(body, nnx.RngCount)) == count_before
+
+
+def test_nnx_rnn_body_with_an_nnx_output_layer():
+    _, inputs, targets, _ = _problem()
+
+    def decoder():
+        rngs = nnx.Rngs(3)
+        return nnx.RNN(nnx.SimpleCell(D, D, rngs=rngs)), nnx.Linear(D, V, rngs=rngs)
+
+    expected = _eager_teaforn(*decoder(), inputs, targets, n=3)
+    for unroll, remat in ((True, False), (False, True)):
+        _, per_pass = teaforn_loss(*decoder(), inputs, targets, n=3, unroll=unroll,
+                                   remat=remat)
+        np.testing.assert_allclose(per_pass, expected, rtol=1e-5)
+
+
+def test_linen_body_with_dropout_rngs():
+    _, inputs, targets, _ = _problem()
+
+    class Body(linen.Module):
+        @linen.compact
+        def __call__(self, vectors):
+            hidden = linen.Dropout(0.3, deterministic=False)(linen.Dense(D)(vectors))
+            return jnp.tanh(jnp.cumsum(hidden, axis=-2))
+
+    module = Body()
+    variables = module.init(jax.random.key(0), inputs)
+    table = jax.random.normal(jax.random.key(1), (D, V))
+
+    def body(vectors):
+        return module.apply(variables, vectors, rngs={"dropout": jax.random.key(5)})
+
+    expected = _eager_teaforn(body, lambda h: h @ table, inputs, targets, n=3)
+    for unroll in (True, False):
+        _, per_pass = teaforn_loss(body, lambda h: h @ table, inputs, targets, n=3,
+                                   unroll=unroll, remat=True)
+        np.testing.assert_allclose(per_pass, expected, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- transformations, NaN
+def test_forward_mode_derivatives_match_finite_differences():
+    params, inputs, targets, embedding = _problem()
+    with enable_x64():
+        params, inputs, embedding = jax.tree.map(
+            lambda x: jnp.asarray(x, jnp.float64), (params, inputs, embedding))
+        def loss(params, inputs):
+            return _loss(params, inputs, targets, n=2, feed="soft", embedding=embedding,
+                         unroll=False)[0]
+
+        check_grads(jax.jit(loss), (params, inputs), order=1, modes=("fwd", "rev"))
+        hessian = jax.jit(jax.hessian(lambda bias: _loss({**params, "bias": bias}, inputs,
+                                                         targets, n=2)[0]))(params["bias"])
+        reverse = jax.jit(jax.jacrev(jax.jacrev(lambda bias: _loss(
+            {**params, "bias": bias}, inputs, targets, n=2)[0])))(params["bias"])
+        np.testing.assert_allclose(hessian, reverse, rtol=1e-9, atol=1e-12)
+
+
+def test_vmap_over_problems_and_lax_scan_over_steps_match_a_loop():
+    problems = [_problem(seed) for seed in range(3)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[p[:3] for p in problems])
+
+    def loss(params, inputs, targets):
+        return _loss(params, inputs, targets, n=2, remat=True)[0]
+
+    expected = jnp.stack([loss(*p[:3]) for p in problems])
+    np.testing.assert_allclose(jax.vmap(loss)(*stacked), expected, rtol=1e-5)
+    _, scanned = jax.lax.scan(lambda c, problem: (c, loss(*problem)), None, stacked)
+    np.testing.assert_allclose(scanned, expected, rtol=1e-5)
+
+
+def test_nan_parameters_give_nan_losses_and_bfloat16_gradients_keep_their_dtype():
+    params, inputs, targets, embedding = _problem()
+    nan_params = {**params, "mix": params["mix"].at[0, 0].set(jnp.nan)}
+    loss, per_pass = _loss(nan_params, inputs, targets, n=2, feed="soft", embedding=embedding)
+    assert np.isnan(loss) and np.isnan(per_pass).all()
+    bf16_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    grads = jax.grad(lambda p: _loss(p, inputs.astype(jnp.bfloat16), targets, n=2)[0])(
+        bf16_params)
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _compat import enable_x64
 
 from jaxtricks import validation
 from jaxtricks.validation import _adversarial
@@ -243,3 +244,156 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         validation.select_validation(np.zeros(5), 5)
     with pytest.raises(ValueError, match="weights must have at least one positive"):
         validation.resample_validation(KEY, np.zeros(5), 3)
+
+
+def test_roc_auc_is_nan_for_nan_scores_or_labels():
+    labels = np.array([0, 1, 0, 1, 1])
+    scores = np.array([0.1, 0.7, 0.3, 0.9, 0.2], np.float32)
+    # NaN sorts above +inf, so all-NaN scores used to rank every positive "highest".
+    assert np.isnan(validation.roc_auc(np.full(5, np.nan, np.float32), labels))
+    one_nan = scores.copy()
+    one_nan[0] = np.nan
+    auc, variance = jax.jit(_adversarial._auc_and_variance)(one_nan, labels, None)
+    assert np.isnan(auc) and np.isnan(variance)
+    assert np.isnan(validation.roc_auc(scores, np.array([0, 1, np.nan, 1, 1])))
+    # A masked-out NaN does not count; infinite scores rank normally.
+    keep = np.arange(5) != 0
+    np.testing.assert_allclose(validation.roc_auc(one_nan, labels, where=keep),
+                               pairwise_auc(scores[keep], labels[keep]))
+    infinite = np.array([-np.inf, np.inf, 0.3, np.inf, 0.2], np.float32)
+    np.testing.assert_allclose(validation.roc_auc(infinite, labels),
+                               pairwise_auc(infinite, labels))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_adversarial_validation_under_jit_gives_nan_auc_for_a_non_finite_feature(bad):
+    # Shift-free data with one bad entry used to report AUC 1.0 under jit (the
+    # concrete check raising ValueError is skipped for tracers).
+    train, test = gaussian_sets(8, 8, np.zeros(2), seed=8)
+    train[3, 1] = bad
+    run = jax.jit(functools.partial(validation.adversarial_validation, num_folds=2, steps=3))
+    result = run(train, test, KEY)
+    assert np.isnan(result.auc) and np.isnan(result.auc_stderr)
+    assert np.all(np.isnan(result.fold_auc))
+    with pytest.raises(ValueError, match="train_x must be finite"):
+        validation.adversarial_validation(train, test, KEY, num_folds=2, steps=3)
+
+
+def test_functions_taking_keys_give_the_same_numbers_for_typed_and_legacy_keys():
+    train, test = gaussian_sets(8, 6, np.full(2, 0.5), seed=9)
+    run = functools.partial(validation.adversarial_validation, num_folds=2, steps=3)
+    typed, legacy = run(train, test, jax.random.key(1)), run(train, test, jax.random.PRNGKey(1))
+    for got, want in zip(legacy, typed, strict=True):
+        np.testing.assert_array_equal(got, want)
+    weights = jnp.arange(6.0)
+    resample = jax.vmap(validation.resample_validation, in_axes=(0, None, None))
+    seeds = jnp.arange(3)
+    for got, want in zip(resample(jax.vmap(jax.random.PRNGKey)(seeds), weights, 4),
+                         resample(jax.vmap(jax.random.key)(seeds), weights, 4), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="key"):
+        run(train, test, 0)
+    with pytest.raises(ValueError, match="key"):
+        validation.resample_validation(jnp.zeros(3, jnp.uint32), weights, 2)
+
+
+def test_select_validation_rejects_nan_scores_and_sorts_traced_ones_last():
+    scores = np.array([0.3, np.nan, 0.9, 0.1], np.float32)
+    with pytest.raises(ValueError, match="scores must not be NaN"):
+        validation.select_validation(scores, 2)
+    chosen, rest = jax.jit(validation.select_validation, static_argnums=1)(scores, 3)
+    np.testing.assert_array_equal(chosen, [2, 0, 3])
+    np.testing.assert_array_equal(rest, [1])
+
+
+def test_empty_inputs_give_empty_outputs_or_errors_naming_the_argument():
+    weights = validation.importance_weights(jnp.zeros(0), clip=None)
+    assert weights.weights.shape == weights.normalized.shape == (0,)
+    assert float(weights.ess) == 0.0
+    assert np.isnan(validation.roc_auc(jnp.zeros(0), jnp.zeros(0, jnp.int32)))
+    with pytest.raises(ValueError, match="size must be < n = 0"):
+        validation.select_validation(jnp.zeros(0), 1)
+    with pytest.raises(ValueError, match="weights must have at least one positive"):
+        validation.resample_validation(KEY, jnp.zeros(0), 1)
+    with pytest.raises(ValueError, match="train_x must have at least num_folds=2 rows"):
+        validation.adversarial_validation(np.zeros((0, 2)), np.zeros((4, 2)), KEY,
+                                          num_folds=2)
+
+
+def test_importance_weights_forward_and_reverse_mode_match_the_formulas_and_nan_propagates():
+    logits = jnp.array([-1.0, 0.0, 0.5, 2.0])
+
+    def summary(logits):
+        result = validation.importance_weights(logits, clip=5.0)
+        return result.normalized, result.ess
+
+    def plain(logits):  # float64 numpy-style formulas, no shift
+        w = jnp.minimum(jnp.exp(logits), 5.0)
+        return w / jnp.sum(w), jnp.sum(w) ** 2 / jnp.sum(w**2)
+
+    with enable_x64():
+        logits64 = logits.astype(jnp.float64)
+        for transform in (jax.jacfwd, jax.jacrev):
+            for got, want in zip(transform(summary)(logits64), jax.jacfwd(plain)(logits64),
+                                 strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        assert validation.importance_weights(logits64).ess.dtype == jnp.float64
+    with_nan = validation.importance_weights(logits.at[1].set(jnp.nan))
+    assert np.isnan(with_nan.weights[1]) and np.all(np.isfinite(np.delete(with_nan.weights, 1)))
+    assert np.all(np.isnan(with_nan.normalized)) and np.isnan(with_nan.ess)
+
+
+def test_roc_auc_and_splits_work_under_vmap_scan_checkpoint_and_any_dtype():
+    rng = np.random.default_rng(10)
+    scores = rng.normal(size=(3, 40)).astype(np.float32)
+    labels = rng.integers(0, 2, size=(3, 40)).astype(np.uint8)
+    want = [pairwise_auc(s, label) for s, label in zip(scores, labels, strict=True)]
+    np.testing.assert_allclose(jax.vmap(validation.roc_auc)(scores, labels), want, rtol=1e-6)
+    scanned = jax.lax.scan(
+        lambda c, sl: (c, jax.checkpoint(validation.roc_auc)(*sl)), 0, (scores, labels)
+    )[1]
+    np.testing.assert_allclose(scanned, want, rtol=1e-6)
+    # A step function of the scores: its derivative is zero where it exists.
+    tangent = jax.jvp(lambda s: validation.roc_auc(s, labels[0]), (scores[0],),
+                      (np.ones(40, np.float32),))[1]
+    assert float(tangent) == 0.0
+    rounded = scores.astype(jnp.bfloat16)
+    np.testing.assert_allclose(
+        validation.roc_auc(rounded[0], labels[0]),
+        pairwise_auc(np.asarray(rounded[0], np.float32), labels[0]), rtol=1e-6,
+    )
+    with enable_x64():
+        np.testing.assert_allclose(
+            validation.roc_auc(scores[0].astype(np.float64), labels[0].astype(np.int64)),
+            want[0], rtol=1e-12,
+        )
+    chosen = jax.vmap(lambda s: validation.select_validation(s, 5)[0])(scores)
+    np.testing.assert_array_equal(chosen, np.argsort(-scores, axis=1)[:, :5])
+    drawn = jax.lax.scan(
+        lambda c, key: (c, validation.resample_validation(key, jnp.ones(40), 4)[0]),
+        0, jax.random.split(KEY, 2),
+    )[1]
+    for key, got in zip(jax.random.split(KEY, 2), drawn, strict=True):
+        np.testing.assert_array_equal(got, validation.resample_validation(key, jnp.ones(40),
+                                                                          4)[0])
+
+
+def test_adversarial_validation_in_scan_under_checkpoint_and_in_float64():
+    train, test = gaussian_sets(8, 6, np.full(2, 0.5), seed=11)
+    run = functools.partial(validation.adversarial_validation, num_folds=2, steps=3)
+    key_pair = jax.random.split(KEY, 2)
+    scanned = jax.lax.scan(
+        lambda c, key: (c, jax.checkpoint(run)(train, test, key).test_logits), 0, key_pair
+    )[1]
+    for key, got in zip(key_pair, scanned, strict=True):
+        np.testing.assert_allclose(got, run(train, test, key).test_logits, rtol=1e-5,
+                                   atol=1e-6)
+    with enable_x64():
+        result = run(train.astype(np.float64), test.astype(np.float64), KEY)
+        assert result.train_logits.dtype == jnp.float64
+        np.testing.assert_allclose(result.test_logits, run(train, test, KEY).test_logits,
+                                   rtol=1e-4, atol=1e-5)
+    bf16 = run(train.astype(jnp.bfloat16), test.astype(jnp.bfloat16), KEY)
+    as32 = run(np.asarray(train.astype(jnp.bfloat16), np.float32),
+               np.asarray(test.astype(jnp.bfloat16), np.float32), KEY)
+    np.testing.assert_array_equal(bf16.test_logits, as32.test_logits)

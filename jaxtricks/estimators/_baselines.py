@@ -1,57 +1,39 @@
-"""Scalar baselines (control variates) of the score-function estimators (spec 5.1, 5.2, 5.6).
+"""The baselines (control variates) of both estimators: one vocabulary, one table.
 
-For samples `y_i` with rewards `r_i` and scores `s_i`, the estimate is
-`(1/n) sum_i (r_i - b_i) s_i`. It stays unbiased when `b_i` does not depend on `y_i`
-(since `E[s_i] = 0`): a constant, or a statistic of the other samples only.
+For samples `y_i` with rewards `r_i` (function values) and scores `s_i` (or directions
+`w_i`), both estimators compute `(1/n) sum_i (r_i - b_i) s_i`. It stays unbiased when
+`b_i` does not depend on `y_i` (since `E[s_i] = 0`): a constant, or a statistic of the
+other samples only. A baseline is named by one of `BASELINES` or given as a scalar:
+
+- None: `b = 0`, the raw score-function estimate;
+- "unperturbed": `b = f(x)`, the objective at the unperturbed parameters (zeroth-order
+  only: a policy has no unperturbed sample; pass `reward_fn` of a reference output as
+  a scalar instead);
+- "mean": `b = mean_j r_j`, which includes `r_i`: expectation `(1 - 1/n)` times the
+  gradient, biased;
+- "leave_one_out": `b_i = mean_{j!=i} r_j` (RLOO, Kool et al. 2019), unbiased, equal to
+  `n/(n-1)` times the "mean" estimate;
+- "optimal": the variance-minimising scalar `b* = E[r ||s||^2] / E[||s||^2]` (Su,
+  https://kexue.fm/archives/7737), estimated from the other samples,
+  `b_i = sum_{j!=i} r_j q_j / sum_{j!=i} q_j` with `q_j = ||s_j||^2`, so that it
+  stays unbiased;
+- a scalar array `b`: a constant (any float; a tracer too).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-
-from jaxtricks._src import checks
-
-SAMPLE_BASELINES = ("mean", "leave_one_out", "optimal")
+import numpy as np
 
 
-def check_baseline(baseline, num_samples: int) -> None:
-    """Checks a policy-gradient baseline: None, a name of `SAMPLE_BASELINES`, a scalar."""
-    if baseline is None:
-        return
-    if isinstance(baseline, str):
-        checks.check_choice("baseline", baseline, (None, *SAMPLE_BASELINES))
-        if baseline in ("leave_one_out", "optimal"):
-            checks.check_positive_int("num_samples", num_samples, minimum=2)
-        return
-    checks.check_shape("baseline", jnp.shape(baseline), ())
-
-
-def centred_rewards(rewards: jax.Array, baseline, sq_norms: jax.Array | None = None):
-    """`r_i - b_i` for every sample.
-
-    Args:
-        rewards: `[n]` rewards (function values) of the samples.
-        baseline: None (`b = 0`); a scalar (`b`, e.g. `f(x)`); "mean" (`b = mean_j r_j`,
-            biased by the factor `1 - 1/n`, spec 5.6); "leave_one_out" (`b_i = mean_{j!=i}
-            r_j`, RLOO, unbiased); "optimal": the variance-minimising scalar baseline
-            `b* = E[r ||s||^2] / E[||s||^2]` (spec 5.1, 5.2), estimated from the other
-            samples, `b_i = sum_{j!=i} r_j q_j / sum_{j!=i} q_j` with `q_j = ||s_j||^2`,
-            so that it stays unbiased.
-        sq_norms: `[n]` squared norms `q_j` of the scores (or of the directions);
-            needed by "optimal" only.
-
-    Returns:
-        `[n]` centred rewards.
-    """
-    if baseline is None:
-        return rewards
-    if isinstance(baseline, str):
-        if baseline == "mean":
-            return rewards - jnp.mean(rewards)
-        weights = jnp.ones_like(rewards) if baseline == "leave_one_out" else sq_norms
-        return rewards - leave_one_out_mean(rewards, weights)
-    return rewards - baseline
+class _Rule(NamedTuple):
+    value: Callable  # (rewards [n], sq_norms [n] | None, unperturbed thunk | None) -> b
+    min_samples: int = 1
+    needs_sq_norms: bool = False
 
 
 def leave_one_out_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -59,3 +41,110 @@ def leave_one_out_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     weighted_total = jnp.sum(weights * values)
     total_weight = jnp.sum(weights)
     return (weighted_total - weights * values) / (total_weight - weights)
+
+
+_RULES: dict[str | None, _Rule] = {
+    None: _Rule(lambda rewards, sq_norms, unperturbed: 0),
+    "unperturbed": _Rule(lambda rewards, sq_norms, unperturbed: unperturbed()),
+    "mean": _Rule(lambda rewards, sq_norms, unperturbed: jnp.mean(rewards)),
+    "leave_one_out": _Rule(
+        lambda rewards, sq_norms, unperturbed: leave_one_out_mean(
+            rewards, jnp.ones_like(rewards)
+        ),
+        min_samples=2,
+    ),
+    "optimal": _Rule(
+        lambda rewards, sq_norms, unperturbed: leave_one_out_mean(rewards, sq_norms),
+        min_samples=2,
+        needs_sq_norms=True,
+    ),
+}
+
+BASELINES = tuple(_RULES)
+"""Every named baseline; `zeroth_order_grad` accepts them all."""
+
+POLICY_BASELINES = tuple(name for name in BASELINES if name != "unperturbed")
+"""The named baselines of `policy_gradient` (no unperturbed sample there)."""
+
+
+def _accepted(names) -> str:
+    return f"one of {names} or a scalar array"
+
+
+def check_baseline(baseline, num_samples: int, accepted: tuple = BASELINES) -> None:
+    """Checks a baseline: a name of `accepted` or a scalar array.
+
+    Raises:
+        ValueError: for a boolean (which `zeroth_order_grad` once took, True for
+            "unperturbed" and False for None, and `policy_gradient` would have read as
+            the constant 1.0 or 0.0), a name outside `accepted`, a non-scalar array,
+            or fewer samples than the baseline needs.
+    """
+    if isinstance(baseline, bool | np.bool_):
+        raise _boolean_error(baseline, accepted)
+    if is_named(baseline):
+        if baseline not in accepted:
+            where = (
+                f" ({baseline!r} is defined for zeroth_order_grad only; pass the reward "
+                "of a reference output as a scalar instead)"
+                if baseline in BASELINES
+                else ""
+            )
+            raise ValueError(
+                f"baseline must be {_accepted(accepted)}, got {baseline!r}{where}."
+            )
+        minimum = _RULES[baseline].min_samples
+        if num_samples < minimum:
+            raise ValueError(
+                f"num_samples must be an integer >= {minimum} with "
+                f"baseline={baseline!r}, got {num_samples}."
+            )
+        return
+    try:
+        dtype, shape = jnp.result_type(baseline), jnp.shape(baseline)
+    except TypeError:
+        raise ValueError(
+            f"baseline must be {_accepted(accepted)}, got {baseline!r}."
+        ) from None
+    if dtype == jnp.bool_:
+        raise _boolean_error(baseline, accepted)
+    if shape != ():
+        raise ValueError(
+            f"baseline must be {_accepted(accepted)}, got an array of shape {shape}."
+        )
+
+
+def _boolean_error(baseline, accepted) -> ValueError:
+    return ValueError(
+        f"baseline must be {_accepted(accepted)}, got the boolean {baseline!r}. "
+        "Booleans are ambiguous: zeroth_order_grad's former baseline=True is "
+        "'unperturbed' (b = f(params)) and baseline=False is None (b = 0)."
+    )
+
+
+def is_named(baseline) -> bool:
+    """Whether `baseline` is a name (None or a string) rather than a scalar array."""
+    return baseline is None or isinstance(baseline, str)
+
+
+def needs_sq_norms(baseline) -> bool:
+    """Whether the baseline needs the squared norms of the scores (or directions)."""
+    return is_named(baseline) and _RULES[baseline].needs_sq_norms
+
+
+def centred_rewards(rewards: jax.Array, baseline, sq_norms=None, unperturbed=None):
+    """`r_i - b_i` for every sample (see the module docstring for `b_i`).
+
+    Args:
+        rewards: `[n]` rewards (function values) of the samples.
+        baseline: a name of `BASELINES` (checked by `check_baseline`) or a scalar.
+        sq_norms: `[n]` squared norms `q_j` of the scores (or of the direction
+            weights); used by "optimal" only.
+        unperturbed: a function returning `f(x)`, called by "unperturbed" only.
+
+    Returns:
+        `[n]` centred rewards.
+    """
+    if is_named(baseline):
+        return rewards - _RULES[baseline].value(rewards, sq_norms, unperturbed)
+    return rewards - baseline

@@ -1,4 +1,4 @@
-"""Score-function (policy-gradient, REINFORCE) estimator and two policies (spec 5.1, 5.3, 5.6)."""
+"""Score-function (policy-gradient, REINFORCE) estimator and two policies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, keys
 from jaxtricks.estimators import _baselines, _sampling
 
 
@@ -35,20 +35,26 @@ def policy_gradient(
     unbiased whenever `b_i` does not depend on `y_i`, since `E[s] = 0`. The reward
     need not be differentiable (accuracy, F1, BLEU, a hard argmax). Without
     per-sample outputs the sum is one reverse-mode pass through
-    `sum_i (r_i - b_i) log p(y_i)` (no per-sample score is stored).
+    `sum_i (r_i - b_i) log p(y_i)` (no per-sample score is stored); the estimate is
+    itself differentiable in `params` (forward and reverse mode) where the policy and
+    the reward are.
 
     Args:
         sample_fn: `sample_fn(params, key) -> y`, a sample of the policy (any pytree).
         log_prob_fn: `log_prob_fn(params, y) -> scalar`, its log-probability.
         reward_fn: `reward_fn(y) -> scalar`.
         params: the policy's parameters, any pytree of float arrays.
-        key: a `jax.random` key; sample `i` uses `jax.random.split(key, n)[i]`.
+        key: a `jax.random.key` or a legacy `jax.random.PRNGKey` (the same numbers);
+            sample `i` uses `jax.random.split(key, n)[i]`, passed to `sample_fn` as a
+            typed key.
         num_samples: the number of samples `n`.
-        baseline: None (`b = 0`); "mean" (`b = mean_j r_j`: expectation
-            `(1 - 1/n) grad J`, biased, spec 5.6); "leave_one_out" (RLOO,
-            `b_i = mean_{j!=i} r_j`, unbiased, equal to `n/(n-1)` times the mean-baseline
-            estimate); "optimal" (`b* = E[r ||s||^2] / E[||s||^2]`, spec 5.1, estimated
-            leave-one-out, unbiased); or a scalar constant.
+        baseline: a name of `POLICY_BASELINES` or a scalar array: None (`b = 0`);
+            "mean" (`b = mean_j r_j`: expectation `(1 - 1/n) grad J`, biased);
+            "leave_one_out" (RLOO, `b_i = mean_{j!=i} r_j`, unbiased, equal to
+            `n/(n-1)` times the mean-baseline estimate); "optimal"
+            (`b* = E[r ||s||^2] / E[||s||^2]`, estimated leave-one-out, unbiased); or a
+            scalar constant. The vocabulary is `zeroth_order_grad`'s, whose
+            "unperturbed" (`f(x)`) has no counterpart here: pass that value as a scalar.
         return_samples: return the per-sample estimates `(r_i - b_i) s_i`, each leaf with
             a leading `[num_samples]` axis; their mean over that axis is the estimate.
         sample_sharding: a `jax.sharding.Sharding` of the 1-D array of sample keys: the
@@ -58,34 +64,39 @@ def policy_gradient(
         The gradient estimate, shaped like `params` (or the per-sample estimates).
 
     Raises:
-        ValueError: for `num_samples < 1` (`< 2` for the leave-one-out baselines), an
-            unknown baseline, or a non-scalar reward or log-probability.
+        ValueError: for `num_samples < 1` (`< 2` for the leave-one-out baselines), a
+            boolean or unknown baseline (the message lists the accepted ones), a
+            non-scalar reward or log-probability, or a `key` that is neither a typed
+            key nor a `PRNGKey`.
 
     References:
         Williams, REINFORCE (1992). Su, https://kexue.fm/archives/7737 (2020). Kool, van
         Hoof & Welling, "Buy 4 REINFORCE samples, get a baseline for free!" (2019).
         Mohamed et al., https://arxiv.org/abs/1906.10652.
     """
+    key = keys.as_key(key, "key")
     checks.check_positive_int("num_samples", num_samples)
-    _baselines.check_baseline(baseline, num_samples)
+    _baselines.check_baseline(baseline, num_samples, _baselines.POLICY_BASELINES)
     sample_shape = jax.eval_shape(sample_fn, params, key)
     _sampling.check_scalar_output("reward_fn", jax.eval_shape(reward_fn, sample_shape))
     _sampling.check_scalar_output(
         "log_prob_fn", jax.eval_shape(log_prob_fn, params, sample_shape)
     )
 
-    keys = _sampling.sample_keys(key, num_samples, sample_sharding)
-    samples = jax.vmap(sample_fn, in_axes=(None, 0))(params, keys)
+    sample_keys = _sampling.sample_keys(key, num_samples, sample_sharding)
+    samples = jax.vmap(sample_fn, in_axes=(None, 0))(params, sample_keys)
     rewards = jax.vmap(reward_fn)(samples)
-    if return_samples or baseline == "optimal":
+    if return_samples or _baselines.needs_sq_norms(baseline):
         scores = jax.vmap(jax.grad(log_prob_fn), in_axes=(None, 0))(params, samples)
         sq_norms = jax.vmap(lambda s: optax.tree.norm(s, squared=True))(scores)
         coefficients = _baselines.centred_rewards(rewards, baseline, sq_norms)
         if return_samples:
             return _sampling.scale_samples(coefficients, scores)
         return optax.tree.scale(1.0 / num_samples, _sampling.weighted_sum(coefficients, scores))
-    coefficients = jax.lax.stop_gradient(_baselines.centred_rewards(rewards, baseline))
+    coefficients = _baselines.centred_rewards(rewards, baseline)
 
+    # The coefficients are constants of `surrogate` (a closure, not a function of `p`):
+    # no stop_gradient, so that the estimate's own derivative in `params` is right.
     def surrogate(p):
         log_probs = jax.vmap(log_prob_fn, in_axes=(None, 0))(p, samples)
         return jnp.sum(coefficients * log_probs) / num_samples
@@ -99,28 +110,50 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
     `sample_fn(params, key) = params + sigma u`, `u ~ N(0, I)` drawn exactly as
     `zeroth_order_grad(directions="gaussian")` draws its directions, and
     `log_prob_fn(params, w) = -||w - params||^2 / (2 sigma^2) - d log(sigma sqrt(2 pi))`,
-    whose score is `(w - params) / sigma^2 = u / sigma`. Hence (spec 5.3, the post's
-    "貌离神合") `policy_gradient(*gaussian_policy(sigma), fn, x, key, ...)` equals, for the
-    same key, `zeroth_order_grad(fn, x, key, sigma=sigma, antithetic=False)` with the
-    matching baseline (PG `None` / `fn(x)` / "optimal" for ZO `False` / `True` /
-    "optimal"), up to floating-point rounding.
+    whose score is `(w - params) / sigma^2 = u / sigma`. Hence (the post's "貌离神合")
+    `policy_gradient(*gaussian_policy(sigma), fn, x, key, ...)` equals, for the same
+    key, `zeroth_order_grad(fn, x, key, sigma=sigma, antithetic=False)` with the same
+    baseline (None, "mean", "leave_one_out", "optimal"; ZO's "unperturbed" is PG's
+    scalar `fn(x)`), up to floating-point rounding.
+
+    As in `zeroth_order_grad`, the sample is added in float32 (or wider) and rounded
+    once to the params' dtype, and `sigma` is raised to `sigma_min = 4 max_j eps_j
+    |x_j|` (four spacings of the dtype at the largest parameter, computed at run time),
+    below which the sample rounds back to `params` and the score, hence the estimate,
+    is 0 (bfloat16 with `sigma = 1e-3`). At `sigma_min` the score taken at the rounded
+    sample overstates its second moment by at most `1/192` (Sheppard's correction
+    `h^2 / (12 sigma^2)`, `h <= sigma / 4` the spacing).
 
     Args:
-        sigma: the policy's standard deviation, `> 0`.
+        sigma: the policy's standard deviation, `> 0` (checked when concrete).
 
     Returns:
-        `(sample_fn, log_prob_fn)` for `policy_gradient`.
+        `(sample_fn, log_prob_fn)` for `policy_gradient`; `sample_fn` takes a typed key
+        or a legacy `PRNGKey`.
+
+    Raises:
+        ValueError: for a concrete `sigma <= 0`; `sample_fn`, for a `key` that is
+            neither a typed key nor a `PRNGKey`.
     """
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
 
     def sample_fn(params, key):
-        perturbation, _ = _sampling.direction(key, params, "gaussian")
-        return optax.tree.add_scale(params, sigma, perturbation)
+        perturbation, _ = _sampling.direction(keys.as_key(key, "key"), params, "gaussian")
+        return _sampling.perturb(
+            params, _sampling.resolved_sigma(sigma, params, "gaussian"), perturbation
+        )
 
     def log_prob_fn(params, sample):
-        standardised = optax.tree.scale(1.0 / sigma, optax.tree.sub(sample, params))
+        scale = _sampling.resolved_sigma(sigma, params, "gaussian")
+        standardised = jax.tree.map(
+            lambda w, p: (
+                w.astype(_sampling.wide_dtype(w.dtype)) - p.astype(_sampling.wide_dtype(p.dtype))
+            ) / scale,
+            sample,
+            params,
+        )
         dimension = optax.tree.size(params)
-        normaliser = dimension * (jnp.log(sigma) + 0.5 * math.log(2 * math.pi))
+        normaliser = dimension * (jnp.log(scale) + 0.5 * math.log(2 * math.pi))
         return -0.5 * optax.tree.norm(standardised, squared=True) - normaliser
 
     return sample_fn, log_prob_fn
@@ -133,17 +166,22 @@ def categorical_policy(logits_fn: Callable) -> tuple[Callable, Callable]:
     closed over). `sample_fn(params, key) -> int [...]` draws one class per position
     (`jax.random.categorical`), `log_prob_fn(params, y) = sum_positions
     log_softmax(logits)[y]`, the joint log-probability, whose score in the logits is
-    `e_y - softmax(logits)` per position (spec 5.6).
+    `e_y - softmax(logits)` per position.
 
     Args:
         logits_fn: `logits_fn(params) -> [..., K]` unnormalised log-probabilities.
 
     Returns:
-        `(sample_fn, log_prob_fn)` for `policy_gradient`.
+        `(sample_fn, log_prob_fn)` for `policy_gradient`; `sample_fn` takes a typed key
+        or a legacy `PRNGKey` (the same draws).
+
+    Raises:
+        ValueError: `sample_fn`, for a `key` that is neither a typed key nor a
+            `PRNGKey`.
     """
 
     def sample_fn(params, key):
-        return jax.random.categorical(key, logits_fn(params), axis=-1)
+        return jax.random.categorical(keys.as_key(key, "key"), logits_fn(params), axis=-1)
 
     def log_prob_fn(params, actions):
         log_probs = jax.nn.log_softmax(logits_fn(params), axis=-1)

@@ -1,4 +1,4 @@
-"""Zeroth-order (random-perturbation) gradient estimator (spec sections 5.2-5.5)."""
+"""Zeroth-order (random-perturbation) gradient estimator."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, keys
 from jaxtricks.estimators import _baselines, _sampling
-
-ZEROTH_ORDER_BASELINES = (True, False, "optimal")
 
 
 def zeroth_order_grad(
@@ -23,7 +21,7 @@ def zeroth_order_grad(
     sigma: jax.typing.ArrayLike = 1e-3,
     antithetic: bool = True,
     directions: str = "gaussian",
-    baseline: bool | str = True,
+    baseline: str | jax.typing.ArrayLike | None = "unperturbed",
     chunk_size: int | None = None,
     return_samples: bool = False,
     sample_sharding: jax.sharding.Sharding | None = None,
@@ -35,11 +33,12 @@ def zeroth_order_grad(
     - antithetic (central): `g = (1/n) sum_i (f(x + sigma u_i) - f(x - sigma u_i)) /
       (2 sigma) w_i`, `n = num_samples / 2` directions;
     - forward: `g = (1/n) sum_i (f(x + sigma u_i) - b_i) / sigma w_i`, `n = num_samples`
-      directions, with the baseline `b_i = f(x)` (`baseline=True`, one more evaluation),
-      `b_i = 0` (`False`, the raw score-function form, whose variance grows like
-      `1/sigma^2`) or the post's variance-minimising `b* = E[f(x + sigma u) ||w||^2] /
-      E[||w||^2]` (`"optimal"`), estimated from the other samples
-      (`b_i = sum_{j!=i} f_j ||w_j||^2 / sum_{j!=i} ||w_j||^2`) so that it stays unbiased.
+      directions, with the baseline `b_i = f(x)` ("unperturbed", the default, one more
+      evaluation), `b_i = 0` (None, the raw score-function form, whose variance grows
+      like `1/sigma^2`), the post's variance-minimising `b* = E[f(x + sigma u) ||w||^2]
+      / E[||w||^2]` ("optimal"), estimated from the other samples
+      (`b_i = sum_{j!=i} f_j ||w_j||^2 / sum_{j!=i} ||w_j||^2`) so that it stays
+      unbiased, "mean", "leave_one_out" or a scalar, as in `policy_gradient`.
 
     `w_i = u_i ~ N(0, I)` ("gaussian"; unbiased for the gradient of the Gaussian smoothing
     `E_u f(x + sigma u)`, which on a quadratic is the gradient itself), `u_i = v_i`
@@ -55,18 +54,40 @@ def zeroth_order_grad(
     regenerated from its key for the weighted sum instead of stored (MeZO's seed trick),
     so the memory is `O(chunk_size x params)`, for the same numbers.
 
+    Precision: the perturbed points are added in float32 (or wider) and rounded once
+    to the params' dtype, and the estimate uses `max(sigma, sigma_min)` with
+    `sigma_min = 4 max_j eps_j |x_j| / s`: four spacings of the dtype
+    (`eps = jnp.finfo(dtype).eps`) at the largest parameter, `s` the typical `|u_j|`
+    (1 for "gaussian" and "rademacher", `1/sqrt(d)` for "sphere"). A smaller step is
+    rounded away (`x + sigma u == x` coordinate by coordinate once `sigma |u_j| <
+    eps |x_j| / 2`), which would give an estimate of exactly 0: bfloat16 params with
+    the default `sigma = 1e-3` are so estimated at `sigma = 2^-5 max_j |x_j|`. At
+    `sigma_min` the rounding biases Gaussian and sphere estimates by a relative
+    `2 exp(-2 pi^2 16)`, negligible, and moves each SPSA step by at most `sigma / 8`
+    (see `_sampling.resolved_sigma` for the derivation). `sigma_min` is computed from
+    `params` at run time, so it applies under `jit` and `vmap` too; in float32 it is
+    below `1e-3` unless `max |x_j| > 2000`. The objective's value must resolve the
+    differences `f(x + sigma u) - f(x) ~ sigma u . grad f` as well: compute it in
+    float32 for low-precision params (the estimator cannot check that).
+
     Args:
         fn: `fn(params) -> scalar`, the objective (need not be differentiable).
         params: the point `x`, any pytree of float arrays.
-        key: a `jax.random` key.
+        key: a `jax.random.key` or a legacy `jax.random.PRNGKey` (the same numbers).
         num_samples: the number of perturbed evaluations of `fn`.
-        sigma: the perturbation scale, `> 0`. The default 1e-3 is MeZO's, for smooth
+        sigma: the perturbation scale, `> 0`, raised to `sigma_min` where the dtype
+            does not resolve it (see Precision). The default 1e-3 is MeZO's, for smooth
             objectives; a non-smooth one (accuracy, a hard threshold) needs a `sigma` of
             the scale over which it changes (e.g. 0.05-0.5), or the estimate is mostly 0.
+            Checked when concrete; a traced `sigma` is not (it has no value at trace
+            time) and enters the same `max`, so a traced `sigma <= 0` acts as
+            `sigma_min` (and gives inf/NaN where that is 0, all params 0).
         antithetic: central differences over `±u` (`num_samples` must be even); the
             baseline then cancels and is ignored.
         directions: "gaussian", "sphere" or "rademacher".
-        baseline: True (`f(x)`), False (none) or "optimal"; forward differences only.
+        baseline: a name of `BASELINES` ("unperturbed" for `f(x)`, None for none,
+            "mean", "leave_one_out", "optimal") or a scalar array; forward differences
+            only. Booleans are refused: the former True is "unperturbed", False None.
         chunk_size: evaluations per chunk (a divisor of `num_samples`, even when
             antithetic), or None for all at once.
         return_samples: return the per-direction estimates `c_i w_i`, each leaf with a
@@ -81,8 +102,10 @@ def zeroth_order_grad(
 
     Raises:
         ValueError: for `num_samples < 1`, odd `num_samples` with `antithetic`,
-            `sigma <= 0`, a non-scalar `fn` output, a `chunk_size` that does not divide
-            `num_samples`, an unknown `directions` or `baseline`.
+            a concrete `sigma <= 0`, a non-scalar `fn` output, a `chunk_size` that does
+            not divide `num_samples`, an unknown `directions`, a boolean or unknown
+            `baseline` (the message lists the accepted ones), a baseline that needs
+            more samples, or a `key` that is neither a typed key nor a `PRNGKey`.
 
     References:
         Su, "殊途同归的策略梯度与零阶优化", https://kexue.fm/archives/7737 (2020).
@@ -90,30 +113,33 @@ def zeroth_order_grad(
         (2017). Spall, SPSA (1992). Salimans et al., https://arxiv.org/abs/1703.03864.
         Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333.
     """
+    key = keys.as_key(key, "key")
     _check_arguments(fn, params, num_samples, sigma, antithetic, directions, baseline,
                      chunk_size)
+    sigma = _sampling.resolved_sigma(sigma, params, directions)
     num_directions = num_samples // 2 if antithetic else num_samples
     per_chunk = num_directions if chunk_size is None else chunk_size * num_directions // (
         num_samples)
-    keys = jax.random.split(key, num_directions).reshape(-1, per_chunk)
+    sample_keys = _sampling.sample_keys(key, num_directions).reshape(-1, per_chunk)
 
     def evaluate(chunk_keys):
         def one_direction(one_key):
             perturbation, weight = _sampling.direction(one_key, params, directions)
-            plus = fn(optax.tree.add_scale(params, sigma, perturbation))
+            plus = fn(_sampling.perturb(params, sigma, perturbation))
             if antithetic:
-                return plus, fn(optax.tree.add_scale(params, -sigma, perturbation))
+                return plus, fn(_sampling.perturb(params, -sigma, perturbation))
             return plus, optax.tree.norm(weight, squared=True)
 
         return jax.vmap(one_direction)(_sampling.constrain(chunk_keys, sample_sharding))
 
-    plus, second = jax.tree.map(lambda v: v.reshape(-1), jax.lax.map(evaluate, keys))
+    plus, second = jax.tree.map(lambda v: v.reshape(-1), jax.lax.map(evaluate, sample_keys))
     if antithetic:
         coefficients = (plus - second) / (2 * sigma)
     else:
-        centre = {True: fn(params), False: None, "optimal": "optimal"}[baseline]
-        coefficients = _baselines.centred_rewards(plus, centre, second) / sigma
-    coefficients = coefficients.reshape(keys.shape)
+        coefficients = _baselines.centred_rewards(
+            plus, baseline, sq_norms=second, unperturbed=lambda: fn(params)
+        ) / sigma
+    coefficients = coefficients.reshape(sample_keys.shape)
 
     def weights(chunk_keys):
         chunk_keys = _sampling.constrain(chunk_keys, sample_sharding)
@@ -122,7 +148,7 @@ def zeroth_order_grad(
     if return_samples:
         samples = jax.lax.map(
             lambda chunk: _sampling.scale_samples(chunk[1], weights(chunk[0])),
-            (keys, coefficients),
+            (sample_keys, coefficients),
         )
         return jax.tree.map(lambda s: s.reshape((num_directions, *s.shape[2:])), samples)
 
@@ -130,9 +156,12 @@ def zeroth_order_grad(
         return optax.tree.add(total, _sampling.weighted_sum(chunk[1], weights(chunk[0]))), None
 
     zeros = jax.tree.map(
-        lambda p: jnp.zeros(p.shape, jnp.result_type(coefficients, p)), params
+        lambda p: jnp.zeros(
+            p.shape, jnp.result_type(coefficients, _sampling.wide_dtype(p.dtype))
+        ),
+        params,
     )
-    total, _ = jax.lax.scan(accumulate, zeros, (keys, coefficients))
+    total, _ = jax.lax.scan(accumulate, zeros, (sample_keys, coefficients))
     return jax.tree.map(lambda t, p: (t / num_directions).astype(p.dtype), total, params)
 
 
@@ -146,9 +175,7 @@ def _check_arguments(fn, params, num_samples, sigma, antithetic, directions, bas
         )
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
     _sampling.check_direction_kind(directions)
-    checks.check_choice("baseline", baseline, ZEROTH_ORDER_BASELINES)
-    if baseline == "optimal" and not antithetic:
-        checks.check_positive_int("num_samples", num_samples, minimum=2)
+    _baselines.check_baseline(baseline, num_samples)
     if chunk_size is not None:
         checks.check_positive_int("chunk_size", chunk_size)
         if num_samples % chunk_size or (antithetic and chunk_size % 2):

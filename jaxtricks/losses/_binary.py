@@ -1,7 +1,11 @@
 """Binary (sigmoid) forms: truncated cross-entropies and smoothed accuracy (spec 1.2, 1.3).
 
 Logits `z` and labels `y` have the same shape; every function is elementwise (no
-reduction), like `optax.sigmoid_binary_cross_entropy`.
+reduction), like `optax.sigmoid_binary_cross_entropy`: empty in, empty out. Logits are
+computed in at least float32 and the losses returned in the logits' dtype. A NaN logit or
+label gives NaN for its element; an infinite logit gives the formula's limit where the
+terms have one (`sigma(+-inf)` is 1 or 0, as in optax's sigmoid losses), and inf or NaN
+where a term is `0 * inf` or infinite.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def hard_truncated_cross_entropy(
         Elementwise losses, the logits' shape and dtype.
 
     Raises:
-        ValueError: labels of another shape, `margin` outside `(0, 1)`.
+        ValueError: non-floating logits, labels of another shape, `margin` outside
+            `(0, 1)`.
 
     References:
         Su, `从loss的硬截断、软化到focal loss <https://kexue.fm/archives/4733>`_, 2017.
@@ -98,7 +103,7 @@ def soft_truncated_cross_entropy(
         Elementwise losses, the logits' shape and dtype.
 
     Raises:
-        ValueError: labels of another shape, `steepness < 0`.
+        ValueError: non-floating logits, labels of another shape, `steepness < 0`.
 
     References:
         Su, `从loss的硬截断、软化到focal loss <https://kexue.fm/archives/4733>`_, 2017.
@@ -125,6 +130,9 @@ def binary_smoothed_accuracy_loss(
 
     Returns:
         Elementwise losses in `[-1, 0]`, the logits' shape and dtype.
+
+    Raises:
+        ValueError: non-floating logits, labels of another shape.
 
     References:
         Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019.

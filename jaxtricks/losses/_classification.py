@@ -1,8 +1,15 @@
 """Multi-class losses that re-weight cross-entropy: focal, class-weighted, smoothed accuracy.
 
-Each is a function `l(log p_y)` of the target log-probability (spec section 1.1), built
-on the fused kernel `log_target_probability`: forward and backward are one pass over the
-logits each, like `optax.softmax_cross_entropy_with_integer_labels`.
+Each is a function `l(log p_y)` of the target log-probability, built on the fused kernel
+`log_target_probability`: forward and backward are one pass over the logits each, like
+`optax.softmax_cross_entropy_with_integer_labels`, and forward-mode derivatives
+(`jax.jvp`, `jax.jacfwd`, `jax.hessian`) work as well as reverse-mode ones.
+
+Integer labels of any dtype must lie in `[0, K)`: a concrete label outside raises a
+`ValueError`; a traced one gives NaN in that example's loss and in every derivative.
+(Optax reads a label in `[-K, 0)` as class `y + K` and, for a label `>= K`, returns NaN
+with a finite gradient; a negative label here is refused, since -1 more often marks
+padding than a class counted from the end: mask padding with `where`.)
 """
 
 from __future__ import annotations
@@ -64,14 +71,16 @@ def softmax_focal_loss(
     Its gradient in the logits is `w (p - e_y)` with the focal weight
     `w = alpha_y [(1-p)^g - g p (1-p)^(g-1) log p]` (spec 1.1): a cross-entropy whose
     hard examples (small `p_y`) weigh more. Computed in one fused pass (one logsumexp;
-    the backward reuses it), in float32 at least, finite for logits of +-1e4.
+    the derivatives reuse it), in float32 at least, finite for logits of +-1e4; a NaN or
+    inf logit gives a NaN or inf loss for its example.
 
     Args:
         logits: scores, shape `[..., num_classes]` (class axis given by `axis`).
-        labels: integer labels in `[0, num_classes)`, shape `[...]`.
+        labels: integer labels in `[0, num_classes)` (any integer dtype; outside it, a
+            ValueError when concrete, NaN when traced), shape `[...]`.
         gamma: focusing parameter, `>= 0`; `gamma=0` and `alpha=None` is cross-entropy.
-        alpha: None (no balancing), a scalar multiplying every example (Keras'
-            convention), or a `[num_classes]` vector of per-class weights `alpha_y`.
+        alpha: None (no balancing), a scalar `>= 0` multiplying every example (Keras'
+            convention), or a `[num_classes]` vector of per-class weights `alpha_y >= 0`.
             (Peers differ: kornia gives class 0 the weight `1 - alpha`.)
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` or of the logits' shape; examples with
@@ -81,10 +90,9 @@ def softmax_focal_loss(
         Per-example losses, shape `[...]`, dtype of the logits.
 
     Raises:
-        ValueError: labels of the wrong shape, `gamma < 0`, `alpha` of the wrong length.
-
-    Reverse-mode only (`jax.grad`, `jax.vjp`, also grad-of-grad); forward-mode
-    (`jax.jvp`, `jax.jacfwd`) is not supported by its custom VJP.
+        ValueError: labels of the wrong shape or (concrete) outside `[0, K)`,
+            `gamma < 0`, `alpha` of the wrong length,
+            negative or not finite.
 
     References:
         Lin et al., `Focal Loss for Dense Object Detection
@@ -96,6 +104,7 @@ def softmax_focal_loss(
     loss = _focal_term(log_prob, jnp.asarray(gamma, log_prob.dtype))
     if alpha is not None:
         alpha = _common.per_class("alpha", alpha, scores.shape[-1])
+        checks.check_scalar("alpha", alpha, low=0.0)
         loss = _common.gather_per_class(alpha, labels) * loss
     return _common.zero_where_excluded(loss, mask).astype(jnp.asarray(logits).dtype)
 
@@ -116,7 +125,7 @@ def weighted_softmax_cross_entropy(
 
     Args:
         logits: scores, shape `[..., num_classes]`.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels, shape `[...]` (out of range: see `softmax_focal_loss`).
         class_weights: `[num_classes]` non-negative weights (or a scalar).
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` or of the logits' shape.
@@ -125,7 +134,8 @@ def weighted_softmax_cross_entropy(
         Per-example losses, shape `[...]`.
 
     Raises:
-        ValueError: labels of the wrong shape, weights of the wrong length or negative.
+        ValueError: labels of the wrong shape or (concrete) outside `[0, K)`,
+            weights of the wrong length or negative.
     """
     log_prob, labels, mask, scores = _log_target_probability(logits, labels, axis, where)
     class_weights = _common.per_class("class_weights", class_weights, scores.shape[-1])
@@ -150,7 +160,7 @@ def smoothed_accuracy_loss(
 
     Args:
         logits: scores, shape `[..., num_classes]`.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels, shape `[...]` (out of range: see `softmax_focal_loss`).
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` or of the logits' shape.
 
@@ -184,22 +194,25 @@ def softmax_hard_truncated_cross_entropy(
 
     Args:
         logits: scores, shape `[..., num_classes]`.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels, shape `[...]` (out of range: see `softmax_focal_loss`).
         margin: confidence `m` in `(0, 1)`.
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` or of the logits' shape.
 
     Returns:
-        Per-example losses, shape `[...]`.
+        Per-example losses, shape `[...]`; NaN where `log p_y` is NaN (a NaN logit, an
+        out-of-range label).
 
     Raises:
-        ValueError: labels of the wrong shape, `margin` outside `(0, 1)`.
+        ValueError: labels of the wrong shape or (concrete) outside `[0, K)`,
+            `margin` outside `(0, 1)`.
     """
     checks.check_scalar("margin", margin, low=0.0, high=1.0, low_inclusive=False,
                         high_inclusive=False)
     log_prob, _, mask, _ = _log_target_probability(logits, labels, axis, where)
-    keep = log_prob <= jnp.log(jnp.asarray(margin, log_prob.dtype))
-    loss = jnp.where(keep, -log_prob, 0.0)
+    # Truncate where p_y > m: a NaN compares False and is kept, so it propagates.
+    confident = log_prob > jnp.log(jnp.asarray(margin, log_prob.dtype))
+    loss = jnp.where(confident, 0.0, -log_prob)
     return _common.zero_where_excluded(loss, mask).astype(jnp.asarray(logits).dtype)
 
 
@@ -224,7 +237,7 @@ def softmax_soft_truncated_cross_entropy(
 
     Args:
         logits: scores, shape `[..., num_classes]`, `num_classes >= 2`.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels, shape `[...]` (out of range: see `softmax_focal_loss`).
         steepness: `K >= 0`.
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` or of the logits' shape.
@@ -233,7 +246,8 @@ def softmax_soft_truncated_cross_entropy(
         Per-example losses, shape `[...]`.
 
     Raises:
-        ValueError: labels of the wrong shape, `steepness < 0`.
+        ValueError: labels of the wrong shape or (concrete) outside `[0, K)`,
+            `steepness < 0`.
     """
     checks.check_scalar("steepness", steepness, low=0.0)
     log_prob, labels, mask, scores = _log_target_probability(logits, labels, axis, where)
@@ -260,10 +274,11 @@ def multilabel_softmax_cross_entropy(
     iff `s_i > 0`. With one class it is the sigmoid binary cross-entropy; an empty
     positive (or negative) set contributes `log 1 = 0`. Each term is shifted by its own
     maximum exponent (no `-1e12` masking as in bert4keras, which overflows in bfloat16),
-    so it is finite for logits of +-1e4 in every float dtype. One fused pass computes
-    one exponential per score and keeps it for the backward pass (a custom VJP,
-    elementwise: `e^{s_i - lse_neg}` for a negative, `-e^{-s_j - lse_pos}` for a
-    positive), so it is reverse-mode only, like the other losses.
+    so it is finite for logits of +-1e4 in every float dtype; a NaN or inf logit of an
+    unmasked class gives a non-finite loss. One fused pass computes one exponential per
+    score and keeps it for the derivatives (a custom JVP, linear in the tangents, whose
+    transpose is the elementwise gradient `e^{s_i - lse_neg}` for a negative,
+    `-e^{-s_j - lse_pos}` for a positive): forward and reverse mode, to any order.
 
     Args:
         logits: scores, shape `[..., num_classes]`.
@@ -286,20 +301,25 @@ def multilabel_softmax_cross_entropy(
     return _multilabel_log_terms(scores, positive, mask).astype(jnp.asarray(logits).dtype)
 
 
-def _multilabel_terms_fwd(scores, positive, mask):
-    """Both terms in one pass, with one exponential per score, saved for the VJP.
+def _multilabel_terms(scores, positive, mask):
+    """Both terms in one pass, with one exponential per score, kept for the derivative.
 
     Each score belongs to one term, with exponent `t = s` (negative) or `-s` (positive);
     each term is `top + log(e^-top + sum exp(t - top))`, `top = max(0, max t)` over its
     own members (non-members enter the maxima as 0, which the floor at 0 ignores).
     Written with as few array operations as possible (products with the 0/1 labels,
     no selects): XLA:CPU then runs it as one fusion, whose time grows with their count.
+
+    The derivative in `s_i` is `e^{s_i} / (1 + sum_neg e^s)` for a negative and
+    `-e^{-s_i} / (1 + sum_pos e^-s)` for a positive, written `e * (1 / T_neg + y * c)`
+    with `c = -(1 / T_neg + 1 / T_pos)`, one product per score; the positives' rounding
+    error stays below `2 eps`.
     """
     exponent = scores * (1.0 - 2.0 * positive)
     in_pos = positive * exponent
     in_neg = exponent - in_pos
-    if mask is not None:
-        in_pos, in_neg = mask * in_pos, mask * in_neg
+    if mask is not None:  # a select, not a product: masked NaN or inf scores stay out
+        in_pos, in_neg = jnp.where(mask, in_pos, 0.0), jnp.where(mask, in_neg, 0.0)
     top_pos = jnp.maximum(jnp.max(in_pos, axis=-1), 0.0)
     top_neg = jnp.maximum(jnp.max(in_neg, axis=-1), 0.0)
     shift = top_neg[..., None] + positive * (top_pos - top_neg)[..., None]
@@ -310,25 +330,20 @@ def _multilabel_terms_fwd(scores, positive, mask):
     total_pos = jnp.exp(-top_pos) + jnp.sum(exps_pos, axis=-1)
     total_neg = jnp.exp(-top_neg) + jnp.sum(exps - exps_pos, axis=-1)
     loss = top_neg + jnp.log(total_neg) + top_pos + jnp.log(total_pos)
-    return loss, (exps, positive, total_neg, total_pos)
+    return loss, exps, total_neg, total_pos
 
 
-def _multilabel_terms_bwd(residuals, cotangent):
-    """`g e^{s_i} / (1 + sum_neg e^s)` for a negative, `-g e^{-s_j} / (1 + sum_pos e^-s)`.
-
-    Written `e * (g / T_neg + y * c)` with `c = -(g / T_neg + g / T_pos)`, one product
-    per score; the positives' rounding error stays below `2 eps |g|`.
-    """
-    exps, positive, total_neg, total_pos = residuals
-    neg_scale = cotangent / total_neg
-    pos_minus_neg = -(neg_scale + cotangent / total_pos)
-    return exps * (neg_scale[..., None] + positive * pos_minus_neg[..., None]), None, None
-
-
-@jax.custom_vjp
+@jax.custom_jvp
 def _multilabel_log_terms(scores, positive, mask):
-    """`log(1 + sum_neg e^s) + log(1 + sum_pos e^-s)` over the last axis (fused VJP)."""
-    return _multilabel_terms_fwd(scores, positive, mask)[0]
+    """`log(1 + sum_neg e^s) + log(1 + sum_pos e^-s)` over the last axis (fused JVP)."""
+    return _multilabel_terms(scores, positive, mask)[0]
 
 
-_multilabel_log_terms.defvjp(_multilabel_terms_fwd, _multilabel_terms_bwd)
+@_multilabel_log_terms.defjvp
+def _multilabel_log_terms_jvp(primals, tangents):
+    scores, positive, mask = primals
+    loss, exps, total_neg, total_pos = _multilabel_terms(scores, positive, mask)
+    neg_scale = 1.0 / total_neg
+    pos_minus_neg = -(neg_scale + 1.0 / total_pos)
+    derivative = exps * (neg_scale[..., None] + positive * pos_minus_neg[..., None])
+    return loss, jnp.sum(derivative * tangents[0], axis=-1)

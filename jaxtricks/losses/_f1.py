@@ -4,9 +4,14 @@ These are batch-level quantities: F1 is a ratio of sums over the batch, so its v
 a mini-batch is a biased estimate of the dataset's F1 (Su recommends training with
 cross-entropy first, then fine-tuning with the F1 loss).
 
-0/0: a class with `T_c = sum_i (p_ic + y_ic) = 0` (absent from the labels and given
-probability 0 everywhere, e.g. masked out) has no F1; it is skipped (left out of the
-macro mean, of the micro sums trivially). When every class is skipped the loss is 0.
+0/0: a class with `T_c = sum_i (p_ic + y_ic) = 0` exactly (absent from the labels and
+given probability 0 everywhere, e.g. masked out) has no F1; it is skipped (left out of
+the macro mean, of the micro sums trivially). When every class is skipped, in
+particular for an empty batch or one masked out entirely, the loss is 0 with a zero
+gradient: such a batch has nothing to fit, and as the loss term of a training step it
+must add nothing (a NaN would poison the step, though no input was bad). Only an exact 0
+is skipped: a NaN or infinite `T_c` (a NaN score, a +inf softmax score, a NaN label)
+makes the whole batch's loss NaN, as any non-finite input of a batch-level quantity.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from jaxtricks.losses import _binary, _common
 
 
 def _soft_f1(true_positives: jax.Array, totals: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`(2 TP / T, defined)` elementwise; 1 where `T = 0` (skipped), with safe gradients."""
-    defined = totals > 0
+    """`(2 TP / T, defined)` elementwise; 1 where `T = 0` (skipped), with safe gradients.
+
+    `T != 0`, not `T > 0`: a NaN total is defined, so it reaches the loss.
+    """
+    defined = totals != 0
     ratio = 2 * true_positives / jnp.where(defined, totals, 1.0)
     return jnp.where(defined, ratio, 1.0), defined
 
@@ -56,24 +64,33 @@ def smoothed_f1_loss(
 
     Args:
         logits: scores, shape `[..., num_classes]`.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels in `[0, num_classes)`, shape `[...]`, any integer dtype.
         average: "macro" or "micro".
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` (examples) or of the logits' shape.
 
     Returns:
-        A scalar in `[0, 1]`.
+        A scalar in `[0, 1]`, the logits' dtype: 0 for an empty or fully masked batch;
+        NaN when a kept example has a NaN or +inf score or, when traced, a label
+        outside `[0, num_classes)` (module docstring).
+
+    Raises:
+        ValueError: a bad `average` or axis, labels of the wrong shape or dtype, a
+            concrete label outside `[0, num_classes)` in an example that `where` keeps.
 
     References:
         Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019, and
         `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020.
     """
     checks.check_choice("average", average, ("macro", "micro"))
-    scores, labels, mask = _common.prepare(logits, labels, axis, where)
+    scores, class_indices, mask = _common.prepare(logits, labels, axis, where)
+    counted = None if mask is None else jnp.any(mask, axis=-1)
+    valid = class_indices < scores.shape[-1]  # False for a traced label outside [0, K)
     probs = _common.probabilities(scores, mask)
-    one_hot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    one_hot = jax.nn.one_hot(class_indices, scores.shape[-1], dtype=scores.dtype)
     if mask is not None:
-        one_hot = jnp.where(jnp.any(mask, axis=-1, keepdims=True), one_hot, 0.0)
+        one_hot = jnp.where(counted[..., None], one_hot, 0.0)
+    one_hot = jnp.where(valid[..., None], one_hot, jnp.nan)  # a traced bad label: NaN
     batch_axes = tuple(range(scores.ndim - 1))
     true_positives = jnp.sum(probs * one_hot, axis=batch_axes)
     totals = jnp.sum(probs + one_hot, axis=batch_axes)
@@ -87,9 +104,11 @@ def smoothed_f1_loss(
 
 def _binary_soft_f1(z, y, mask):
     probs = jax.nn.sigmoid(z)
-    weights = jnp.ones_like(z) if mask is None else mask.astype(z.dtype)
-    f1, _ = _soft_f1(jnp.sum(weights * probs * y), jnp.sum(weights * (probs + y)))
-    return f1
+    true_positives, totals = probs * y, probs + y
+    if mask is not None:  # `where`, not a 0/1 weight: a NaN in a masked element is left out
+        true_positives = jnp.where(mask, true_positives, 0.0)
+        totals = jnp.where(mask, totals, 0.0)
+    return _soft_f1(jnp.sum(true_positives), jnp.sum(totals))[0]
 
 
 def binary_smoothed_f1_loss(
@@ -103,7 +122,10 @@ def binary_smoothed_f1_loss(
     Su's binary smoothed F1 (spec 1.4): the linear soft Dice over the whole batch, no
     smoothing constant. Its gradient is the cross-entropy gradient re-weighted by
     `(2/T)(1 - F1/2) p` for positives and `(2/T)(F1/2)(1 - p)` for negatives. `T = 0`
-    (no positive and no predicted mass) gives loss 0.
+    exactly (no positive and no predicted mass: an empty or fully masked batch, or
+    every `p` underflowing to 0) gives loss 0 and a zero gradient (module docstring).
+    A NaN logit or label in a kept element gives NaN; `z = +-inf` gives the limit
+    `p = 1` or 0, as `jax.nn.sigmoid` does.
 
     Args:
         logits: binary logits, any shape.
@@ -111,7 +133,13 @@ def binary_smoothed_f1_loss(
         where: None or a boolean mask of the same shape (elements to count).
 
     Returns:
-        A scalar in `[0, 1]`.
+        A scalar in `[0, 1]` (or NaN, above), the logits' dtype.
+
+    Raises:
+        ValueError: non-floating logits, labels or `where` of another shape.
+
+    References:
+        Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019.
     """
     z, y = _binary.binary_inputs(logits, labels)
     mask = _elementwise_mask(where, z.shape)
@@ -140,7 +168,11 @@ def binary_f1_weighted_cross_entropy(
             left out of F1.
 
     Returns:
-        Elementwise losses, the logits' shape and dtype.
+        Elementwise losses, the logits' shape and dtype (empty for empty logits). F1 is
+        a batch quantity: a NaN in one kept element makes every kept element NaN.
+
+    Raises:
+        ValueError: non-floating logits, labels or `where` of another shape.
 
     References:
         Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020.

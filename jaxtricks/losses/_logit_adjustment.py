@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -31,18 +33,21 @@ def logit_adjusted_softmax_cross_entropy(
 
     Args:
         logits: scores, shape `[..., num_classes]`.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels in `[0, num_classes)`, shape `[...]`, any integer dtype.
         class_priors: `[num_classes]` training class frequencies or counts, `>= 0`.
         tau: finite temperature of the adjustment.
         axis: the class axis or axes, as in optax.
         where: None, or a mask of shape `[...]` or of the logits' shape.
 
     Returns:
-        Per-example losses, shape `[...]`.
+        Per-example losses, shape `[...]` (`(0,)` for an empty batch): NaN for an
+        example with a NaN score or, when traced, a label outside `[0, num_classes)`;
+        0 for an example with every score masked out (as optax).
 
     Raises:
-        ValueError: labels of the wrong shape, priors of the wrong length, negative or
-            summing to 0, `tau` not finite.
+        ValueError: labels of the wrong shape or dtype, a concrete label outside
+            `[0, num_classes)` (in an example that `where` keeps), priors of the wrong
+            length, negative or summing to 0, `tau` not finite.
 
     References:
         Menon et al., `Long-tail learning via logit adjustment
@@ -50,10 +55,10 @@ def logit_adjusted_softmax_cross_entropy(
         `通过互信息思想来缓解类别不平衡问题 <https://kexue.fm/archives/7615>`_, 2020.
     """
     checks.check_scalar("tau", tau)
-    scores, labels, mask = _common.prepare(logits, labels, axis, where)
+    scores, class_indices, mask = _common.prepare(logits, labels, axis, where)
     priors = _common.check_priors(class_priors, scores.shape[-1])
     shift = jnp.asarray(tau, scores.dtype) * _common.log_priors(priors, scores.dtype)
-    loss = -_common.log_target_probability(scores + shift, labels, mask)
+    loss = -_common.log_target_probability(scores + shift, class_indices, mask)
     return _common.zero_where_excluded(loss, mask).astype(jnp.asarray(logits).dtype)
 
 
@@ -62,26 +67,30 @@ def adjust_logits(
     *,
     class_priors: jax.typing.ArrayLike,
     tau: jax.typing.ArrayLike = 1.0,
-    axis: int = -1,
+    axis: _common.Axis = -1,
 ) -> jax.Array:
     r"""Post-hoc logit adjustment (Menon et al., eq. 9): `s - tau * log(pi)`.
 
     For a model trained with plain cross-entropy, `argmax` of the adjusted logits is the
-    plug-in Bayes rule for the balanced error (`tau = 1`). Note the sign: minus.
+    plug-in Bayes rule for the balanced error (`tau = 1`). Note the sign: minus. The
+    shift is computed in at least float32 and the result cast back to the logits' dtype.
 
     Args:
         logits: scores of a model trained with cross-entropy, classes along `axis`.
         class_priors: `[num_classes]` training class frequencies or counts, `>= 0`
-            (normalised, floored at 1e-12).
+            (normalised, floored at 1e-12). With several class axes, `num_classes` is
+            the product of their sizes and the priors are in the order of
+            `logits.reshape` over those axes (as the losses flatten them).
         tau: finite temperature.
-        axis: the class axis.
+        axis: the class axis or axes, as in optax.
 
     Returns:
-        The adjusted logits, same shape and dtype.
+        The adjusted logits, same shape and dtype (empty for empty logits; NaN and inf
+        scores stay NaN and inf).
 
     Raises:
-        ValueError: priors of the wrong length, negative or summing to 0; `tau` not
-            finite.
+        ValueError: non-floating logits, a bad axis, priors of the wrong length,
+            negative or summing to 0; `tau` not finite.
 
     References:
         Menon et al., `Long-tail learning via logit adjustment
@@ -90,10 +99,15 @@ def adjust_logits(
     checks.check_scalar("tau", tau)
     logits = jnp.asarray(logits)
     _common.check_floating("logits", logits)
-    priors = _common.check_priors(class_priors, logits.shape[axis])
-    shift = jnp.asarray(tau, logits.dtype) * _common.log_priors(priors, logits.dtype)
-    return logits - jnp.moveaxis(jnp.broadcast_to(shift, (1,) * (logits.ndim - 1) + shift.shape),
-                                 -1, axis)
+    class_axes = _common.canonical_axes(axis, logits.ndim)
+    class_shape = tuple(logits.shape[i] for i in class_axes)
+    priors = _common.check_priors(class_priors, math.prod(class_shape))
+    dtype = _common.compute_dtype(logits.dtype)
+    shift = jnp.asarray(tau, dtype) * _common.log_priors(priors, dtype)
+    broadcast_shape = [1] * logits.ndim
+    for i, size in zip(class_axes, class_shape, strict=True):
+        broadcast_shape[i] = size
+    return (logits.astype(dtype) - shift.reshape(broadcast_shape)).astype(logits.dtype)
 
 
 def class_priors(
@@ -105,26 +119,26 @@ def class_priors(
     r"""Empirical class frequencies `(n_c + smoothing) / (n + K * smoothing)`.
 
     Args:
-        labels: integer labels of any shape, in `[0, num_classes)`.
+        labels: integer labels of any shape and integer dtype, in `[0, num_classes)`.
         num_classes: `K`, a Python int.
         smoothing: additive (Laplace) smoothing `>= 0`; use it so that a class absent
             from `labels` keeps a positive prior.
 
     Returns:
-        `[num_classes]` float32 priors summing to 1.
+        `[num_classes]` float32 priors summing to 1. Traced labels outside
+        `[0, num_classes)` give NaN priors (they are never dropped and the rest
+        renormalised); empty labels with a traced `smoothing` of 0 give 0/0 = NaN.
 
     Raises:
-        ValueError: non-integer labels, `num_classes < 1`, `smoothing < 0`, or empty
-            labels with no smoothing.
+        ValueError: non-integer labels, a concrete label outside `[0, num_classes)`,
+            `num_classes < 1`, `smoothing < 0`, or empty labels with no smoothing.
     """
     checks.check_positive_int("num_classes", num_classes)
     checks.check_scalar("smoothing", smoothing, low=0.0)
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}.")
+    labels, valid = _common.class_indices(labels, num_classes)
     concrete_smoothing = checks.concrete_value(smoothing)
     if labels.size == 0 and concrete_smoothing is not None and concrete_smoothing == 0:
         raise ValueError("labels is empty and smoothing is 0: the priors are 0/0.")
     counts = jnp.bincount(labels.ravel(), length=num_classes).astype(jnp.float32)
     smoothed = counts + jnp.asarray(smoothing, jnp.float32)
-    return smoothed / jnp.sum(smoothed)
+    return jnp.where(jnp.all(valid), smoothed / jnp.sum(smoothed), jnp.nan)

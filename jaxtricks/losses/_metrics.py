@@ -1,4 +1,4 @@
-"""Metrics of long-tail learning."""
+"""Metrics of long-tail learning, and the range check of integer class labels."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks._src import checks
+from jaxtricks.losses import _common
 
 
 def balanced_accuracy(
@@ -25,40 +26,59 @@ def balanced_accuracy(
     as 0). `1 - BA` is the balanced error that Menon et al. report; it does not depend
     on the test set's class sizes.
 
+    Undefined cases give NaN, never a score: no counted example (an empty batch, or
+    `where` all False) leaves `C` empty, and the mean over no class is NaN, as
+    `jnp.mean` of an empty array (0 would read as "every prediction wrong"); a NaN
+    score in a counted example (its argmax is meaningless) and, when traced, a counted
+    label outside `[0, K)` give NaN too. Infinite scores are ordered as usual (a -inf
+    score is never predicted unless the whole row is -inf); integer predictions
+    outside `[0, K)` count as wrong.
+
     Args:
         logits_or_predictions: scores `[..., num_classes]` (the prediction is their
             argmax) or integer predictions of the labels' shape.
-        labels: integer labels, shape `[...]`.
+        labels: integer labels in `[0, num_classes)`, shape `[...]`, any integer dtype.
         num_classes: `K`, a Python int.
         where: None or a boolean mask of the labels' shape (examples to count).
 
     Returns:
-        A float32 scalar in `[0, 1]` (0 when no example is counted).
+        A float32 scalar in `[0, 1]`, or NaN (above).
 
     Raises:
-        ValueError: shapes that match neither form, `num_classes < 1`.
+        ValueError: shapes that match neither form, `num_classes < 1`, non-integer
+            labels, a concrete counted label outside `[0, num_classes)`.
+
+    References:
+        Menon et al., `Long-tail learning via logit adjustment
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
     """
     checks.check_positive_int("num_classes", num_classes)
     scores = jnp.asarray(logits_or_predictions)
-    labels = jnp.asarray(labels)
-    if scores.shape == (*labels.shape, num_classes):
-        predictions = jnp.argmax(scores, axis=-1)
-    elif scores.shape == labels.shape and jnp.issubdtype(scores.dtype, jnp.integer):
-        predictions = scores
-    else:
+    label_shape = jnp.shape(labels)
+    from_logits = scores.shape == (*label_shape, num_classes)
+    if not from_logits and not (
+        scores.shape == label_shape and jnp.issubdtype(scores.dtype, jnp.integer)
+    ):
         raise ValueError(
-            f"logits_or_predictions must have shape {(*labels.shape, num_classes)} "
-            f"(logits) or integer dtype and shape {labels.shape} (predictions), got "
+            f"logits_or_predictions must have shape {(*label_shape, num_classes)} "
+            f"(logits) or integer dtype and shape {label_shape} (predictions), got "
             f"shape {scores.shape} and dtype {scores.dtype}."
         )
-    counted = jnp.ones(labels.shape, bool) if where is None else jnp.asarray(where, bool)
-    checks.check_shape("where", counted.shape, labels.shape)
+    if where is not None:
+        checks.check_shape("where", jnp.shape(where), label_shape)
+    labels, valid = _common.class_indices(labels, num_classes, where)
+    counted = jnp.ones(label_shape, bool) if where is None else jnp.asarray(where, bool)
+    predictions = jnp.argmax(scores, axis=-1) if from_logits else scores
+    if from_logits and jnp.issubdtype(scores.dtype, jnp.inexact):
+        valid &= ~(counted & jnp.any(jnp.isnan(scores), axis=-1))
+
     def per_class_count(selected):
         return jnp.bincount(labels.ravel(), selected.ravel().astype(jnp.int32),
                             length=num_classes)
 
     totals = per_class_count(counted)
     hits = per_class_count(counted & (predictions == labels))
-    present = totals > 0
-    recall = jnp.where(present, hits / jnp.where(present, totals, 1.0), 0.0)
-    return (jnp.sum(recall) / jnp.maximum(jnp.sum(present), 1)).astype(jnp.float32)
+    present = totals > 0  # integer counts: this guard cannot hide a NaN
+    recall = jnp.where(present, hits / jnp.where(present, totals, 1), 0.0)
+    accuracy = jnp.sum(recall) / jnp.sum(present)
+    return jnp.where(jnp.all(valid), accuracy, jnp.nan).astype(jnp.float32)

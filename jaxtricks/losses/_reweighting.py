@@ -17,7 +17,7 @@ def cross_entropy_weights(
     labels: jax.typing.ArrayLike,
     *,
     kind: str = "softmax",
-    axis: int = -1,
+    axis: _common.Axis = -1,
 ) -> jax.Array:
     r"""Per-example weights `w` with `grad loss_fn = w * grad(cross-entropy)` (spec 1.1).
 
@@ -32,21 +32,25 @@ def cross_entropy_weights(
     `p`; hard truncation: `1[p <= m]`) up to rounding. Otherwise (logit adjustment,
     batch F1) it is the best single weight, and `G - w c` is what no re-weighting
     explains. Where `c = 0` in floating point (`p_y` rounds to 1) the weight is
-    undefined and returned as NaN, never computed as 0/0.
+    undefined and returned as NaN, never computed as 0/0. A NaN (or, softmax, +inf)
+    score, a NaN gradient of `loss_fn`, or a traced label outside `[0, num_classes)`
+    gives NaN for its example; an empty batch gives empty weights.
 
     Args:
         loss_fn: `(logits, labels) -> losses` (per example, or a batch-level scalar).
         logits: `[..., num_classes]` scores (softmax) or binary logits (sigmoid).
-        labels: integer labels `[...]` (softmax) or `{0, 1}` labels of the logits'
-            shape (sigmoid).
+        labels: integer labels `[...]` in `[0, num_classes)`, any integer dtype
+            (softmax), or `{0, 1}` labels of the logits' shape (sigmoid).
         kind: "softmax" or "sigmoid": which cross-entropy to compare with.
-        axis: the class axis (softmax).
+        axis: the class axis or axes (softmax), as in optax.
 
     Returns:
-        The weights: shape `[...]` (softmax) or the logits' shape (sigmoid).
+        The weights, in the compute dtype (at least float32): shape `[...]` (softmax) or
+        the logits' shape (sigmoid).
 
     Raises:
-        ValueError: a bad `kind`, labels of the wrong shape.
+        ValueError: a bad `kind` or axis, labels of the wrong shape or dtype, a concrete
+            label outside `[0, num_classes)` (softmax).
     """
     checks.check_choice("kind", kind, ("softmax", "sigmoid"))
     logits = jnp.asarray(logits)
@@ -55,9 +59,11 @@ def cross_entropy_weights(
         z, y = _binary.binary_inputs(logits, labels)
         ce_grad = jax.nn.sigmoid(z) - y
         return _projection(grads.astype(z.dtype) * ce_grad, ce_grad * ce_grad)
-    scores, labels, _ = _common.prepare(logits, labels, axis, None)
-    grads = jnp.moveaxis(grads, axis, -1).astype(scores.dtype)
-    one_hot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    scores, class_indices, _ = _common.prepare(logits, labels, axis, None)
+    grads = _common.prepare(grads, labels, axis, None)[0]  # the same layout as the scores
+    valid = class_indices < scores.shape[-1]  # False for a traced label outside [0, K)
+    one_hot = jax.nn.one_hot(class_indices, scores.shape[-1], dtype=scores.dtype)
+    one_hot = jnp.where(valid[..., None], one_hot, jnp.nan)
     ce_grad = _common.probabilities(scores, None) - one_hot
     return _projection(jnp.sum(grads * ce_grad, axis=-1), jnp.sum(ce_grad * ce_grad, axis=-1))
 

@@ -1,7 +1,7 @@
-"""L2, decoupled weight decay and WEISSI as Optax transforms; flooding (spec 3, 4).
+"""L2, decoupled weight decay and WEISSI as Optax transforms; flooding.
 
 - `l2_regularization`, `decoupled_weight_decay`, `weissi`: Optax transforms whose
-  default mask selects the weight tensors (`ndim >= 2`).
+  default mask selects the floating-point weight tensors (`ndim >= 2`).
 - `l2_penalty`, `weissi_penalty`: the scalar penalties (their gradients are what the
   transforms add).
 - `flood`, `iflood`, `gradient_norm_penalty`: objectives that keep the training loss

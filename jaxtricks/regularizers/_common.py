@@ -13,8 +13,17 @@ from jaxtricks._src import checks
 
 Mask = Any | Callable[[optax.Params], Any] | None
 """A pytree of bools shaped like the params, a callable of the params returning one, or
-None for the default: every leaf with `ndim >= 2` (weight matrices, convolution
-kernels, embeddings), leaving biases and normalisation scales alone."""
+None for the default: every floating-point leaf with `ndim >= 2` (weight matrices,
+convolution kernels, embeddings), leaving biases, normalisation scales and integer or
+boolean leaves (step counters, index tables, masks) alone."""
+
+try:  # optax's own message, where the installed optax defines it
+    from optax._src.base import NO_PARAMS_MSG
+except ImportError:
+    NO_PARAMS_MSG = (
+        "You are using a transformation that requires the current value of parameters, "
+        "but you are not passing `params` when calling `update`."
+    )
 
 
 class CountState(NamedTuple):
@@ -36,6 +45,23 @@ def init_count(params: optax.Params) -> CountState:
 def next_count(state: CountState) -> CountState:
     """The state after one more update (saturating at the int32 maximum)."""
     return CountState(count=optax.safe_increment(state.count))
+
+
+def require_params(params: optax.Params | None) -> optax.Params:
+    """The params given to a transform's `update`.
+
+    Raises:
+        ValueError: when `params` is None (optax's message for a transform that needs
+            the params).
+    """
+    if params is None:
+        raise ValueError(NO_PARAMS_MSG)
+    return params
+
+
+def is_default_selected(leaf: jax.typing.ArrayLike) -> bool:
+    """The default mask: a floating-point leaf with `ndim >= 2`."""
+    return jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
 
 
 def value_at(rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
@@ -68,7 +94,7 @@ def resolve_mask(mask: Mask, tree: optax.Params) -> Any:
         ValueError: when the mask's structure differs from the tree's.
     """
     if mask is None:
-        return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, tree)
+        return jax.tree.map(is_default_selected, tree)
     mask_tree = mask(tree) if callable(mask) else mask
     skeleton = jax.tree.map(lambda _: True, tree, is_leaf=_is_masked_node)
     checks.check_same_structure("mask", mask_tree, "params", skeleton)

@@ -1,4 +1,4 @@
-"""Flooding, individual flooding (iFlood) and the gradient-norm penalty (spec 3)."""
+"""Flooding, individual flooding (iFlood) and the gradient-norm penalty."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from jaxtricks._src import checks
+from jaxtricks.regularizers._common import accumulation_dtype
 
 
 def flood(loss: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.Array:
@@ -26,7 +28,8 @@ def flood(loss: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.Arr
     The sign flip applies to the whole batch, so `loss` must be the batch-level
     (mean) loss, a scalar; flooding each example's loss is a different method,
     `iflood`. A batch-level quantity: a biased estimate of the flooded dataset loss.
-    At a tie `loss == level`, JAX's derivative of `abs` at 0 is +1: a descent step.
+    At a tie `loss == level` the derivative is +1 (a descent step); a NaN loss has a
+    NaN gradient.
 
     Args:
         loss: the mini-batch training objective, a scalar.
@@ -60,16 +63,23 @@ def iflood(losses: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.
     Returns:
         The flooded per-example losses, the shape of `losses`.
 
+    Raises:
+        ValueError: if `level` is negative or not finite.
+
     References:
         Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022
-        (OpenReview); spec 3.1 of jaxtricks.
+        (OpenReview).
     """
     return _flooded(losses, level)
 
 
 def _flooded(loss: jax.typing.ArrayLike, level: jax.typing.ArrayLike) -> jax.Array:
     checks.check_scalar("level", level, low=0.0)
-    return jnp.abs(loss - level) + level
+    difference = jnp.asarray(loss) - level
+    # |d| as d * sign(d) with the sign held constant: the derivative is +1 at a tie and
+    # NaN at a NaN loss (JAX's derivative of abs is -1 there, a finite-looking step).
+    sign = jnp.where(jnp.isnan(difference), difference, jnp.where(difference < 0, -1, 1))
+    return difference * jax.lax.stop_gradient(sign) + level
 
 
 def gradient_norm_penalty(
@@ -80,7 +90,7 @@ def gradient_norm_penalty(
 ) -> Callable[..., Any]:
     """Wraps `loss_fn(params, ...)` into `loss + coefficient * ||grad_params loss||^2`.
 
-    The penalty that flooding approximates (spec 3.2): near the flood level, a
+    The penalty that flooding approximates: near the flood level, a
     descent step then an ascent step of learning rate `lr` move the parameters by
     `-lr^2 H g = -(lr^2 / 2) grad ||g||^2`, i.e. per single step a descent step of
     rate `lr` on `(lr / 4) ||grad J||^2`. So `coefficient = lr / 4` is the
@@ -88,6 +98,14 @@ def gradient_norm_penalty(
     plain gradient descent adds the same `(lr / 4) ||grad J||^2` implicitly (Barrett &
     Dherin, https://arxiv.org/abs/2009.11162). Differentiating the wrapped function is
     double back-propagation (about 2-3x the cost of a plain gradient).
+
+    What is differentiated: for a pytree of arrays, its floating-point (and complex)
+    leaves; integer, boolean and key leaves (step counters, index tables, PRNG keys)
+    are held constant. For an nnx module (or a pytree holding one), its `nnx.Param`
+    state, as `nnx.grad` does; its other state (`nnx.Rngs` counts, batch statistics,
+    integer variables) is not differentiated, and what `loss_fn` writes to it is
+    kept, so differentiate the wrapped function with `nnx.grad` (or call it inside
+    `nnx.jit`). The squared norm is summed in at least float32.
 
     Args:
         loss_fn: `loss_fn(params, *args, **kwargs)` returning a scalar, or
@@ -98,17 +116,36 @@ def gradient_norm_penalty(
     Returns:
         A function with `loss_fn`'s signature returning the penalised loss (and aux).
 
+    Raises:
+        ValueError: if `coefficient` is negative or not finite.
+
     References:
         Su, https://kexue.fm/archives/7643 and https://kexue.fm/archives/7787.
     """
     checks.check_scalar("coefficient", coefficient, low=0.0)
-    value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+    nnx_value_and_grad = nnx.value_and_grad(loss_fn, has_aux=has_aux)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux, allow_int=True)
 
     @functools.wraps(loss_fn)
     def penalised(params, *args, **kwargs):
-        value, grads = value_and_grad(params, *args, **kwargs)
+        holds_module = any(
+            nnx.graph.is_graph_node(node)
+            for node in jax.tree.leaves(params, is_leaf=nnx.graph.is_graph_node)
+        )
+        value_and_grad_fn = nnx_value_and_grad if holds_module else value_and_grad
+        value, grads = value_and_grad_fn(params, *args, **kwargs)
         loss, aux = value if has_aux else (value, None)
-        penalised_loss = loss + coefficient * optax.tree.norm(grads, squared=True)
+        penalised_loss = loss + coefficient * _squared_norm(grads)
         return (penalised_loss, aux) if has_aux else penalised_loss
 
     return penalised
+
+
+def _squared_norm(grads: Any) -> jax.Array:
+    """`||grads||^2` over the inexact leaves (not the float0 gradients of integers)."""
+    inexact = [
+        leaf.astype(accumulation_dtype(leaf))
+        for leaf in jax.tree.leaves(grads)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return optax.tree.norm(inexact, squared=True)

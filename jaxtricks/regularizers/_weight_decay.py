@@ -1,4 +1,4 @@
-"""L2 regularisation (coupled) and decoupled, AdamW-style weight decay (spec 4.1)."""
+"""L2 regularisation (coupled) and decoupled, AdamW-style weight decay."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from jaxtricks.regularizers._common import (
     init_count,
     masked,
     next_count,
+    require_params,
     selected_leaves,
     squared_norm,
     value_at,
@@ -29,10 +30,14 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
     Args:
         params: a pytree of arrays.
         mask: a pytree of bools shaped like `params`, a callable of the params
-            returning one, or None (default) for the leaves with `ndim >= 2`.
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`.
 
     Returns:
         A scalar (summed in at least float32).
+
+    Raises:
+        ValueError: for a mask whose structure differs from the params'.
     """
     return 0.5 * sum(squared_norm(leaf) for leaf in selected_leaves(params, mask))
 
@@ -43,8 +48,7 @@ def _add_scaled_params_transform(
     """`updates + coefficient_at(count) * params` (dtype-preserving, with a step count)."""
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+        params = require_params(params)
         coefficient = coefficient_at(state.count)
         return add_scaled_params(updates, params, coefficient), next_count(state)
 
@@ -64,19 +68,24 @@ def l2_regularization(
     `loss + weight_decay * l2_penalty`.
 
     This is `optax.add_decayed_weights` under `optax.masked` with jaxtricks' default
-    mask (`ndim >= 2`), except that a scheduled (float32) rate keeps bfloat16 updates
-    in bfloat16.
+    mask (floating-point leaves with `ndim >= 2`), except that a scheduled (float32)
+    rate keeps bfloat16 updates in bfloat16.
 
     Args:
         weight_decay: the coefficient `lambda >= 0`, or a schedule of the step count.
         mask: a pytree of bools shaped like the params, a callable of the params
-            returning one, or None (default) for the leaves with `ndim >= 2`. Under
-            `optax.inject_hyperparams`, a callable mask must be listed in
-            `static_args`.
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`. Under `optax.inject_hyperparams`, a callable mask must be
+            listed in `static_args`.
 
     Returns:
         An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
         around a `CountState(count)` (the step count for schedules).
+
+    Raises:
+        ValueError: for a negative or non-finite constant rate; from `update`, when
+            called without `params` or with a mask whose structure differs from the
+            params'.
     """
     check_rate("weight_decay", weight_decay)
     return masked(
@@ -107,11 +116,17 @@ def decoupled_weight_decay(
         learning_rate: the optimiser's learning rate (>= 0), or its schedule; the step
             count is kept in the state, so give the same schedule as the optimiser.
         mask: a pytree of bools shaped like the params, a callable of the params
-            returning one, or None (default) for the leaves with `ndim >= 2`.
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`.
 
     Returns:
         An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
         around a `CountState(count)` (the step count for schedules).
+
+    Raises:
+        ValueError: for a negative or non-finite constant rate; from `update`, when
+            called without `params` or with a mask whose structure differs from the
+            params'.
     """
     check_rate("weight_decay", weight_decay)
     check_rate("learning_rate", learning_rate)

@@ -1,4 +1,4 @@
-"""WEISSI: a weight-scale-shift-invariant regulariser, as a penalty and a transform (spec 4.3).
+"""WEISSI: a weight-scale-shift-invariant regulariser, as a penalty and a transform.
 
 With positively homogeneous activations (ReLU, leaky ReLU, linear) a network computes
 the same function after `W_l -> g_l W_l`, `b_l -> (prod_{k<=l} g_k) b_l` with
@@ -36,6 +36,7 @@ from jaxtricks.regularizers._common import (
     init_count,
     masked,
     next_count,
+    require_params,
     selected_leaves,
     squared_norm,
     value_at,
@@ -106,12 +107,17 @@ def weissi_penalty(
         direction_weight: coefficient of the direction term `R_dir`.
         form: "log", "product" or "geometric_mean".
         mask: a pytree of bools shaped like `params`, a callable of the params
-            returning one, or None (default) for the leaves with `ndim >= 2`.
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`.
         eps: added to every squared norm (> 0), so that values and gradients are
             finite at `W = 0`.
 
     Returns:
         A scalar (at least float32); 0 when no leaf is selected.
+
+    Raises:
+        ValueError: for an unknown `form`, `eps <= 0`, a negative or non-finite
+            coefficient, or a mask whose structure differs from the params'.
 
     References:
         Su, https://kexue.fm/archives/7681; Liu, Cui & Chan,
@@ -203,7 +209,7 @@ def weissi(
                            - lr * direction_weight * grad R_dir(W_l)
 
     with `a_l W_l = grad_{W_l} R_form` (`a_l = 1/||W_l||^2` for the log form). The
-    clamp `min(1, .)` is spec 4.3's factor `max(0, 1 - lr wd / ||W||^2)`: the
+    clamp `min(1, .)` is the factor `max(0, 1 - lr wd / ||W||^2)`: the
     decay never flips the sign of a layer, e.g.
     `optax.chain(optax.adam(lr), weissi(wd, learning_rate=lr))`.
 
@@ -215,15 +221,20 @@ def weissi(
             (or its schedule) for the decoupled form.
         form: "log" (default), "product" or "geometric_mean" (see `weissi_penalty`).
         mask: a pytree of bools shaped like the params, a callable of the params
-            returning one, or None (default) for the leaves with `ndim >= 2`. The
-            product and geometric-mean forms couple all the selected leaves. Under
-            `optax.inject_hyperparams`, a callable mask must be listed in
-            `static_args`.
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`. The product and geometric-mean forms couple all the selected
+            leaves. Under `optax.inject_hyperparams`, a callable mask must be listed
+            in `static_args`.
         eps: added to every squared norm (> 0): finite at `W = 0`.
 
     Returns:
         An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
         around a `CountState(count)` (the step count for schedules).
+
+    Raises:
+        ValueError: for a negative or non-finite constant rate, an unknown `form` or
+            `eps <= 0`; from `update`, when called without `params` or with a mask
+            whose structure differs from the params'.
 
     References:
         Su, https://kexue.fm/archives/7681; Liu, Cui & Chan,
@@ -238,8 +249,7 @@ def weissi(
     )
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+        params = require_params(params)
         decay = value_at(weight_decay, state.count)
         direction = None if _is_zero(direction_weight) else value_at(
             direction_weight, state.count

@@ -15,6 +15,7 @@ https://kexue.fm/archives/7888.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, keys
 
 Carry = Any
 StepFn = Callable[[Carry, Any], tuple[Carry, Any]]
@@ -35,6 +36,8 @@ _METHODS = ("auto", "exact", "power")
 _EXACT_MAX_SIZE = 64
 # Number of vectors of the subspace (block power) iteration.
 _BLOCK_SIZE = 8
+# Seed of the power iteration's starting basis when no key is given.
+_DEFAULT_SEED = 0
 
 
 class GradientNorms(NamedTuple):
@@ -98,6 +101,7 @@ def jacobian_norms(
     method: str = "auto",
     tol: float = 1e-4,
     max_iterations: int = 100,
+    key: jax.Array | None = None,
     log_space: bool = False,
 ) -> Any:
     """Norms `||d carry_t / d carry_0||` for t = 1..T, in one forward pass through time.
@@ -113,42 +117,60 @@ def jacobian_norms(
     The Frobenius norm is exact. The spectral norm is computed per step by
 
     - `method="exact"`: singular values of the block (SVD, O(D^3) per step);
-    - `method="power"`: subspace (block power) iteration with 8 vectors on the block,
-      `V <- qr(M^T M V)`, estimate `sigma_max(M V)` (a lower bound of `||M||_2`),
-      stopped when its relative change is at most `tol` (or after `max_iterations`);
-      the first step starts from a fixed Gaussian basis, every later step from the
-      previous step's basis (the leading right singular vectors of `d carry_t / d carry_0`
-      converge in t, so a few iterations suffice). O(D^2) per iteration;
+    - `method="power"`: subspace (block power) iteration with 8 vectors on the block M,
+      `V <- qr(M^T M V)`, with the Rayleigh-Ritz pair `sigma = sigma_max(M V)`,
+      `v = V w` (`w` the top eigenvector of `(M V)^T M V`), `u = M v / sigma`, stopped
+      when the residual `||M^T u - sigma v|| <= tol * sigma` (or after
+      `max_iterations`). Then `sigma` is a lower bound of `||M||_2` with relative error
+      about `tol^2 sigma / gap` (gap: `sigma_1 - sigma_2`) and its derivative, given by
+      the implicit rule `d sigma = u^T (dM) v` (a `jax.custom_jvp`, linear in `dM`, so
+      forward and reverse mode both work), has relative error about `tol`. The first
+      step starts from a Gaussian basis drawn with `key`, every later step from the
+      previous step's basis (the leading right singular vectors of
+      `d carry_t / d carry_0` converge in t, so a few iterations suffice). O(D^2) per
+      iteration;
     - `method="auto"`: "exact" when the block has at most 64 rows, else "power".
+
+    Every method can be differentiated (`jax.grad`, `jax.jvp`, `jax.jacfwd`) with respect
+    to the carry and to anything `step_fn` closes over, e.g. the cell's parameters.
 
     Args:
         step_fn: `(carry, x_t) -> (new_carry, y_t)`, with `new_carry` of the same
             structure, shapes and dtypes as `carry`; see `linen_step`, `nnx_step`.
         carry: the initial carry, a pytree of floating arrays (e.g. `(c, h)`).
-        inputs: a pytree of arrays with a leading time axis `[T, ...]`.
+        inputs: a pytree of arrays with a leading time axis `[T, ...]`, T >= 0; any
+            dtype (integer tokens too).
         ord: "spectral" (largest singular value) or "fro" (Frobenius).
         per_leaf: False: the norm of the Jacobian of the whole carry, flattened.
             True: for each carry leaf a, the norm of its own block `d a_t / d a_0`
             (e.g. the `c` path and the `h` path of an LSTM), as a pytree like `carry`.
         method: "auto", "exact" or "power" (spectral norm only; see above).
-        tol: relative tolerance of the power iteration, > 0.
+        tol: relative residual at which the power iteration stops, > 0.
         max_iterations: most power iterations per time step.
+        key: a `jax.random` key (typed or legacy `PRNGKey`) for the power iteration's
+            starting basis; None uses the fixed `jax.random.key(0)`, so that results
+            are reproducible by default. Different keys agree to `tol`.
         log_space: return the natural logarithms of the norms instead.
 
     Returns:
-        `[T]` float32 norms (or a pytree of them with `per_leaf=True`).
+        `[T]` norms (or a pytree of them with `per_leaf=True`), in the carry's floating
+        dtype promoted to at least float32 (float64 for a float64 carry). A NaN
+        entering at step t (in the carry or in `x_t`) gives NaN from step t on.
 
     Raises:
-        ValueError: unknown `ord` or `method`, `inputs` without a time axis, a carry
-            that is not floating point, or a `step_fn` whose carry changes structure,
+        ValueError: unknown `ord` or `method`, `tol` not > 0, `max_iterations` < 1,
+            `inputs` without a common time axis, a carry that is not floating point, a
+            `key` that is not a key, or a `step_fn` whose carry changes structure,
             shape or dtype.
 
     References:
-        https://kexue.fm/archives/7888 (spec section 8.1).
+        https://kexue.fm/archives/7888 (the product of Jacobians);
+        the derivative of a simple singular value: Magnus, "On differentiating
+        eigenvalues and eigenvectors", Econometric Theory 1(2), 1985.
     """
     log_norms = _jacobian_scan(
         step_fn, carry, inputs, cumulative=True, ord=ord, per_leaf=per_leaf,
-        method=method, tol=tol, max_iterations=max_iterations,
+        method=method, tol=tol, max_iterations=max_iterations, key=key,
     )
     return log_norms if log_space else jax.tree.map(jnp.exp, log_norms)
 
@@ -163,25 +185,34 @@ def step_jacobian_norms(
     method: str = "auto",
     tol: float = 1e-4,
     max_iterations: int = 100,
+    key: jax.Array | None = None,
 ) -> Any:
     """Norms of the one-step Jacobians `||J_t|| = ||d carry_t / d carry_{t-1}||`, t = 1..T.
 
     Evaluated along the trajectory from `carry`; `prod_k ||J_k||` bounds
-    `||d carry_t / d carry_0||` (for `ord="spectral"`). Same algorithm and arguments as
-    `jacobian_norms` (the tangent block is reset to the identity every step). For a tanh
-    cell `J_t = D(1 - h_t^2) U` (column-vector convention; flax's kernels are its
-    transpose), for an LSTM's `c` path `D(f_t)` plus damped terms (spec 8.2-8.4).
+    `||d carry_t / d carry_0||` (for `ord="spectral"`). Same algorithm, arguments and
+    transformations (differentiable with every method) as `jacobian_norms` (the tangent
+    block is reset to the identity every step). For a tanh cell `J_t = D(1 - h_t^2) U`
+    (column-vector convention; flax's kernels are its transpose), for an LSTM's `c`
+    path `D(f_t)` plus damped terms.
 
     Args:
-        step_fn, carry, inputs, ord, per_leaf, method, tol, max_iterations: as in
+        step_fn, carry, inputs, ord, per_leaf, method, tol, max_iterations, key: as in
             `jacobian_norms`.
 
     Returns:
-        `[T]` float32 norms (or a pytree of them with `per_leaf=True`).
+        `[T]` norms (or a pytree of them with `per_leaf=True`), dtype as in
+        `jacobian_norms`.
+
+    Raises:
+        ValueError: as `jacobian_norms`.
+
+    References:
+        https://kexue.fm/archives/7888.
     """
     log_norms = _jacobian_scan(
         step_fn, carry, inputs, cumulative=False, ord=ord, per_leaf=per_leaf,
-        method=method, tol=tol, max_iterations=max_iterations,
+        method=method, tol=tol, max_iterations=max_iterations, key=key,
     )
     return jax.tree.map(jnp.exp, log_norms)
 
@@ -198,61 +229,87 @@ def gradient_norms_over_time(
 
     The sequence is scanned with a zero perturbation `delta_t` added to the carry entering
     each step, `carry_t + delta_t`, and `L = loss_fn(final_carry, outputs)` is
-    differentiated once with respect to all `delta_t` and all `x_t`:
-    `dL/d delta_t = dL/d carry_t = sum_{s >= t} (dl_s/d carry_s) J_s ... J_{t+1}`
-    (spec 8.1), the gradient that reaches step t from everything after it.
+    differentiated once with respect to all `delta_t` and all floating `x_t`:
+    `dL/d delta_t = dL/d carry_t = sum_{s >= t} (dl_s/d carry_s) J_s ... J_{t+1}`,
+    the gradient that reaches step t from everything after it.
 
     Args:
         loss_fn: `(final_carry, outputs) -> scalar`, `outputs` the stacked `y_t` `[T, ...]`.
         step_fn: `(carry, x_t) -> (new_carry, y_t)` (see `jacobian_norms`).
         carry: the initial carry, a pytree of floating arrays.
-        inputs: a pytree of floating arrays with a leading time axis `[T, ...]`.
+        inputs: a pytree of arrays with a leading time axis `[T, ...]`, T >= 0. Leaves
+            of integer or bool dtype (tokens fed to an embedding lookup, say) are passed
+            through undifferentiated and do not count in `inputs` norms.
         per_leaf: also split `||dL/d carry_t||` per carry leaf (a pytree like `carry`).
 
     Returns:
         `GradientNorms(inputs=[T], carry=[T] or pytree of [T])`, index t being the step
-        that reads `x_t` (so `carry[0]` is `||dL / d carry_0||`).
+        that reads `x_t` (so `carry[0]` is `||dL / d carry_0||`); `inputs` is all zeros
+        when no leaf of `inputs` is floating. Norms are at least float32 (float64 for
+        float64 leaves).
+
+    Raises:
+        ValueError: `inputs` without a common time axis, a carry that is not floating
+            point, or a `step_fn` whose carry changes structure, shape or dtype.
+
+    References:
+        https://kexue.fm/archives/7888.
     """
     length = _check_sequence(inputs)
     _check_step(step_fn, carry, inputs)
     perturbations = jax.tree.map(lambda c: jnp.zeros((length, *jnp.shape(c)), c.dtype), carry)
+    leaves, treedef = jax.tree.flatten(inputs)
+    floating = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
 
-    def perturbed_loss(perturbations, inputs):
+    def perturbed_loss(perturbations, float_leaves):
+        remaining = iter(float_leaves)
+        xs = treedef.unflatten(
+            [next(remaining) if is_float else leaf
+             for leaf, is_float in zip(leaves, floating, strict=True)]
+        )
+
         def body(state, slice_t):
             perturbation, x = slice_t
             return step_fn(jax.tree.map(jnp.add, state, perturbation), x)
 
-        final_carry, outputs = jax.lax.scan(body, carry, (perturbations, inputs))
+        final_carry, outputs = jax.lax.scan(body, carry, (perturbations, xs))
         return loss_fn(final_carry, outputs)
 
-    carry_grads, input_grads = jax.grad(perturbed_loss, argnums=(0, 1))(perturbations, inputs)
-    carry_norms = (
-        jax.tree.map(_norms_over_time, carry_grads) if per_leaf
-        else _norms_over_time(carry_grads)
+    float_leaves = [leaf for leaf, is_float in zip(leaves, floating, strict=True) if is_float]
+    carry_grads, input_grads = jax.grad(perturbed_loss, argnums=(0, 1))(
+        perturbations, float_leaves
     )
-    return GradientNorms(inputs=_norms_over_time(input_grads), carry=carry_norms)
+    carry_norms = (
+        jax.tree.map(lambda g: _norms_over_time(g, length), carry_grads) if per_leaf
+        else _norms_over_time(carry_grads, length)
+    )
+    return GradientNorms(inputs=_norms_over_time(input_grads, length), carry=carry_norms)
 
 
-def _norms_over_time(tree) -> jax.Array:
+def _norms_over_time(tree, length: int) -> jax.Array:
     """`[T]` Euclidean norms of a pytree of `[T, ...]` arrays, all leaves together."""
+    leaves = jax.tree.leaves(tree)
+    dtype = jnp.result_type(*leaves, jnp.float32)
     squares = [
-        jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(leaf.shape[0], -1), axis=1)
-        for leaf in jax.tree.leaves(tree)
+        jnp.sum(jnp.square(leaf.astype(dtype)).reshape(length, math.prod(leaf.shape[1:])), 1)
+        for leaf in leaves
     ]
-    return jnp.sqrt(sum(squares))
+    return jnp.sqrt(sum(squares, jnp.zeros(length, dtype)))
 
 
 def _jacobian_scan(
-    step_fn, carry, inputs, *, cumulative, ord, per_leaf, method, tol, max_iterations
+    step_fn, carry, inputs, *, cumulative, ord, per_leaf, method, tol, max_iterations, key
 ):
     """Log norms of `d carry_t/d carry_0` (cumulative) or `d carry_t/d carry_{t-1}`."""
     checks.check_choice("ord", ord, _ORDS)
     checks.check_choice("method", method, _METHODS)
     checks.check_scalar("tol", tol, low=0.0, low_inclusive=False)
     checks.check_positive_int("max_iterations", max_iterations)
+    key = jax.random.key(_DEFAULT_SEED) if key is None else keys.as_key(key, "key")
     _check_sequence(inputs)
     _check_step(step_fn, carry, inputs)
     flat_carry, unravel = ravel_pytree(carry)
+    dtype = jnp.result_type(flat_carry, jnp.float32)
     blocks = _leaf_blocks(carry) if per_leaf else [slice(0, flat_carry.size)]
     sizes = [block.stop - block.start for block in blocks]
     use_power = ord == "spectral" and (
@@ -263,18 +320,23 @@ def _jacobian_scan(
         return ravel_pytree(step_fn(unravel(flat), x)[0])[0]
 
     identity = jnp.eye(flat_carry.size, dtype=flat_carry.dtype)
-    bases = [_initial_basis(size) for size in sizes] if use_power else [None] * len(sizes)
+    bases = (
+        [_initial_basis(k, size, dtype)
+         for k, size in zip(jax.random.split(key, len(sizes)), sizes, strict=True)]
+        if use_power else [None] * len(sizes)
+    )
+    tol = jnp.asarray(tol, dtype)
 
     def body(state, x):
         flat, tangents, log_scale, bases = state
         flat, linear = jax.linearize(lambda f: flat_step(f, x), flat)
         tangents = jax.vmap(linear)(tangents if cumulative else identity)
-        scale = jnp.linalg.norm(tangents.astype(jnp.float32))
-        tangents = tangents / jnp.where(scale > 0, scale, 1.0).astype(tangents.dtype)
+        scale = jnp.linalg.norm(tangents.astype(dtype))
+        tangents = tangents / jnp.where(scale == 0, 1.0, scale).astype(tangents.dtype)
         log_scale = (log_scale if cumulative else 0.0) + jnp.log(scale)
         # Row j of `tangents` is d carry_t / d carry_0[j]: the Jacobian's block is the
         # transpose of the tangents' block.
-        matrices = [tangents[block, block].T.astype(jnp.float32) for block in blocks]
+        matrices = [tangents[block, block].T.astype(dtype) for block in blocks]
         if use_power:
             results = [
                 _top_singular_value(m, b, tol, max_iterations)
@@ -286,7 +348,7 @@ def _jacobian_scan(
         log_norms = [log_scale + jnp.log(norm) for norm in norms]
         return (flat, tangents, log_scale, bases), log_norms
 
-    initial = (flat_carry, identity, jnp.zeros((), jnp.float32), bases)
+    initial = (flat_carry, identity, jnp.zeros((), dtype), bases)
     _, log_norms = jax.lax.scan(body, initial, inputs)
     if not per_leaf:
         return log_norms[0]
@@ -300,40 +362,64 @@ def _leaf_blocks(carry) -> list[slice]:
     return [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]
 
 
-def _initial_basis(size: int) -> jax.Array:
-    """A fixed orthonormal `[size, min(8, size)]` Gaussian basis (key 0) to start from."""
-    gaussian = jax.random.normal(jax.random.key(0), (size, min(_BLOCK_SIZE, size)))
+def _initial_basis(key: jax.Array, size: int, dtype) -> jax.Array:
+    """An orthonormal `[size, min(8, size)]` Gaussian basis to start from."""
+    gaussian = jax.random.normal(key, (size, min(_BLOCK_SIZE, size)), dtype)
     return jnp.linalg.qr(gaussian)[0]
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _top_singular_value(matrix, basis, tol, max_iterations):
     """Largest singular value of `matrix` by subspace iteration from `basis`.
 
-    Iterates `basis <- qr(M^T M basis)` with the Rayleigh-Ritz estimate
-    `sigma = sigma_max(M basis)` until `|sigma_new - sigma_old| <= tol * sigma_new`.
+    Returns:
+        (sigma, basis): the Rayleigh-Ritz estimate (a lower bound of `||M||_2`) and the
+        final basis, to start the next call from.
+    """
+    sigma, basis, _, _ = _subspace_iteration(matrix, basis, tol, max_iterations)
+    return sigma, basis
+
+
+@_top_singular_value.defjvp
+def _top_singular_value_jvp(max_iterations, primals, tangents):
+    # d sigma = u^T dM v for a simple singular value sigma = u^T M v (Magnus 1985); the
+    # starting basis and `tol` change nothing at convergence.
+    matrix, basis, tol = primals
+    sigma, basis, left, right = _subspace_iteration(matrix, basis, tol, max_iterations)
+    return (sigma, basis), (left @ tangents[0] @ right, jnp.zeros_like(basis))
+
+
+def _subspace_iteration(matrix, basis, tol, max_iterations):
+    """Iterates `basis <- qr(M^T M basis)` until `||M^T u - sigma v|| <= tol sigma`.
 
     Returns:
-        (sigma, basis): the estimate (a lower bound of `||M||_2`) and the final basis.
+        (sigma, basis, u, v): the Ritz value, the final basis and the Ritz pair.
     """
 
-    def estimate(basis):
+    def ritz(basis):
         image = matrix @ basis
-        return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(image.T @ image)[-1], 0.0))
+        values, vectors = jnp.linalg.eigh(image.T @ image)
+        top, squared = vectors[:, -1], values[-1]
+        product = matrix.T @ image
+        # ||M^T M v - sigma^2 v|| = sigma ||M^T u - sigma v|| for v = V w, u = M v / sigma.
+        residual = jnp.linalg.norm(product @ top - squared * (basis @ top))
+        return squared, top, product, residual
 
     def not_converged(state):
-        _, sigma, previous, iteration = state
-        return (iteration < max_iterations) & (jnp.abs(sigma - previous) > tol * sigma)
+        _, (squared, _, _, residual), iteration = state
+        return (iteration < max_iterations) & (residual > tol * squared)
 
     def iterate(state):
-        basis, sigma, _, iteration = state
-        basis = jnp.linalg.qr(matrix.T @ (matrix @ basis))[0]
-        return basis, estimate(basis), sigma, iteration + 1
+        _, (_, _, product, _), iteration = state
+        basis = jnp.linalg.qr(product)[0]
+        return basis, ritz(basis), iteration + 1
 
-    sigma = estimate(basis)
-    basis, sigma, _, _ = jax.lax.while_loop(
-        not_converged, iterate, iterate((basis, sigma, sigma, 0))
+    basis, (squared, top, _, _), _ = jax.lax.while_loop(
+        not_converged, iterate, (basis, ritz(basis), 0)
     )
-    return sigma, basis
+    sigma = jnp.sqrt(jnp.maximum(squared, 0.0))
+    right = basis @ top
+    return sigma, basis, matrix @ right / sigma, right
 
 
 def _check_sequence(inputs) -> int:
@@ -344,9 +430,9 @@ def _check_sequence(inputs) -> int:
             f"inputs must be arrays with a leading time axis [T, ...], got shapes {shapes}."
         )
     lengths = {shape[0] for shape in shapes}
-    if len(lengths) != 1 or 0 in lengths:
+    if len(lengths) != 1:
         raise ValueError(
-            f"inputs must share one leading time axis of length T >= 1, got shapes {shapes}."
+            f"inputs must share one leading time axis of length T, got shapes {shapes}."
         )
     return lengths.pop()
 
@@ -358,7 +444,9 @@ def _check_step(step_fn, carry, inputs) -> None:
             raise ValueError(
                 f"carry must hold floating-point arrays, got dtype {jnp.result_type(leaf)}."
             )
-    first_input = jax.tree.map(lambda leaf: leaf[0], inputs)
+    first_input = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:], jnp.result_type(leaf)), inputs
+    )
     result = jax.eval_shape(step_fn, carry, first_input)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise ValueError(

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxtricks._src import checks
 
@@ -76,9 +77,17 @@ def teaforn_loss(
 
     Args:
         body_fn: the causal decoder body, `[B, T, D] -> hidden [B, T, H]` (any
-            architecture; a closure over parameters and the encoder output). With
-            `feed="hidden"`, `H = D`. Leading batch dimensions may be any.
-        output_fn: `hidden [B, T, H] -> logits [B, T, V]`.
+            architecture: a closure over parameters and the encoder output, a linen
+            `apply`, or an nnx module itself). With `feed="hidden"`, `H = D`.
+            Leading batch dimensions may be any.
+        output_fn: `hidden [B, T, H] -> logits [B, T, V]`, a function or an nnx
+            module. An nnx module with RNG streams or other state (`nnx.Dropout`,
+            `nnx.RNN`, batch statistics) works in every mode (`unroll`, `remat`):
+            its state other than `nnx.Param` goes from pass to pass (each pass
+            draws new dropout masks) and is written back to the module after the
+            last pass, so call it eagerly or inside nnx transforms (`nnx.jit`,
+            `nnx.grad`), as any stateful nnx module. Pass the module itself, not a
+            closure calling it.
         input_embeddings: `E(w_0..w_{T-1})`, shape `[B, T, D]`.
         targets: `w_1..w_T`, integers, shape `[B, T]`.
         n: number of passes, >= 1.
@@ -90,7 +99,8 @@ def teaforn_loss(
         mask_repeated: drop positions `t < i` (1-based) of pass i, which repeat pass i-1.
         unroll: run the passes as a Python loop (default, faster in our benchmark and
             any `body_fn` works) instead of a `jax.lax.scan` (one trace of `body_fn`,
-            shorter compile; `body_fn` must be scannable, e.g. a pure `apply`).
+            shorter compile; `body_fn` must be scannable: a pure function or an nnx
+            module).
         remat: wrap each pass in `jax.checkpoint`, keeping only its inputs for the
             backward pass (memory ~1 pass instead of n, for about one more forward).
 
@@ -101,8 +111,8 @@ def teaforn_loss(
 
     Raises:
         ValueError: for `n < 1`, `weights` of the wrong length or negative, shapes
-            that disagree, an unknown `feed`, a missing `embedding` or a missing or
-            out-of-range `top_k`.
+            that disagree (checked abstractly, with `jax.eval_shape`), an unknown
+            `feed`, a missing `embedding` or a missing or out-of-range `top_k`.
     """
     input_embeddings = jnp.asarray(input_embeddings)
     targets = jnp.asarray(targets)
@@ -110,7 +120,10 @@ def teaforn_loss(
     checks.check_choice("feed", feed, FEEDS)
     weights = _checked_weights(weights, n)
     valid = _checked_where(where, targets, input_embeddings)
-    vocab_size = _checked_vocab_size(body_fn, output_fn, input_embeddings, targets, feed)
+    apply, state = _pure_decoder(body_fn, output_fn)
+    vocab_size, writes_state = _checked_vocab_size(
+        apply, state, input_embeddings, targets, feed
+    )
     if feed == "hidden":
         if embedding is not None:
             raise ValueError("embedding is only used with feed in "
@@ -122,31 +135,68 @@ def teaforn_loss(
     def feed_fn(hidden, logits):
         return _feed_vectors(feed, hidden, logits, embedding, top_k)
 
-    def one_pass(inputs, pass_index):
-        hidden = body_fn(inputs)
-        logits = output_fn(hidden)
+    def one_pass(inputs, state, pass_index):
+        hidden, logits, state = apply(state, inputs)
         scored = valid
         if mask_repeated:
             scored = scored & (jnp.arange(targets.shape[-1]) >= pass_index)
         pass_loss = _mean_cross_entropy(logits, targets, scored)
         next_inputs = _shift_in(feed_fn(hidden, logits), input_embeddings, valid)
-        return pass_loss, next_inputs
+        return pass_loss, next_inputs, state
 
     if remat:
         one_pass = jax.checkpoint(one_pass)
     if unroll:
         per_pass, inputs = [], input_embeddings
         for pass_index in range(n):
-            pass_loss, inputs = one_pass(inputs, pass_index)
+            pass_loss, inputs, state = one_pass(inputs, state, pass_index)
             per_pass.append(pass_loss)
         per_pass_losses = jnp.stack(per_pass)
     else:
-        def scan_step(inputs, pass_index):
-            pass_loss, next_inputs = one_pass(inputs, pass_index)
-            return next_inputs, pass_loss
+        def scan_step(carry, pass_index):
+            pass_loss, *carry = one_pass(*carry, pass_index)
+            return tuple(carry), pass_loss
 
-        _, per_pass_losses = jax.lax.scan(scan_step, input_embeddings, jnp.arange(n))
+        (_, state), per_pass_losses = jax.lax.scan(
+            scan_step, (input_embeddings, state), jnp.arange(n)
+        )
+    if writes_state:
+        nnx.update((body_fn, output_fn), state)
     return jnp.sum(weights * per_pass_losses), per_pass_losses
+
+
+def _pure_decoder(body_fn, output_fn):
+    """The decoder as a pure `apply(state, inputs) -> (hidden, logits, state)`, and its state.
+
+    `apply(..., check_hidden=f)` calls `f(hidden)` before the output layer.
+
+    An nnx module (as `body_fn` or `output_fn`) keeps RNG streams and other state
+    that its call may write, which jax.eval_shape, jax.checkpoint and lax.scan do not
+    allow; split off (`nnx.split`), the state that is not an `nnx.Param` is passed
+    from pass to pass explicitly instead. For plain functions the state is None.
+    """
+    modules = (body_fn, output_fn)
+    if not any(nnx.graph.is_graph_node(fn) for fn in modules):
+        def apply(state, inputs, check_hidden=None):
+            hidden = body_fn(inputs)
+            if check_hidden is not None:
+                check_hidden(hidden)
+            return hidden, output_fn(hidden), state
+
+        return apply, None
+    graphdef, params, state = nnx.split(modules, nnx.Param, ...)
+
+    def apply(state, inputs, check_hidden=None):
+        # Fresh Variables at the current trace: flax >= 0.12's merge would reuse the
+        # captured ones, which a nested nnx transform (nnx.RNN's scan) cannot split.
+        fresh_params = jax.tree.map(lambda leaf: leaf, params)
+        body, output = nnx.merge(graphdef, fresh_params, state)
+        hidden = body(inputs)
+        if check_hidden is not None:
+            check_hidden(hidden)
+        return hidden, output(hidden), nnx.state((body, output), nnx.Not(nnx.Param))
+
+    return apply, state
 
 
 def _mean_cross_entropy(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
@@ -207,24 +257,38 @@ def _checked_where(where, targets: jax.Array, input_embeddings: jax.Array) -> ja
     return jnp.asarray(where, bool)
 
 
-def _checked_vocab_size(body_fn, output_fn, input_embeddings, targets, feed: str) -> int:
-    """Checks the outputs' shapes abstractly (no compute); returns V."""
-    hidden = jax.eval_shape(body_fn, input_embeddings)
-    if feed == "hidden":
-        checks.check_shape("body_fn's output (feed='hidden')", hidden.shape,
-                           input_embeddings.shape)
-    elif hidden.shape[:-1] != input_embeddings.shape[:-1]:
-        raise ValueError(
-            f"body_fn's output must have shape {input_embeddings.shape[:-1]} + (H,), "
-            f"got shape {hidden.shape}."
-        )
-    logits = jax.eval_shape(output_fn, hidden)
+def _checked_vocab_size(apply, state, input_embeddings, targets, feed: str):
+    """Checks the outputs' shapes abstractly (no compute); returns V and whether a pass
+    writes the decoder's state (one that does not, e.g. dropout in deterministic mode,
+    is then never written, so it also runs as a closure under jax.jit)."""
+    writes_state = []
+
+    def check_hidden(hidden):
+        if feed == "hidden":
+            checks.check_shape("body_fn's output (feed='hidden')", hidden.shape,
+                               input_embeddings.shape)
+        elif hidden.shape[:-1] != input_embeddings.shape[:-1]:
+            raise ValueError(
+                f"body_fn's output must have shape {input_embeddings.shape[:-1]} + (H,), "
+                f"got shape {hidden.shape}."
+            )
+
+    def shapes(state, inputs):
+        old = jax.tree.leaves(state)  # before the call, which may write to `state`
+        _, logits, new_state = apply(state, inputs, check_hidden)
+        new = jax.tree.leaves(new_state)
+        writes_state.append(len(old) != len(new) or any(
+            new_leaf is not old_leaf for old_leaf, new_leaf in zip(old, new, strict=False)
+        ))
+        return logits
+
+    logits = jax.eval_shape(shapes, state, input_embeddings)
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"output_fn's output must have shape {targets.shape} + (V,), "
             f"got shape {logits.shape}."
         )
-    return logits.shape[-1]
+    return logits.shape[-1], writes_state[0]
 
 
 def _checked_embedding(embedding, feed: str, input_embeddings, vocab_size: int) -> jax.Array:

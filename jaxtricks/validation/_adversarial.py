@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, keys
 
 _MODELS = ("logistic", "mlp")
 
@@ -113,7 +113,13 @@ def roc_auc(
         where: optional `(n,)` bool mask; only rows where it is True count.
 
     Returns:
-        Scalar AUC in `[0, 1]`; NaN when either class has no (unmasked) row.
+        Scalar AUC in `[0, 1]`; NaN when either class has no (unmasked) row or an
+        unmasked score or label is NaN (a NaN has no rank). Infinite scores rank
+        normally. Its derivative is zero wherever it exists (a step function of the
+        scores), so `jax.grad`/`jax.jvp` run and give zeros.
+
+    Raises:
+        ValueError: if `scores` is not `(n,)` or `labels`/`where` differ in shape.
     """
     return _auc_and_variance(scores, labels, where)[0]
 
@@ -140,7 +146,9 @@ def _auc_and_variance(scores, labels, where) -> tuple[jax.Array, jax.Array]:
     auc = _masked_mean(below_negatives, positive)
     variance = (_masked_variance(below_negatives, positive) / jnp.sum(positive)
                 + _masked_variance(above_positives, negative) / jnp.sum(negative))
-    return auc, variance
+    # NaN sorts above +inf, so the ranks alone would count a NaN score as the largest.
+    unranked = jnp.any(valid & (jnp.isnan(scores) | jnp.isnan(labels)))
+    return jnp.where(unranked, jnp.nan, auc), jnp.where(unranked, jnp.nan, variance)
 
 
 def _share_below(scores: jax.Array, reference: jax.Array) -> jax.Array:
@@ -239,7 +247,7 @@ def _fit_and_score(
     row_weight = fit_rows / jnp.sum(fit_rows)
     mean = row_weight @ features
     std = jnp.sqrt(row_weight @ jnp.square(features - mean))
-    inputs = (features - mean) / jnp.where(std > 0, std, 1.0)
+    inputs = (features - mean) / jnp.where(std == 0, 1.0, std)
     fit_test = fit_rows & is_test
     fit_train = fit_rows & ~is_test
     # Balanced: each set carries total weight 1/2 whatever its size.
@@ -338,8 +346,11 @@ def adversarial_validation(
     class_weight="balanced")` objective.
 
     Works under `jax.jit` (bind the static `num_folds`, `model`, `hidden_sizes` and
-    `steps`, e.g. with `functools.partial`) and `jax.vmap` (over keys or over stacked
-    train/test sets); the NaN check then is skipped.
+    `steps`, e.g. with `functools.partial`), `jax.vmap` (over keys or over stacked
+    train/test sets), `jax.checkpoint` and inside `jax.lax.scan`; the NaN check then is
+    skipped, and a NaN or inf feature gives NaN scores, logits and AUC. Differentiating
+    the result with respect to the features (through the training loop) is not
+    supported as a meaningful quantity.
 
     Reference: https://kexue.fm/archives/7805 (the discriminator and its density ratio);
     K-fold cross-fitting and the cross-validated AUC are standard practice.
@@ -349,7 +360,8 @@ def adversarial_validation(
             row axis), the training inputs.
         test_x: the test inputs, the same tree structure and feature shapes with
             `num_test` rows.
-        key: a `jax.random` key (fold assignment and initialisation).
+        key: a `jax.random` key, typed or a legacy `PRNGKey` (the same numbers for
+            both): fold assignment and initialisation.
         num_folds: K >= 2, the number of folds.
         model: "logistic" (logistic regression, `hidden_sizes` must be empty) or "mlp"
             (ReLU MLP with `hidden_sizes`, non-empty).
@@ -365,8 +377,8 @@ def adversarial_validation(
 
     Raises:
         ValueError: if train and test feature shapes or tree structures differ, either
-            set has fewer rows than `num_folds`, concrete features hold NaN or inf, or a
-            hyper-parameter is out of range.
+            set has fewer rows than `num_folds`, concrete features hold NaN or inf, `key`
+            is not a key, or a hyper-parameter is out of range.
     """
     checks.check_positive_int("num_folds", num_folds, minimum=2)
     checks.check_choice("model", model, _MODELS)
@@ -386,7 +398,7 @@ def adversarial_validation(
     test_matrix = _flatten_rows("test_x", test_x)
     features = jnp.concatenate([train_matrix, test_matrix])
     return _cross_fit(
-        key,
+        keys.as_key(key, "key"),
         features,
         num_train=train_matrix.shape[0],
         num_folds=num_folds,
@@ -411,11 +423,20 @@ def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Arra
     Returns:
         `(validation_indices, training_indices)`: `(size,)` the chosen rows by
         decreasing score, ties broken by the lower index first; `(n - size,)` the
-        others in increasing index order.
+        others in increasing index order. Indices have no NaN: traced NaN scores
+        (under `jax.jit`, where they cannot be checked) sort last, i.e. as the least
+        test-like rows. Integer outputs, so no derivative.
+
+    Raises:
+        ValueError: if `scores` is not `(n,)`, concrete scores hold NaN, or `size` is
+            not in `[1, n)`.
     """
     scores = jnp.asarray(scores)
     if scores.ndim != 1:
         raise ValueError(f"scores must have shape (n,), got shape {scores.shape}.")
+    concrete = checks.concrete_value(scores)
+    if concrete is not None and np.any(np.isnan(concrete)):
+        raise ValueError("scores must not be NaN (a NaN has no rank), got NaN entries.")
     checks.check_positive_int("size", size)
     if size >= scores.shape[0]:
         raise ValueError(f"size must be < n = {scores.shape[0]}, got {size}.")
@@ -456,7 +477,13 @@ def importance_weights(
         clip: upper bound on `w` (`log w <= log clip`), > 0; None for no clipping.
 
     Returns:
-        `ImportanceWeights(weights, log_weights, normalized, ess)`.
+        `ImportanceWeights(weights, log_weights, normalized, ess)`. A NaN logit gives
+        a NaN weight for its row and NaN `normalized` and `ess` (they depend on every
+        row). For `n = 0`: empty arrays and `ess = 0`.
+
+    Raises:
+        ValueError: if `logits` is not `(n,)`, only one of `num_train` and `num_test`
+            is given, or they or `clip` are not > 0.
     """
     logits = jnp.asarray(logits)
     if logits.ndim != 1:
@@ -474,11 +501,14 @@ def importance_weights(
     if clip is not None:
         checks.check_scalar("clip", clip, low=0.0, low_inclusive=False)
         log_weights = jnp.minimum(log_weights, jnp.log(clip).astype(logits.dtype))
+    weights = jnp.exp(log_weights)
+    if logits.shape[0] == 0:
+        return ImportanceWeights(weights, log_weights, weights, jnp.zeros((), weights.dtype))
     # Relative to the largest log-weight, so the sums stay accurate for any scale.
     shifted = log_weights - jax.lax.stop_gradient(jnp.max(log_weights))
     log_total = jax.nn.logsumexp(shifted)
     return ImportanceWeights(
-        weights=jnp.exp(log_weights),
+        weights=weights,
         log_weights=log_weights,
         normalized=jnp.exp(shifted - log_total),
         ess=jnp.exp(2 * log_total - jax.nn.logsumexp(2 * shifted)),
@@ -496,7 +526,7 @@ def resample_validation(
     `jax.random.categorical` on `log w`, so zero weights are never drawn.
 
     Args:
-        key: a `jax.random` key.
+        key: a `jax.random` key, typed or a legacy `PRNGKey` (the same draws for both).
         weights: `(n,)` non-negative importance weights, any scale (e.g.
             `importance_weights(...).weights`), not all zero.
         size: the number of draws (static), >= 1.
@@ -504,7 +534,14 @@ def resample_validation(
     Returns:
         `(validation_indices, training_mask)`: `(size,)` the drawn rows in increasing
         order, with repeats; `(n,)` bool, True for rows never drawn (the rows left to
-        train on; their number is random, hence a mask).
+        train on; their number is random, hence a mask). Traced weights (under
+        `jax.jit`/`jax.vmap`, where they cannot be checked) that are NaN or negative
+        make every draw the first such row, so it shows up rather than vanishing. Integer
+        outputs, so no derivative.
+
+    Raises:
+        ValueError: if `weights` is not `(n,)`, concrete weights are negative, NaN,
+            inf or all zero, `size` < 1, or `key` is not a key.
     """
     weights = jnp.asarray(weights)
     if weights.ndim != 1:
@@ -514,6 +551,7 @@ def resample_validation(
     concrete = checks.concrete_value(weights)
     if concrete is not None and not np.any(concrete > 0):
         raise ValueError("weights must have at least one positive entry, got all zero.")
+    key = keys.as_key(key, "key")
     drawn = jax.random.categorical(key, jnp.log(weights), shape=(size,))
     training_mask = jnp.ones(weights.shape, bool).at[drawn].set(False)
     return jnp.sort(drawn), training_mask

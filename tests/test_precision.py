@@ -1,0 +1,180 @@
+"""Tests of the rounding-floor predictions of `jaxtricks.estimators._precision`.
+
+Rounding is applied with `jax.lax.reduce_precision` on values computed in float32, not by
+computing in bfloat16: XLA's default `--xla_allow_excess_precision=true` keeps bfloat16
+arithmetic inside a fusion in float32, so which roundings happen (and whether a floor
+shows at all) depends on fusion decisions, even on the batch size. `reduce_precision`
+rounds exactly once, where it is written, whatever XLA fuses: the tests are
+deterministic and measure exactly the rounding the prediction models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from jaxtricks import estimators
+from jaxtricks.estimators._precision import (
+    LOG_UNIFORM_FACTOR,
+    rounding_floor_sigma,
+    rounding_variance,
+)
+
+# Two-sided z-test at level 0.001 per comparison.
+Z_CRITICAL = float(scipy.stats.norm.ppf(1 - 0.001 / 2))
+FORMATS = {jnp.bfloat16: (8, 7), jnp.float16: (5, 10)}
+
+
+def _examples_objective(d, num_examples, dtype, alpha, seed=0):
+    """Mean of `K` per-example values `c + beta_k.w + alpha/2 sum_m (a_km.w)^2`, each rounded.
+
+    The per-example slopes `beta_k = 0.1 + 100 z_k` (the `z_k` summing to 0) move each
+    value over many spacings of `dtype` between evaluations, the per-example curvatures
+    move the even part (so that the two errors of an antithetic pair are independent),
+    yet the mean is the linear `c + 0.1 sum_j w_j`: gradient 0.1 everywhere, the
+    estimator's own variance exactly `(d + 1) ||g||^2` per Gaussian direction. All values
+    stay in `[512, 1024)`, where the spacing is `512 eps`.
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(num_examples, d))
+    beta = jnp.asarray(0.1 + 100 * (z - z.mean(0)), jnp.float32)
+    a = rng.normal(size=(num_examples, 4, d))
+    a = jnp.asarray(a / np.linalg.norm(a, axis=-1, keepdims=True), jnp.float32)
+
+    def f(w):
+        exact = 640.0 + beta @ w + 0.5 * alpha * jnp.sum((a @ w) ** 2, axis=-1)
+        return jnp.mean(jax.lax.reduce_precision(exact, *FORMATS[dtype]))
+
+    return f
+
+
+def _variance_trace(f, x, *, num_samples, sigma, directions, repeats, antithetic=True):
+    """Variance trace of `repeats` estimates and its standard error, in float64."""
+    estimate = jax.jit(jax.vmap(lambda k: estimators.zeroth_order_grad(
+        f, x, k, num_samples=num_samples, sigma=sigma, antithetic=antithetic,
+        directions=directions)))
+    values = np.asarray(estimate(jax.random.split(jax.random.key(0), repeats)), np.float64)
+    deviations = np.sum((values - values.mean(0)) ** 2, axis=1)
+    return deviations.mean() * repeats / (repeats - 1), deviations.std() / math.sqrt(repeats)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "sigma", "alpha", "directions"),
+    [(jnp.bfloat16, 0.1, 1500.0, "gaussian"), (jnp.float16, 0.01 * math.sqrt(8), 25000.0,
+                                                "sphere")],
+)
+def test_prediction_matches_measured_variance_where_rounding_dominates(
+        dtype, sigma, alpha, directions):
+    d, num_examples, num_samples = 8, 16, 16
+    f = _examples_objective(d, num_examples, dtype, alpha)
+    measured, se = _variance_trace(f, jnp.zeros(d), num_samples=num_samples, sigma=sigma,
+                                   directions=directions, repeats=2048)
+    grad_norm = 0.1 * math.sqrt(d)
+    intrinsic = (d + 1 if directions == "gaussian" else d - 1) * grad_norm**2 / (
+        num_samples // 2)
+    rounding = float(rounding_variance(
+        sigma, 640.0, grad_norm, jnp.float32, num_params=d,
+        num_directions=num_samples // 2, directions=directions, value_dtype=dtype,
+        num_roundings=1 / num_examples))
+    assert rounding > 20 * intrinsic  # rounding dominates
+    z = (measured - rounding - intrinsic) / se
+    assert abs(z) < Z_CRITICAL, (measured, rounding, intrinsic, se)
+
+
+def test_rounding_is_negligible_in_float32_at_sigma_0_1():
+    d, num_samples, sigma = 10, 16, 0.1
+    a = jnp.linspace(0.5, 2.0, d)
+    x = jnp.full((d,), 0.1)
+
+    def f(w):  # a large offset: |f| >> ||g|| |x|
+        return 0.5 * jnp.sum(a * w * w) + jnp.sum(w) + 1000.0
+
+    g = np.asarray(a * x + 1.0, np.float64)
+    g2 = float(g @ g)
+    intrinsic = (d + 1) * g2 / (num_samples // 2)
+    rounding = float(rounding_variance(
+        sigma, 1000.0, math.sqrt(g2), jnp.float32, num_params=d,
+        num_directions=num_samples // 2, param_scale=0.1))
+    assert rounding < 0.01 * intrinsic
+    measured, se = _variance_trace(f, x, num_samples=num_samples, sigma=sigma,
+                                   directions="gaussian", repeats=1024)
+    assert abs(measured - intrinsic - rounding) / se < Z_CRITICAL
+
+
+def test_log_uniform_mantissa_gives_eps_squared_over_32_ln_2():
+    """Monte Carlo of the rounding of log-uniform bfloat16 inputs, against the constant."""
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(np.exp2(rng.uniform(0.0, 8.0, 200_000)), jnp.float32)
+    relative = np.asarray((jax.lax.reduce_precision(y, 8, 7) - y) / y, np.float64) ** 2
+    eps = float(jnp.finfo(jnp.bfloat16).eps)
+    expected = LOG_UNIFORM_FACTOR * eps**2
+    se = relative.std() / math.sqrt(relative.size)
+    assert abs(relative.mean() - expected) / se < Z_CRITICAL
+
+
+@pytest.mark.parametrize("directions", ["gaussian", "sphere", "rademacher"])
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_floor_sigma_makes_rounding_equal_ratio_times_intrinsic(directions, antithetic):
+    d, ratio, grad_norm = 50, 0.3, 2.0
+    options = {"num_params": d, "antithetic": antithetic, "directions": directions,
+               "param_scale": 3.0}
+    sigma = rounding_floor_sigma(1000.0, grad_norm, jnp.float16, ratio=ratio, **options)
+    rounding = rounding_variance(sigma, 1000.0, grad_norm, jnp.float16, **options)
+    intrinsic = (d + 1 if directions == "gaussian" else d - 1) * grad_norm**2
+    np.testing.assert_allclose(float(rounding), ratio * intrinsic, rtol=1e-5)
+    # one final rounding, Gaussian antithetic: sigma ~= h / (sqrt(24) ||g||).
+    if directions == "gaussian" and antithetic:
+        bare = rounding_floor_sigma(1000.0, grad_norm, jnp.float16, num_params=d)
+        h = 512 * float(jnp.finfo(jnp.float16).eps)
+        np.testing.assert_allclose(float(bare), h / math.sqrt(24) / grad_norm
+                                   * math.sqrt(d / (d + 1)), rtol=1e-5)
+
+
+def test_rounding_floor_sigma_works_under_jit_and_vmap():
+    floors = jax.jit(jax.vmap(lambda v: rounding_floor_sigma(
+        v, 1.0, jnp.bfloat16, num_params=10)))(jnp.array([1.5, 3.0]))
+    # 1.5 and 3.0 lie in consecutive binades: spacings, and floors, a factor 2 apart.
+    np.testing.assert_allclose(float(floors[1] / floors[0]), 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"value": float("nan")}, "value"),
+        ({"grad_norm": -1.0}, "grad_norm"),
+        ({"dtype": jnp.int32}, "dtype"),
+        ({"value_dtype": "int8"}, "value_dtype"),
+        ({"num_params": 0}, "num_params"),
+        ({"num_directions": 2.0}, "num_directions"),
+        ({"directions": "normal"}, "directions"),
+        ({"num_roundings": -1.0}, "num_roundings"),
+        ({"param_scale": -0.1}, "param_scale"),
+    ],
+)
+def test_rounding_variance_rejects_bad_input(kwargs, match):
+    arguments = {"sigma": 0.01, "value": 2.0, "grad_norm": 1.0, "dtype": jnp.bfloat16,
+                 "num_params": 10, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        rounding_variance(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"grad_norm": 0.0}, "grad_norm"),
+        ({"ratio": 0.0}, "ratio"),
+        ({"num_params": 1, "directions": "sphere"}, "num_params"),
+        ({"dtype": bool}, "dtype"),
+    ],
+)
+def test_rounding_floor_sigma_rejects_bad_input(kwargs, match):
+    arguments = {"value": 2.0, "grad_norm": 1.0, "dtype": jnp.bfloat16, "num_params": 10,
+                 **kwargs}
+    with pytest.raises(ValueError, match=match):
+        rounding_floor_sigma(**arguments)
