@@ -68,7 +68,10 @@ def zeroth_order_grad(
     `params` at run time, so it applies under `jit` and `vmap` too; in float32 it is
     below `1e-3` unless `max |x_j| > 2000`. The objective's value must resolve the
     differences `f(x + sigma u) - f(x) ~ sigma u . grad f` as well: compute it in
-    float32 for low-precision params (the estimator cannot check that).
+    float32 for low-precision params (the estimator cannot check that), or keep
+    `sigma` above `rounding_floor_sigma(f(x), ||grad f||, dtype, ...)`, below which the
+    rounding of the values dominates the estimate's variance (`rounding_variance`
+    predicts it).
 
     Args:
         fn: `fn(params) -> scalar`, the objective (need not be differentiable).
