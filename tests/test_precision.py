@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from benchmarks import precision as precision_benchmark
 from jaxtricks import estimators
 from jaxtricks.estimators._precision import (
     LOG_UNIFORM_FACTOR,
@@ -178,3 +179,22 @@ def test_rounding_floor_sigma_rejects_bad_input(kwargs, match):
                  **kwargs}
     with pytest.raises(ValueError, match=match):
         rounding_floor_sigma(**arguments)
+
+
+def test_the_floor_rule_picks_the_sigma_of_a_bfloat16_estimate_and_mezos_default_is_below():
+    """The bfloat16 check with the rule: at `rounding_floor_sigma(ratio=r)` the measured
+    variance is `(1 + r)` times the estimator's own (on the benchmark's objective, whose
+    roundings stay dithered at that sigma); at MeZO's default `sigma = 1e-3` the rule
+    puts rounding at over 10^5 times the estimator's own variance."""
+    d, num_examples, num_samples, ratio = 8, 16, 16, 0.5
+    grad_norm = 0.1 * math.sqrt(d)
+    intrinsic = (d + 1) * grad_norm**2 / (num_samples // 2)
+    options = {"num_params": d, "value_dtype": jnp.bfloat16, "num_roundings": 1 / num_examples}
+    sigma = float(rounding_floor_sigma(640.0, grad_norm, jnp.bfloat16, ratio=ratio, **options))
+    f = precision_benchmark._examples(d, num_examples, "bfloat16", sigma)
+    measured, se = _variance_trace(f, jnp.zeros(d, jnp.bfloat16), num_samples=num_samples,
+                                   sigma=sigma, directions="gaussian", repeats=2048)
+    assert abs(measured - (1 + ratio) * intrinsic) / se < Z_CRITICAL, (sigma, measured)
+    at_default = rounding_variance(1e-3, 640.0, grad_norm, jnp.bfloat16,
+                                   num_directions=num_samples // 2, **options)
+    assert float(at_default) > 1e5 * intrinsic
