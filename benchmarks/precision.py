@@ -103,8 +103,8 @@ def _quadratic_rows(d, dtype_names, modes, sigmas, repeats):
     return rows
 
 
-def _examples(d, num_examples, dtype_name, sigma):
-    """Mean of K per-example values, each rounded (see tests/test_precision.py).
+def dithered_objective(d, num_examples, dtype_name, sigma):
+    """Mean of K per-example values, each rounded (also used by tests/test_precision.py).
 
     The per-example slopes and curvatures are scaled with `1/sigma` and `1/sigma^2`, so
     that at every `sigma` each value moves by ~30 (odd part) and ~10 (even part)
@@ -136,7 +136,7 @@ def _dithered_rows(report, repeats):
                    "num_roundings": 1 / num_examples}
         floor = float(rounding_floor_sigma(640.0, grad_norm, jnp.float32, **options))
         for sigma in sigmas:
-            f = _examples(d, num_examples, dtype_name, sigma)
+            f = dithered_objective(d, num_examples, dtype_name, sigma)
             ((measured, se, _),) = _variance_traces(f, jnp.zeros(d), (sigma,), True,
                                                     repeats)
             rounding = float(rounding_variance(sigma, 640.0, grad_norm, jnp.float32,
