@@ -9,7 +9,7 @@ import pytest
 from _compat import enable_x64
 
 from jaxtricks import validation
-from jaxtricks.validation import _adversarial
+from jaxtricks.validation import _adversarial, _auc
 
 KEY = jax.random.key(0)
 
@@ -41,7 +41,7 @@ def test_auc_variance_matches_delong_from_all_pairs():
     kernel = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative)
     expected = kernel.mean(1).var(ddof=1) / len(positive) + kernel.mean(0).var(
         ddof=1) / len(negative)
-    auc, variance = _adversarial._auc_and_variance(scores, labels, None)
+    auc, variance = _auc.auc_and_variance(scores, labels, None)
     np.testing.assert_allclose(auc, kernel.mean(), rtol=1e-6)
     np.testing.assert_allclose(variance, expected, rtol=1e-5)
 
@@ -253,7 +253,7 @@ def test_roc_auc_is_nan_for_nan_scores_or_labels():
     assert np.isnan(validation.roc_auc(np.full(5, np.nan, np.float32), labels))
     one_nan = scores.copy()
     one_nan[0] = np.nan
-    auc, variance = jax.jit(_adversarial._auc_and_variance)(one_nan, labels, None)
+    auc, variance = jax.jit(_auc.auc_and_variance)(one_nan, labels, None)
     assert np.isnan(auc) and np.isnan(variance)
     assert np.isnan(validation.roc_auc(scores, np.array([0, 1, np.nan, 1, 1])))
     # A masked-out NaN does not count; infinite scores rank normally.

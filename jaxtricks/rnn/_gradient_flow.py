@@ -15,27 +15,22 @@ https://kexue.fm/archives/7888.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from jaxtricks._src import checks, keys
-
-Carry = Any
-StepFn = Callable[[Carry, Any], tuple[Carry, Any]]
+from jaxtricks.rnn import _spectral, _steps
+from jaxtricks.rnn._steps import Carry, StepFn
 
 _ORDS = ("spectral", "fro")
 _METHODS = ("auto", "exact", "power")
 # Largest Jacobian block (rows = columns) whose spectral norm "auto" takes by SVD.
 _EXACT_MAX_SIZE = 64
-# Number of vectors of the subspace (block power) iteration.
-_BLOCK_SIZE = 8
 # Seed of the power iteration's starting basis when no key is given.
 _DEFAULT_SEED = 0
 
@@ -52,43 +47,6 @@ class GradientNorms(NamedTuple):
 
     inputs: jax.Array
     carry: Any
-
-
-def linen_step(cell, params) -> StepFn:
-    """A flax linen cell with its parameters, as a step function `(carry, x) -> (carry, y)`.
-
-    Args:
-        cell: a `flax.linen` recurrent cell (`SimpleCell`, `LSTMCell`, `GRUCell`, ...).
-        params: its parameters, `cell.init(...)["params"]`.
-
-    Returns:
-        `step(carry, x) = cell.apply({"params": params}, carry, x)`.
-    """
-
-    def step(carry, x):
-        return cell.apply({"params": params}, carry, x)
-
-    return step
-
-
-def nnx_step(cell: nnx.Module) -> StepFn:
-    """A flax nnx cell as a pure step function `(carry, x) -> (carry, y)`.
-
-    The cell is split into its graph and state once; each call merges them again, so
-    the step is a pure function that traces under `jax.jit`, `jax.lax.scan` and `jax.jvp`.
-
-    Args:
-        cell: a `flax.nnx` recurrent cell (`nnx.SimpleCell`, `nnx.LSTMCell`, ...).
-
-    Returns:
-        `step(carry, x) = cell(carry, x)`.
-    """
-    graphdef, state = nnx.split(cell)
-
-    def step(carry, x):
-        return nnx.merge(graphdef, state)(carry, x)
-
-    return step
 
 
 def jacobian_norms(
@@ -255,8 +213,8 @@ def gradient_norms_over_time(
     References:
         https://kexue.fm/archives/7888.
     """
-    length = _check_sequence(inputs)
-    _check_step(step_fn, carry, inputs)
+    length = _steps.check_sequence(inputs)
+    _steps.check_step(step_fn, carry, inputs)
     perturbations = jax.tree.map(lambda c: jnp.zeros((length, *jnp.shape(c)), c.dtype), carry)
     leaves, treedef = jax.tree.flatten(inputs)
     floating = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
@@ -306,8 +264,8 @@ def _jacobian_scan(
     checks.check_scalar("tol", tol, low=0.0, low_inclusive=False)
     checks.check_positive_int("max_iterations", max_iterations)
     key = jax.random.key(_DEFAULT_SEED) if key is None else keys.as_key(key, "key")
-    _check_sequence(inputs)
-    _check_step(step_fn, carry, inputs)
+    _steps.check_sequence(inputs)
+    _steps.check_step(step_fn, carry, inputs)
     flat_carry, unravel = ravel_pytree(carry)
     dtype = jnp.result_type(flat_carry, jnp.float32)
     blocks = _leaf_blocks(carry) if per_leaf else [slice(0, flat_carry.size)]
@@ -321,7 +279,7 @@ def _jacobian_scan(
 
     identity = jnp.eye(flat_carry.size, dtype=flat_carry.dtype)
     bases = (
-        [_initial_basis(k, size, dtype)
+        [_spectral.initial_basis(k, size, dtype)
          for k, size in zip(jax.random.split(key, len(sizes)), sizes, strict=True)]
         if use_power else [None] * len(sizes)
     )
@@ -339,7 +297,7 @@ def _jacobian_scan(
         matrices = [tangents[block, block].T.astype(dtype) for block in blocks]
         if use_power:
             results = [
-                _top_singular_value(m, b, tol, max_iterations)
+                _spectral.top_singular_value(m, b, tol, max_iterations)
                 for m, b in zip(matrices, bases, strict=True)
             ]
             norms, bases = [r[0] for r in results], [r[1] for r in results]
@@ -360,103 +318,3 @@ def _leaf_blocks(carry) -> list[slice]:
     sizes = [math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]
-
-
-def _initial_basis(key: jax.Array, size: int, dtype) -> jax.Array:
-    """An orthonormal `[size, min(8, size)]` Gaussian basis to start from."""
-    gaussian = jax.random.normal(key, (size, min(_BLOCK_SIZE, size)), dtype)
-    return jnp.linalg.qr(gaussian)[0]
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _top_singular_value(matrix, basis, tol, max_iterations):
-    """Largest singular value of `matrix` by subspace iteration from `basis`.
-
-    Returns:
-        (sigma, basis): the Rayleigh-Ritz estimate (a lower bound of `||M||_2`) and the
-        final basis, to start the next call from.
-    """
-    sigma, basis, _, _ = _subspace_iteration(matrix, basis, tol, max_iterations)
-    return sigma, basis
-
-
-@_top_singular_value.defjvp
-def _top_singular_value_jvp(max_iterations, primals, tangents):
-    # d sigma = u^T dM v for a simple singular value sigma = u^T M v (Magnus 1985); the
-    # starting basis and `tol` change nothing at convergence.
-    matrix, basis, tol = primals
-    sigma, basis, left, right = _subspace_iteration(matrix, basis, tol, max_iterations)
-    return (sigma, basis), (left @ tangents[0] @ right, jnp.zeros_like(basis))
-
-
-def _subspace_iteration(matrix, basis, tol, max_iterations):
-    """Iterates `basis <- qr(M^T M basis)` until `||M^T u - sigma v|| <= tol sigma`.
-
-    Returns:
-        (sigma, basis, u, v): the Ritz value, the final basis and the Ritz pair.
-    """
-
-    def ritz(basis):
-        image = matrix @ basis
-        values, vectors = jnp.linalg.eigh(image.T @ image)
-        top, squared = vectors[:, -1], values[-1]
-        product = matrix.T @ image
-        # ||M^T M v - sigma^2 v|| = sigma ||M^T u - sigma v|| for v = V w, u = M v / sigma.
-        residual = jnp.linalg.norm(product @ top - squared * (basis @ top))
-        return squared, top, product, residual
-
-    def not_converged(state):
-        _, (squared, _, _, residual), iteration = state
-        return (iteration < max_iterations) & (residual > tol * squared)
-
-    def iterate(state):
-        _, (_, _, product, _), iteration = state
-        basis = jnp.linalg.qr(product)[0]
-        return basis, ritz(basis), iteration + 1
-
-    basis, (squared, top, _, _), _ = jax.lax.while_loop(
-        not_converged, iterate, (basis, ritz(basis), 0)
-    )
-    sigma = jnp.sqrt(jnp.maximum(squared, 0.0))
-    right = basis @ top
-    return sigma, basis, matrix @ right / sigma, right
-
-
-def _check_sequence(inputs) -> int:
-    """Checks that every leaf of `inputs` has the same leading time axis; returns T."""
-    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(inputs)]
-    if not shapes or any(len(shape) == 0 for shape in shapes):
-        raise ValueError(
-            f"inputs must be arrays with a leading time axis [T, ...], got shapes {shapes}."
-        )
-    lengths = {shape[0] for shape in shapes}
-    if len(lengths) != 1:
-        raise ValueError(
-            f"inputs must share one leading time axis of length T, got shapes {shapes}."
-        )
-    return lengths.pop()
-
-
-def _check_step(step_fn, carry, inputs) -> None:
-    """Checks that `step_fn` maps a floating carry to one of the same structure and shapes."""
-    for leaf in jax.tree.leaves(carry):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise ValueError(
-                f"carry must hold floating-point arrays, got dtype {jnp.result_type(leaf)}."
-            )
-    first_input = jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:], jnp.result_type(leaf)), inputs
-    )
-    result = jax.eval_shape(step_fn, carry, first_input)
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise ValueError(
-            f"step_fn must return (new_carry, output), got {jax.tree.structure(result)}."
-        )
-    expected = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in jax.tree.leaves(carry)]
-    actual = [(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(result[0])]
-    if jax.tree.structure(carry) != jax.tree.structure(result[0]) or expected != actual:
-        raise ValueError(
-            "step_fn must return a new carry of the same structure, shapes and dtypes as "
-            f"carry: expected {jax.tree.structure(carry)} with {expected}, got "
-            f"{jax.tree.structure(result[0])} with {actual}."
-        )

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxtricks._src import checks, keys
+from jaxtricks.validation import _auc
 
 _MODELS = ("logistic", "mlp")
 
@@ -65,23 +66,6 @@ class AdversarialValidation(NamedTuple):
     test_folds: jax.Array
 
 
-class ImportanceWeights(NamedTuple):
-    """The result of `importance_weights`.
-
-    Attributes:
-        weights: `(n,)` the (clipped) density ratios `w_i = q(x_i) / p(x_i)`.
-        log_weights: `(n,)` `log w_i`, finite even where `w_i` would overflow.
-        normalized: `(n,)` the self-normalised weights `w_i / sum_j w_j` (sum to 1),
-            computed from `log_weights` (a softmax), so finite for any logits.
-        ess: scalar, the effective sample size `(sum w)^2 / sum w^2`, in `[1, n]`.
-    """
-
-    weights: jax.Array
-    log_weights: jax.Array
-    normalized: jax.Array
-    ess: jax.Array
-
-
 class _Discriminator(nn.Module):
     """Logistic regression (`hidden_sizes=()`) or an MLP with ReLU, one logit out."""
 
@@ -92,83 +76,6 @@ class _Discriminator(nn.Module):
         for width in self.hidden_sizes:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(1)(x)[..., 0]
-
-
-def roc_auc(
-    scores: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    *,
-    where: jax.typing.ArrayLike | None = None,
-) -> jax.Array:
-    """ROC AUC as the Mann-Whitney statistic, ties counted one half.
-
-    `AUC = P(s_pos > s_neg) + P(s_pos = s_neg) / 2` over all (positive, negative) pairs,
-    computed in O(n log n): the negatives are sorted once and each positive's count of
-    smaller and equal negatives found by binary search.
-
-    Args:
-        scores: `(n,)` real scores (probabilities or logits; any monotone map gives the
-            same AUC).
-        labels: `(n,)` binary labels, 1 (or True) for positives (e.g. test rows).
-        where: optional `(n,)` bool mask; only rows where it is True count.
-
-    Returns:
-        Scalar AUC in `[0, 1]`; NaN when either class has no (unmasked) row or an
-        unmasked score or label is NaN (a NaN has no rank). Infinite scores rank
-        normally. Its derivative is zero wherever it exists (a step function of the
-        scores), so `jax.grad`/`jax.jvp` run and give zeros.
-
-    Raises:
-        ValueError: if `scores` is not `(n,)` or `labels`/`where` differ in shape.
-    """
-    return _auc_and_variance(scores, labels, where)[0]
-
-
-def _auc_and_variance(scores, labels, where) -> tuple[jax.Array, jax.Array]:
-    """The Mann-Whitney AUC and DeLong's estimate of its variance.
-
-    With placement values `V10_i` (share of negatives below positive i, ties 1/2) and
-    `V01_j` (share of positives above negative j), `AUC = mean V10` and
-    `Var = var(V10) / m + var(V01) / n` (DeLong, DeLong & Clarke-Pearson, Biometrics
-    1988), m positives and n negatives.
-    """
-    scores = jnp.asarray(scores)
-    labels = jnp.asarray(labels)
-    checks.check_shape("labels", labels.shape, scores.shape)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must have shape (n,), got shape {scores.shape}.")
-    valid = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
-    checks.check_shape("where", valid.shape, scores.shape)
-    positive = valid & (labels > 0)
-    negative = valid & ~(labels > 0)
-    below_negatives = _share_below(scores, negative)
-    above_positives = 1.0 - _share_below(scores, positive)
-    auc = _masked_mean(below_negatives, positive)
-    variance = (_masked_variance(below_negatives, positive) / jnp.sum(positive)
-                + _masked_variance(above_positives, negative) / jnp.sum(negative))
-    # NaN sorts above +inf, so the ranks alone would count a NaN score as the largest.
-    unranked = jnp.any(valid & (jnp.isnan(scores) | jnp.isnan(labels)))
-    return jnp.where(unranked, jnp.nan, auc), jnp.where(unranked, jnp.nan, variance)
-
-
-def _share_below(scores: jax.Array, reference: jax.Array) -> jax.Array:
-    """Per row: (#reference rows with a smaller score + #equal / 2) / #reference rows."""
-    count = jnp.sum(reference)
-    # Non-reference rows sort to the end; counts are clipped to the real reference rows.
-    ordered = jnp.sort(jnp.where(reference, scores, jnp.inf))
-    below = jnp.minimum(jnp.searchsorted(ordered, scores, side="left"), count)
-    at_or_below = jnp.minimum(jnp.searchsorted(ordered, scores, side="right"), count)
-    return (below + 0.5 * (at_or_below - below)) / count
-
-
-def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.sum(mask)
-
-
-def _masked_variance(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Unbiased (ddof=1) variance of the entries where `mask`."""
-    deviation = jnp.where(mask, values - _masked_mean(values, mask), 0.0)
-    return jnp.sum(jnp.square(deviation)) / (jnp.sum(mask) - 1)
 
 
 def _flatten_rows(name: str, features) -> jax.Array:
@@ -298,7 +205,7 @@ def _cross_fit(
     fold_logits = jax.vmap(fit)(jax.random.split(init_key, num_folds), ~held_out)
     logits = jnp.take_along_axis(fold_logits, folds[None, :], axis=0)[0]
     fold_auc, fold_variance = jax.vmap(
-        lambda mask: _auc_and_variance(logits, is_test, mask)
+        lambda mask: _auc.auc_and_variance(logits, is_test, mask)
     )(held_out)
     scores = jax.nn.sigmoid(logits)
     return AdversarialValidation(
@@ -407,151 +314,3 @@ def adversarial_validation(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
     )
-
-
-def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Array, jax.Array]:
-    """Splits the training rows into the `size` most test-like ones and the rest.
-
-    The classic adversarial-validation split (spec 7.2): the top-`size` rows by
-    `D(x) = P(test | x)` (or by its logit, or by `w = D/(1-D)`: the same order).
-
-    Args:
-        scores: `(n,)` scores of the training rows, e.g. `train_scores` or
-            `train_logits` of `adversarial_validation`.
-        size: the number of validation rows, `1 <= size < n` (static).
-
-    Returns:
-        `(validation_indices, training_indices)`: `(size,)` the chosen rows by
-        decreasing score, ties broken by the lower index first; `(n - size,)` the
-        others in increasing index order. Indices have no NaN: traced NaN scores
-        (under `jax.jit`, where they cannot be checked) sort last, i.e. as the least
-        test-like rows. Integer outputs, so no derivative.
-
-    Raises:
-        ValueError: if `scores` is not `(n,)`, concrete scores hold NaN, or `size` is
-            not in `[1, n)`.
-    """
-    scores = jnp.asarray(scores)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must have shape (n,), got shape {scores.shape}.")
-    concrete = checks.concrete_value(scores)
-    if concrete is not None and np.any(np.isnan(concrete)):
-        raise ValueError("scores must not be NaN (a NaN has no rank), got NaN entries.")
-    checks.check_positive_int("size", size)
-    if size >= scores.shape[0]:
-        raise ValueError(f"size must be < n = {scores.shape[0]}, got {size}.")
-    order = jnp.argsort(-scores, stable=True)
-    return order[:size], jnp.sort(order[size:])
-
-
-def importance_weights(
-    logits: jax.typing.ArrayLike,
-    *,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    clip: float | None = 100.0,
-) -> ImportanceWeights:
-    """Density ratios `w = q(x)/p(x)` of training rows from a discriminator's logits.
-
-    `log w = logit_D(x) + log(num_train / num_test)`, i.e. `w = D/(1-D) * N_train/N_test`
-    (spec 7.2), clipped above at `clip` (truncated importance sampling), with the
-    effective sample size `ESS = (sum w)^2 / sum w^2`, all in log space.
-
-    Which normalisation applies:
-
-    - Discriminator trained **balanced** (each set weighing 1/2, as in
-      `adversarial_validation`): `D/(1-D)` already is `q/p`. Pass its
-      `train_logits` and leave `num_train` and `num_test` as None.
-    - Discriminator trained on the **raw, unbalanced** sets (every row weighing the
-      same): `D/(1-D) = N_test q / (N_train p)`; pass both `num_train` and `num_test`
-      (the sizes it was trained on) to remove the prior ratio.
-
-    The constant factor does not change `normalized` or `ess`; it matters for `weights`
-    and for where `clip` bites. From probabilities `D`, pass
-    `jax.scipy.special.logit(D)` (less accurate near 0 and 1 than the logits).
-
-    Args:
-        logits: `(n,)` the discriminator's logits `log D - log(1 - D)` on training rows.
-        num_train: rows of the training set the discriminator was fitted on, or None.
-        num_test: rows of the test set the discriminator was fitted on, or None.
-        clip: upper bound on `w` (`log w <= log clip`), > 0; None for no clipping.
-
-    Returns:
-        `ImportanceWeights(weights, log_weights, normalized, ess)`. A NaN logit gives
-        a NaN weight for its row and NaN `normalized` and `ess` (they depend on every
-        row). For `n = 0`: empty arrays and `ess = 0`.
-
-    Raises:
-        ValueError: if `logits` is not `(n,)`, only one of `num_train` and `num_test`
-            is given, or they or `clip` are not > 0.
-    """
-    logits = jnp.asarray(logits)
-    if logits.ndim != 1:
-        raise ValueError(f"logits must have shape (n,), got shape {logits.shape}.")
-    if (num_train is None) != (num_test is None):
-        raise ValueError(
-            "num_train and num_test must be given together (unbalanced discriminator) or "
-            f"both None (balanced), got num_train={num_train}, num_test={num_test}."
-        )
-    log_weights = logits
-    if num_train is not None:
-        checks.check_scalar("num_train", num_train, low=0.0, low_inclusive=False)
-        checks.check_scalar("num_test", num_test, low=0.0, low_inclusive=False)
-        log_weights = log_weights + jnp.log(num_train / num_test).astype(logits.dtype)
-    if clip is not None:
-        checks.check_scalar("clip", clip, low=0.0, low_inclusive=False)
-        log_weights = jnp.minimum(log_weights, jnp.log(clip).astype(logits.dtype))
-    weights = jnp.exp(log_weights)
-    if logits.shape[0] == 0:
-        return ImportanceWeights(weights, log_weights, weights, jnp.zeros((), weights.dtype))
-    # Relative to the largest log-weight, so the sums stay accurate for any scale.
-    shifted = log_weights - jax.lax.stop_gradient(jnp.max(log_weights))
-    log_total = jax.nn.logsumexp(shifted)
-    return ImportanceWeights(
-        weights=weights,
-        log_weights=log_weights,
-        normalized=jnp.exp(shifted - log_total),
-        ess=jnp.exp(2 * log_total - jax.nn.logsumexp(2 * shifted)),
-    )
-
-
-def resample_validation(
-    key: jax.Array, weights: jax.typing.ArrayLike, size: int
-) -> tuple[jax.Array, jax.Array]:
-    """Draws a validation set from the training rows with probabilities `w_i / sum w`.
-
-    The post's resampling variant (spec 7.2): `size` draws **with replacement**,
-    duplicates kept (de-duplicating would break the match with the test
-    distribution); the distinct drawn rows leave the training set. Sampling is
-    `jax.random.categorical` on `log w`, so zero weights are never drawn.
-
-    Args:
-        key: a `jax.random` key, typed or a legacy `PRNGKey` (the same draws for both).
-        weights: `(n,)` non-negative importance weights, any scale (e.g.
-            `importance_weights(...).weights`), not all zero.
-        size: the number of draws (static), >= 1.
-
-    Returns:
-        `(validation_indices, training_mask)`: `(size,)` the drawn rows in increasing
-        order, with repeats; `(n,)` bool, True for rows never drawn (the rows left to
-        train on; their number is random, hence a mask). Traced weights (under
-        `jax.jit`/`jax.vmap`, where they cannot be checked) that are NaN or negative
-        make every draw the first such row, so it shows up rather than vanishing. Integer
-        outputs, so no derivative.
-
-    Raises:
-        ValueError: if `weights` is not `(n,)`, concrete weights are negative, NaN,
-            inf or all zero, `size` < 1, or `key` is not a key.
-    """
-    weights = jnp.asarray(weights)
-    if weights.ndim != 1:
-        raise ValueError(f"weights must have shape (n,), got shape {weights.shape}.")
-    checks.check_positive_int("size", size)
-    checks.check_scalar("weights", weights, low=0.0)
-    concrete = checks.concrete_value(weights)
-    if concrete is not None and not np.any(concrete > 0):
-        raise ValueError("weights must have at least one positive entry, got all zero.")
-    key = keys.as_key(key, "key")
-    drawn = jax.random.categorical(key, jnp.log(weights), shape=(size,))
-    training_mask = jnp.ones(weights.shape, bool).at[drawn].set(False)
-    return jnp.sort(drawn), training_mask
