@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks, dtypes, keys
 from jaxtricks.estimators import _baselines, _sampling
 
 
@@ -147,7 +147,7 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
         scale = _sampling.resolved_sigma(sigma, params, "gaussian")
         standardised = jax.tree.map(
             lambda w, p: (
-                w.astype(_sampling.wide_dtype(w.dtype)) - p.astype(_sampling.wide_dtype(p.dtype))
+                w.astype(dtypes.compute_dtype(w.dtype)) - p.astype(dtypes.compute_dtype(p.dtype))
             ) / scale,
             sample,
             params,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks, dtypes, keys
 
 DIRECTIONS = ("gaussian", "sphere", "rademacher")
 
@@ -71,9 +71,9 @@ def direction(key: jax.Array, params, kind: str):
     - "sphere": `v` uniform on the unit sphere of R^d, perturbation `v`, weight `d v`;
     - "rademacher" (SPSA): `Δ_i = ±1`, perturbation = weight = `Δ`.
 
-    Both are drawn in `wide_dtype` of each leaf (float32 for bfloat16 params).
+    Both are drawn in `dtypes.compute_dtype` of each leaf (float32 for bfloat16 params).
     """
-    like = jax.tree.map(lambda leaf: leaf.astype(wide_dtype(leaf.dtype)), params)
+    like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
     if kind == "rademacher":
         signs = optax.tree.random_like(key, like, jax.random.rademacher)
         return signs, signs
@@ -82,11 +82,6 @@ def direction(key: jax.Array, params, kind: str):
         return gaussian, gaussian
     unit = optax.tree.scale(1.0 / optax.tree.norm(gaussian), gaussian)
     return unit, optax.tree.scale(optax.tree.size(params), unit)
-
-
-def wide_dtype(dtype) -> jnp.dtype:
-    """The dtype in which perturbations are drawn and added: at least float32."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def resolved_sigma(sigma, params, kind: str) -> jax.Array:
@@ -118,7 +113,7 @@ def resolved_sigma(sigma, params, kind: str) -> jax.Array:
     """
     floors = [
         float(jnp.finfo(leaf.dtype).eps)
-        * jnp.max(jnp.abs(leaf.astype(wide_dtype(leaf.dtype))), initial=0.0)
+        * jnp.max(jnp.abs(leaf.astype(dtypes.compute_dtype(leaf.dtype))), initial=0.0)
         for leaf in jax.tree.leaves(params)
     ]
     floor = RESOLVED_SPACINGS * (jnp.max(jnp.stack(floors)) if floors else 0.0)
@@ -128,7 +123,7 @@ def resolved_sigma(sigma, params, kind: str) -> jax.Array:
 
 
 def perturb(params, sigma, perturbation):
-    """`params + sigma * perturbation`, added in `wide_dtype` and rounded once per leaf."""
+    """`params + sigma * perturbation`, added in at least float32, rounded once per leaf."""
     return jax.tree.map(
         lambda leaf, step: (leaf.astype(step.dtype) + sigma * step).astype(leaf.dtype),
         params,

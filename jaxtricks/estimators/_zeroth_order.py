@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks, dtypes, keys
 from jaxtricks.estimators import _baselines, _sampling
 
 
@@ -160,7 +160,7 @@ def zeroth_order_grad(
 
     zeros = jax.tree.map(
         lambda p: jnp.zeros(
-            p.shape, jnp.result_type(coefficients, _sampling.wide_dtype(p.dtype))
+            p.shape, jnp.result_type(coefficients, dtypes.compute_dtype(p.dtype))
         ),
         params,
     )

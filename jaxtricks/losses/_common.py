@@ -17,13 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtricks._src import checks
+from jaxtricks._src.dtypes import compute_dtype
 
 Axis = int | tuple[int, ...]
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-    """The dtype the losses compute in: at least float32 (bfloat16 is upcast)."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def check_floating(name: str, array: jax.Array) -> None:
@@ -149,6 +145,13 @@ def class_indices(
     indices = jnp.where(in_range, array, 0).astype(jnp.int32)
     valid = in_range if counted is None else in_range | ~jnp.asarray(counted, bool)
     return jnp.where(valid, indices, num_classes), valid
+
+
+def label_one_hot(indices: jax.Array, num_classes: int, dtype) -> jax.Array:
+    """One-hot rows of `class_indices`' indices; a row of NaN for the index `K` (a traced
+    label outside `[0, K)`), so that it reaches every sum it enters."""
+    one_hot = jax.nn.one_hot(indices, num_classes, dtype=dtype)
+    return jnp.where((indices < num_classes)[..., None], one_hot, jnp.nan)
 
 
 def canonical_axes(axis: Axis, ndim: int) -> tuple[int, ...]:

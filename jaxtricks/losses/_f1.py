@@ -84,13 +84,10 @@ def smoothed_f1_loss(
     """
     checks.check_choice("average", average, ("macro", "micro"))
     scores, class_indices, mask = _common.prepare(logits, labels, axis, where)
-    counted = None if mask is None else jnp.any(mask, axis=-1)
-    valid = class_indices < scores.shape[-1]  # False for a traced label outside [0, K)
     probs = _common.probabilities(scores, mask)
-    one_hot = jax.nn.one_hot(class_indices, scores.shape[-1], dtype=scores.dtype)
+    one_hot = _common.label_one_hot(class_indices, scores.shape[-1], scores.dtype)
     if mask is not None:
-        one_hot = jnp.where(counted[..., None], one_hot, 0.0)
-    one_hot = jnp.where(valid[..., None], one_hot, jnp.nan)  # a traced bad label: NaN
+        one_hot = jnp.where(jnp.any(mask, axis=-1, keepdims=True), one_hot, 0.0)
     batch_axes = tuple(range(scores.ndim - 1))
     true_positives = jnp.sum(probs * one_hot, axis=batch_axes)
     totals = jnp.sum(probs + one_hot, axis=batch_axes)

@@ -1,4 +1,4 @@
-"""Metrics of long-tail learning, and the range check of integer class labels."""
+"""Metrics of long-tail learning."""
 
 from __future__ import annotations
 

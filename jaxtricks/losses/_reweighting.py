@@ -61,9 +61,7 @@ def cross_entropy_weights(
         return _projection(grads.astype(z.dtype) * ce_grad, ce_grad * ce_grad)
     scores, class_indices, _ = _common.prepare(logits, labels, axis, None)
     grads = _common.prepare(grads, labels, axis, None)[0]  # the same layout as the scores
-    valid = class_indices < scores.shape[-1]  # False for a traced label outside [0, K)
-    one_hot = jax.nn.one_hot(class_indices, scores.shape[-1], dtype=scores.dtype)
-    one_hot = jnp.where(valid[..., None], one_hot, jnp.nan)
+    one_hot = _common.label_one_hot(class_indices, scores.shape[-1], scores.dtype)
     ce_grad = _common.probabilities(scores, None) - one_hot
     return _projection(jnp.sum(grads * ce_grad, axis=-1), jnp.sum(ce_grad * ce_grad, axis=-1))
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, dtypes
 
 Mask = Any | Callable[[optax.Params], Any] | None
 """A pytree of bools shaped like the params, a callable of the params returning one, or
@@ -137,7 +137,7 @@ def add_scaled_params(
 
 def accumulation_dtype(leaf: jax.typing.ArrayLike) -> jnp.dtype:
     """The dtype in which a leaf's norms are summed: at least float32."""
-    return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
+    return dtypes.compute_dtype(jnp.result_type(leaf))
 
 
 def squared_norm(leaf: jax.typing.ArrayLike) -> jax.Array:
