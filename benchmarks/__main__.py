@@ -1,4 +1,5 @@
-"""Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick] [--tag T] [--list]`.
+"""Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick | --size SIZE]
+[--tag T] [--list]`.
 
 `python -m benchmarks compare FILE...` merges result files of several runs instead
 (see `benchmarks/_compare.py`).
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): "
         f"{', '.join(catalogue)}"
     )
-    parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke test)")
+    parser.add_argument("--size", choices=_harness.SIZES, default="full",
+                        help="full (the README's figures), quick (reduced) or smoke (tiny, "
+                        "checks the code runs)")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="size",
+                        help="the same as --size quick")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument(
         "--tag", default=None, help="appended to the backend in the result files' names, "
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         f"devices={env['device_count']} ({env['device_kind']}), jax {env['jax']}, "
         f"matmul precision {env['default_matmul_precision']}, x64={env['x64']}, "
         f"{env['machine']}, {env['cpu_count']} CPUs; results *.{label}.json"
-        + (" [quick]" if args.quick else "")
+        + ("" if args.size == "full" else f" [{args.size}]")
     )
     try:
         from tqdm.auto import tqdm
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         def tqdm(iterable, **_):
             return iterable
     for name in tqdm(selected, desc="benchmarks", unit="benchmark"):
-        report = _harness.Report(name, quick=args.quick, label=label)
+        report = _harness.Report(name, size=args.size, label=label)
         start = time.perf_counter()
         importlib.import_module(f"benchmarks.{name}").run(report)
         path = report.write()

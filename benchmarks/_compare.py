@@ -128,7 +128,7 @@ def run(paths: Sequence[str | pathlib.Path], *, alpha: float = 0.01,
     JSON's path."""
     runs = load(paths)
     labels = [label(r) for r in runs]
-    report = _harness.Report("compare", quick=False, label="_vs_".join(labels),
+    report = _harness.Report("compare", label="_vs_".join(labels),
                              results_dir=results_dir)
     report.note("runs", {name: r["environment"] for name, r in zip(labels, runs, strict=True)})
     report.note("reference", labels[reference_index(runs)])
@@ -145,12 +145,9 @@ def run(paths: Sequence[str | pathlib.Path], *, alpha: float = 0.01,
 
 
 def _plot(report, rows, comparison: Comparison, labels: Sequence[str]) -> None:
-    import matplotlib
+    from benchmarks import _plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure, axis = _plots.subplots(figsize=(8, 4))
     positions = range(len(rows))
     width = 0.8 / len(labels)
     for i, name in enumerate(labels):

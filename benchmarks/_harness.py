@@ -21,6 +21,10 @@ import jax
 import numpy as np
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+# The sizes a benchmark runs at: the figures of the README, a reduced run of a few
+# seconds to a minute (`--quick`), and a tiny run that only checks the code works
+# (`--size smoke`, what the test suite runs).
+SIZES = ("full", "quick", "smoke")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +193,8 @@ class Report:
 
     Attributes:
         name: the benchmark's name (its module's).
-        quick: whether to run the reduced sizes (smoke test).
+        size: one of `SIZES`: "full", "quick" or "smoke".
+        quick: whether `size` is a reduced one ("quick" or "smoke").
         label: the run's label in file names (`run_label`: the backend and a tag).
         results_dir: where `<name>.<label>.json` and the PNG plots go.
     """
@@ -198,18 +203,27 @@ class Report:
         self,
         name: str,
         *,
-        quick: bool,
+        size: str = "full",
         label: str | None = None,
         results_dir: pathlib.Path = RESULTS_DIR,
     ):
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {size!r}.")
         self.name = name
-        self.quick = quick
+        self.size = size
+        self.quick = size != "full"
         self.label = run_label() if label is None else label
         self.results_dir = results_dir
         self.tables: dict[str, list[dict[str, Any]]] = {}
         self.notes: dict[str, Any] = {}
         self.figures: list[str] = []
         self._start = time.perf_counter()
+
+    def sized(self, sizes: Mapping[str, Any]) -> Any:
+        """The entry of `sizes` (a mapping with one entry per name in `SIZES`) to run."""
+        if set(sizes) != set(SIZES):
+            raise ValueError(f"sizes must have exactly the keys {SIZES}, got {tuple(sizes)}.")
+        return sizes[self.size]
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None):
         """A progress bar over `iterable` (tqdm when installed)."""
@@ -232,12 +246,12 @@ class Report:
 
     def save_figure(self, figure, stem: str) -> pathlib.Path:
         """Saves a matplotlib figure as `<results_dir>/<name>_<stem>.<label>.png`, closes it."""
-        import matplotlib.pyplot as plt
+        from benchmarks import _plots
 
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"{self.name}_{stem}.{self.label}.png"
         figure.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(figure)
+        _plots.close(figure)
         self.figures.append(path.name)
         return path
 
@@ -248,6 +262,7 @@ class Report:
         payload = {
             "benchmark": self.name,
             "label": self.label,
+            "size": self.size,
             "quick": self.quick,
             "environment": environment(),
             "wall_s": time.perf_counter() - self._start,

@@ -27,34 +27,27 @@ from __future__ import annotations
 import functools
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import _harness
+from benchmarks import _data, _harness, _models, _plots, _stats, _train
 from jaxtricks import validation
 
 METHODS = ("random", "adversarial", "weighted", "resampled")
 WEIGHT_DECAY = 1e-3  # the discriminator's L2 strength (ours and the peer's)
 
 
-class _Classifier(nn.Module):
-    hidden_sizes: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(10)(x)
-
-
-def _load_digits():
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return digits.data.astype(np.float32) / 16.0, digits.target.astype(np.int32)
+SIZES = {  # models: name -> hidden sizes; av_steps: Adam steps of each discriminator
+    "full": {"shifts": ("none", "ink", "atypical"), "seeds": 10, "steps": 200,
+             "models": {"softmax": (), "mlp-16": (16,), "mlp-64": (64,)}, "rounds": 7,
+             "av_steps": 500},
+    "quick": {"shifts": ("atypical",), "seeds": 3, "steps": 100, "models": {"softmax": ()},
+              "rounds": 3, "av_steps": 500},
+    "smoke": {"shifts": ("atypical",), "seeds": 2, "steps": 5, "models": {"softmax": ()},
+              "rounds": 1, "av_steps": 10},
+}
 
 
 def _shifted_split(key, shift_logits, num_test):
@@ -85,39 +78,36 @@ def _validation_sets(key, train_logits, val_size):
     return masks, val_weights
 
 
-@functools.partial(jax.jit, static_argnames=("val_size", "num_test"))
-def _discriminate(keys, x, shift_logits, *, val_size, num_test):
+@functools.partial(jax.jit, static_argnames=("val_size", "num_test", "av_steps"))
+def _discriminate(keys, x, shift_logits, *, val_size, num_test, av_steps):
     """Per seed: the shifted split, the discriminator, the four validation sets."""
-    one_seed = functools.partial(_discriminate_one, val_size=val_size, num_test=num_test)
+    one_seed = functools.partial(_discriminate_one, val_size=val_size, num_test=num_test,
+                                 av_steps=av_steps)
     return jax.vmap(one_seed, in_axes=(0, None, None))(keys, x, shift_logits)
 
 
-def _discriminate_one(key, x, shift_logits, *, val_size, num_test):
+def _discriminate_one(key, x, shift_logits, *, val_size, num_test, av_steps):
     split_key, av_key, val_key = jax.random.split(key, 3)
     pool, test = _shifted_split(split_key, shift_logits, num_test)
-    av = validation.adversarial_validation(x[pool], x[test], av_key, weight_decay=WEIGHT_DECAY)
+    av = validation.adversarial_validation(x[pool], x[test], av_key, steps=av_steps,
+                                           weight_decay=WEIGHT_DECAY)
     masks, val_weights = _validation_sets(val_key, av.train_logits, val_size)
     ess = validation.importance_weights(av.train_logits).ess
     return pool, test, masks, val_weights, av.auc, ess
 
 
 def _train_classifier(key, x, y, fit_mask, *, hidden_sizes, steps, learning_rate):
-    model = _Classifier(hidden_sizes)
-    params = model.init(key, x[:1])
-    optimizer = optax.adamw(learning_rate, weight_decay=1e-4)
+    """Full-batch AdamW on the cross-entropy of the rows of `fit_mask`; the predictor."""
+    model = _models.MLP(hidden_sizes)
     row_weight = fit_mask / jnp.sum(fit_mask)
 
-    def loss_fn(params):
+    def loss_fn(params, _):
         losses = optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y)
         return row_weight @ losses
 
-    def step(carry, _):
-        params, state = carry
-        updates, state = optimizer.update(jax.grad(loss_fn)(params), state, params)
-        return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), length=steps)
-    return functools.partial(model.apply, params)
+    trained = _train.train(loss_fn, model.init(key, x[:1]),
+                           optax.adamw(learning_rate, weight_decay=1e-4), steps=steps)
+    return functools.partial(model.apply, trained.params)
 
 
 @functools.partial(jax.jit, static_argnames=("hidden_sizes", "steps"))
@@ -146,34 +136,39 @@ def _accuracies_one(key, x, y, pool, test, masks, val_weights, *, hidden_sizes, 
 def _gap_rows(shift, model_name, val_accuracy, test_accuracy):
     gap = np.abs(val_accuracy - test_accuracy)  # (seeds, methods)
     bias = val_accuracy - test_accuracy
-    seeds = gap.shape[0]
-    return [
-        {
+    rows = []
+    for index, method in enumerate(METHODS):
+        spread = _stats.summary(gap[:, index])
+        # Paired by seed; a method "wins" where its gap is smaller than random's.
+        versus = _stats.paired(gap[:, 0], gap[:, index])
+        rows.append({
             "shift": shift,
             "model": model_name,
             "method": method,
-            "mean_abs_gap": float(gap[:, index].mean()),
-            "gap_se": float(gap[:, index].std(ddof=1) / np.sqrt(seeds)),
+            "mean_abs_gap": spread.mean,
+            "gap_se": spread.se,
             "mean_val_minus_test": float(bias[:, index].mean()),
             "test_acc": float(test_accuracy[:, index].mean()),
-            "wins_vs_random": f"{int(np.sum(gap[:, index] < gap[:, 0]))}/{seeds}",
-        }
-        for index, method in enumerate(METHODS)
-    ]
+            "wins_vs_random": f"{versus.wins}/{versus.n}",
+            "p_t_vs_random": versus.t_pvalue if index else None,
+            "p_wilcoxon_vs_random": versus.wilcoxon_pvalue if index else None,
+        })
+    return rows
 
 
-def _accuracy_study(report, x, y, shifts, *, models, seeds, steps, val_size, num_test):
+def _accuracy_study(report, x, y, shifts, *, models, seeds, steps, val_size, num_test,
+                    av_steps):
     """Mean |val acc - test acc| per shift, model and method; returns the raw gaps."""
     rows, auc_rows, gaps = [], [], {}
     keys = jax.random.split(jax.random.key(0), seeds)
     for shift, shift_logits in report.progress(shifts.items(), "shifts"):
         pool, test, masks, val_weights, auc, ess = _discriminate(
-            keys, x, shift_logits, val_size=val_size, num_test=num_test
+            keys, x, shift_logits, val_size=val_size, num_test=num_test, av_steps=av_steps
         )
         auc_rows.append({
             "shift": shift,
             "auc": float(auc.mean()),
-            "auc_sd_over_seeds": float(auc.std(ddof=1)),
+            "auc_sd_over_seeds": _stats.summary(auc).std,
             "ess_of_w_on_pool": float(ess.mean()),
             "pool_rows": x.shape[0] - num_test,
         })
@@ -189,19 +184,14 @@ def _accuracy_study(report, x, y, shifts, *, models, seeds, steps, val_size, num
 
 
 def _plot(report, gaps, shifts, models):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(shifts), figsize=(4.2 * len(shifts), 3.4), sharey=True,
-                                squeeze=False)
+    figure, axes = _plots.subplots(1, len(shifts), figsize=(4.2 * len(shifts), 3.4),
+                                   sharey=True, squeeze=False)
     width = 0.8 / len(METHODS)
     for axis, shift in zip(axes[0], shifts, strict=True):
         for index, method in enumerate(METHODS):
-            values = [gaps[(shift, name)][:, index] for name in models]
-            means = [value.mean() for value in values]
-            errors = [value.std(ddof=1) / np.sqrt(len(value)) for value in values]
+            spreads = [_stats.summary(gaps[(shift, name)][:, index]) for name in models]
+            means = [spread.mean for spread in spreads]
+            errors = [spread.se for spread in spreads]
             positions = np.arange(len(models)) + (index - 1.5) * width
             axis.bar(positions, 100 * np.array(means), width, yerr=100 * np.array(errors),
                      label=method, capsize=2)
@@ -236,13 +226,14 @@ def _sklearn_cross_fit(train_x, test_x, train_folds, test_folds, num_folds):
     return logits, auc
 
 
-def _timing(report, x, shift_logits, *, num_test, rounds):
+def _timing(report, x, shift_logits, *, num_test, rounds, av_steps):
     pool, test = jax.device_get(_shifted_split(jax.random.key(1), shift_logits, num_test))
     train_x, test_x = x[pool], x[test]
     key = jax.random.key(2)
 
     def ours(train_x, test_x, key):
-        return validation.adversarial_validation(train_x, test_x, key, weight_decay=WEIGHT_DECAY)
+        return validation.adversarial_validation(train_x, test_x, key, steps=av_steps,
+                                                 weight_decay=WEIGHT_DECAY)
 
     compiled, compile_s = _harness.compile_timed(ours, train_x, test_x, key)
     result = jax.block_until_ready(compiled(train_x, test_x, key))
@@ -261,7 +252,8 @@ def _timing(report, x, shift_logits, *, num_test, rounds):
         f"5-fold discriminator, digits {len(x)} rows x 64 (atypical shift), whole "
         f"procedure: median of {rounds} interleaved rounds",
         [
-            {"name": "jaxtricks adversarial_validation (logistic, 500 Adam steps, vmap)",
+            {"name": f"jaxtricks adversarial_validation (logistic, {av_steps} Adam steps, "
+                     "vmap)",
              "median_ms": ours_ms, "ratio": ours_ms / peer_ms, "compile_s": compile_s,
              "auc": float(result.auc)},
             {"name": "sklearn StandardScaler+LogisticRegression(lbfgs), cross_val_predict",
@@ -278,7 +270,9 @@ def _standardised(values):
 
 
 def run(report: _harness.Report) -> None:
-    x, y = _load_digits()
+    size = report.sized(SIZES)
+    seeds, steps, models = size["seeds"], size["steps"], size["models"]
+    x, y = _data.digits("unit")
     num_test, val_size, alpha = 600, 240, 2.0
     # Shift log-probabilities of entering the test set (from the images only, never y).
     shifts = {
@@ -286,19 +280,15 @@ def run(report: _harness.Report) -> None:
         "ink": alpha * _standardised(x.sum(1)),
         "atypical": alpha * _standardised(np.linalg.norm(x - x.mean(0), axis=1)),
     }
-    if report.quick:
-        shifts = {"atypical": shifts["atypical"]}
-        seeds, steps, models = 3, 100, {"softmax": ()}
-    else:
-        seeds, steps = 10, 200
-        models = {"softmax": (), "mlp-16": (16,), "mlp-64": (64,)}
+    shifts = {name: shifts[name] for name in size["shifts"]}
     report.note("setup", f"digits {len(x)} rows; test {num_test} rows drawn without "
                 f"replacement with prob. prop. to exp({alpha} z), z the standardised ink or "
                 f"distance to the mean image; validation {val_size} of the "
                 f"{len(x) - num_test}-row pool; classifiers: {steps} AdamW steps")
     gaps = _accuracy_study(
         report, jnp.asarray(x), jnp.asarray(y), shifts, models=models, seeds=seeds,
-        steps=steps, val_size=val_size, num_test=num_test,
+        steps=steps, val_size=val_size, num_test=num_test, av_steps=size["av_steps"],
     )
     _plot(report, gaps, shifts, models)
-    _timing(report, x, shifts["atypical"], num_test=num_test, rounds=3 if report.quick else 7)
+    _timing(report, x, shifts["atypical"], num_test=num_test, rounds=size["rounds"],
+            av_steps=size["av_steps"])

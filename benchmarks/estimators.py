@@ -4,11 +4,16 @@ Problems: (1) the quadratic `0.5 x^T A x + b^T x + c` (closed-form covariances, 
 5.5); (2) the Gaussian-measure costs `(x-k)^2`, `exp(-k x^2)`, `cos(k x)` of Mohamed et
 al. (2020), exact variances by Gauss-Hermite quadrature; (3) the accuracy of a linear
 classifier on scikit-learn's digits (not differentiable): policy gradient over its
-categorical outputs vs zeroth-order over its weights.
+categorical outputs vs zeroth-order over its weights. Against the two anchors (issue 12):
+the speed of antithetic `zeroth_order_grad` beside evosax's `Open_ES` on the same
+estimate, and MeZO's memory table (inference, backprop + Adam, zeroth-order gradient and
+update) as XLA plans it for an MLP, a flax Transformer decoder and OPT-1.3B shapes
+(`_zo_memory`; compiled, never run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -16,8 +21,73 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import _harness
+from benchmarks import _data, _harness, _plots, _zo_memory
 from jaxtricks import estimators
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    cost_ks: tuple[float, ...]
+    cost_count: int
+    variance_cases: tuple[tuple[int, int], ...]  # (d, num_samples)
+    variance_repeats: int
+    budget_repeats: int
+    budget_sigmas: tuple[float, ...]
+    budget_curvatures: tuple[float, ...]
+    throughput_sizes: tuple[int, ...]
+    throughput_tanh: bool
+    evosax_grid: tuple[tuple[int, int], ...]  # (d, num_samples)
+    timing_rounds: int
+    memory_d: int
+    memory_models: tuple  # (problem builder, zeroth_order_grad (n, chunk)s, update n, grad?)
+    digits_size: int
+    digits_reference_samples: int
+    digits_samples_repeats: tuple[int, int]
+    digits_all_estimators: bool
+
+
+def _models(mlp, decoder, opt, decoder_grads=((16, 2), (16, 8), (16, None))):
+    """The memory table's problems: (build, ZO-grad (n, chunk) pairs, update n, jax.grad?).
+
+    OPT-1.3B gets MeZO's three rows only (inference, backprop + Adam, the ZO update with
+    one direction), its blocks scanned (stacked leaves): compiled in under a minute."""
+    return ((lambda: _zo_memory.mlp(*mlp), ((16, 2), (16, 8), (16, None)), 2, True),
+            (lambda: _zo_memory.decoder(**decoder), decoder_grads, 2, True),
+            (lambda: _zo_memory.decoder(**opt), (), 2, False))
+
+
+OPT_1_3B = {"layers": 24, "d_model": 2048, "heads": 32, "ffn": 8192, "vocab": 50272,
+            "seq": 400, "batch_size": 1, "positions": 2050,  # MeZO's profile: ~400 tokens
+            "scan_layers": True,  # unrolled, its ZO update needs > 16 GB to compile here
+            "name": "OPT-1.3B shapes"}
+SIZES = {
+    "full": Size(
+        (0.5, 1.0, 2.0, 3.0), 2**16, ((10, 4), (10, 16), (10, 64), (10, 256), (1000, 64)),
+        2**14, 2**12, (0.01, 0.1, 0.3, 1.0, 3.0, 10.0), (0.1, 1.0, 10.0),
+        (1000, 100_000, 1_000_000), True,
+        tuple((d, n) for d in (1000, 100_000, 1_000_000) for n in (32, 64, 256)), 5,
+        10_000_000,
+        _models(((1024, 4096, 4096, 4096, 1024), 64),
+                {"layers": 8, "d_model": 640, "heads": 10, "ffn": 2560, "vocab": 8192,
+                 "seq": 128, "batch_size": 8}, OPT_1_3B),
+        512, 2**15, (128, 16), True),
+    "quick": Size(
+        (2.0,), 2**13, ((10, 16),), 2**11, 2**9, (0.1, 10.0), (1.0,), (1000,), False,
+        ((1000, 32), (100_000, 64)), 3, 100_000,
+        _models(((256, 1024, 1024, 256), 16),
+                {"layers": 2, "d_model": 128, "heads": 4, "ffn": 512, "vocab": 1024,
+                 "seq": 32, "batch_size": 4},
+                {**OPT_1_3B, "layers": 2, "d_model": 256, "heads": 4, "ffn": 1024,
+                 "seq": 64, "positions": 64, "name": "OPT-style, 2 layers"},
+                decoder_grads=((16, 2),)),
+        256, 2**11, (32, 4), False),
+    "smoke": Size(
+        (2.0,), 2**8, ((10, 4),), 2**6, 2**5, (0.1,), (1.0,), (100,), False,
+        ((100, 8),), 1, 1000,
+        # the decoder's ZO programs take tens of seconds to compile: the MLP only
+        ((lambda: _zo_memory.mlp((16, 32, 8), 4), ((4, 2), (4, None)), 2, True),),
+        64, 2**6, (8, 2), False),
+}
 
 
 # ------------------------------------------------------------------ the quadratic
@@ -126,13 +196,11 @@ def _error_statistics(estimate, x, g, repeats, key):
     }
 
 
-def _variance_sweep(report, key):
-    full = [(10, 4), (10, 16), (10, 64), (10, 256), (1000, 64)]
-    cases = [(10, 16)] if report.quick else full
+def _variance_sweep(report, size, key):
     sigma, rows = 0.5, []
-    for d, n in report.progress(cases, "quadratic variance"):
+    for d, n in report.progress(size.variance_cases, "quadratic variance"):
         f, x, g, traces = _quadratic(d)
-        repeats = (2**11 if report.quick else 2**14) // (1 if d <= 10 else 8)
+        repeats = size.variance_repeats // (1 if d <= 10 else 8)
         for name, (estimate, theory_key, directions) in _estimators(f, x, n, sigma).items():
             stats = _error_statistics(estimate, x, g, repeats, key)
             theory = None if theory_key is None else traces[theory_key](sigma) / directions
@@ -150,12 +218,7 @@ def _variance_sweep(report, key):
 
 
 def _plot_variance(report, rows, d):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = _plots.subplots(figsize=(6, 4))
     names = dict.fromkeys(r["estimator"] for r in rows if r["d"] == d and r["variance"])
     for index, name in enumerate(names):
         mine = [r for r in rows if r["d"] == d and r["estimator"] == name]
@@ -194,10 +257,9 @@ def _quadrature_variances(cost, derivative, mu, sigma, k):
     return {name: float(weights @ t**2 - (weights @ t) ** 2) for name, t in terms.items()}
 
 
-def _gaussian_costs(report, key):
+def _gaussian_costs(report, size, key):
     mu, sigma = 1.0, 1.0
-    ks = (2.0,) if report.quick else (0.5, 1.0, 2.0, 3.0)
-    count = 2**13 if report.quick else 2**16
+    ks, count = size.cost_ks, size.cost_count
     rows, zo = [], estimators.zeroth_order_grad
     for cost_name, (cost, derivative) in report.progress(COSTS.items(), "Gaussian costs"):
 
@@ -240,10 +302,9 @@ def _gaussian_costs(report, key):
 
 
 # -------------------------------------------- forward vs antithetic, equal budget
-def _equal_budget(report, key):
-    d, budget, repeats = 10, 16, 2**9 if report.quick else 2**12
-    sigmas = (0.1, 10.0) if report.quick else (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
-    curvatures = (1.0,) if report.quick else (0.1, 1.0, 10.0)
+def _equal_budget(report, size, key):
+    d, budget, repeats = 10, 16, size.budget_repeats
+    sigmas, curvatures = size.budget_sigmas, size.budget_curvatures
     zo = estimators.zeroth_order_grad
 
     def make(antithetic):
@@ -283,11 +344,10 @@ def _equal_budget(report, key):
 
 
 # ------------------------------------------------------ throughput and memory
-def _throughput(report, key):
-    sizes = (1000,) if report.quick else (1000, 100_000, 1_000_000)
-    rows = []
+def _throughput(report, size, key):
+    sizes, rows = size.throughput_sizes, []
     problems = [("quadratic", d) for d in sizes]
-    problems += [] if report.quick else [("tanh(Mw), M 256 x d", 1000)]
+    problems += [("tanh(Mw), M 256 x d", 1000)] if size.throughput_tanh else []
     for problem, d in report.progress(problems, "throughput"):
         n = 32 if d >= 1_000_000 else 64
         if problem == "quadratic":
@@ -305,7 +365,8 @@ def _throughput(report, key):
         candidates = {"bare: n vmapped evaluations": bare}
         candidates |= {name: est for name, (est, _, _) in _estimators(f, x, n, 0.5).items()}
         candidates["jax.grad"] = lambda point, k, f=f: jax.grad(f)(point)
-        timings = _harness.compare(candidates, x, key, rounds=3, min_round_s=0.02)
+        timings = _harness.compare(candidates, x, key, rounds=size.timing_rounds,
+                                   min_round_s=0.02 if size.timing_rounds > 1 else 0.0)
         base = timings["bare: n vmapped evaluations"].median_s
         for row in _harness.timing_rows(timings, "bare: n vmapped evaluations",
                                         problem=problem, d=d, num_samples=n):
@@ -318,12 +379,7 @@ def _throughput(report, key):
 
 
 def _plot_throughput(report, rows, d):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = _plots.subplots(figsize=(7, 4))
     axis.barh([r["name"] for r in rows], [r["estimates_per_s"] for r in rows])
     axis.set_xscale("log")
     axis.set_xlabel("estimates per second")
@@ -332,9 +388,8 @@ def _plot_throughput(report, rows, d):
     report.save_figure(figure, "throughput")
 
 
-def _memory(report, key):
-    d = 100_000 if report.quick else 10_000_000
-    n, chunk = 64, 8
+def _memory(report, size, key):
+    d, n, chunk = size.memory_d, 64, 8
     f, x, _, _ = _quadratic(d)
     rows = []
     for chunk_size in (None, chunk):
@@ -357,13 +412,10 @@ def _memory(report, key):
 
 
 # ------------------------------------------------------- digits, accuracy objective
-def _digits(report, key):
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    size = 256 if report.quick else 512
-    inputs = jnp.asarray((data.data[:size] - 8.0) / 8.0, jnp.float32)
-    labels = jnp.asarray(data.target[:size])
+def _digits(report, size, key):
+    x, y = _data.digits("centered")
+    rows_used = size.digits_size
+    inputs, labels = jnp.asarray(x[:rows_used]), jnp.asarray(y[:rows_used])
     params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
 
     def logits_fn(p):
@@ -388,9 +440,9 @@ def _digits(report, key):
     exact_pg = jax.grad(expected_accuracy)(params)
     sigma = 0.05
     reference_zo = jax.jit(lambda k: estimators.zeroth_order_grad(
-        accuracy, params, k, num_samples=2**11 if report.quick else 2**15, sigma=sigma,
-        chunk_size=2**10))(jax.random.key(99))
-    n, repeats = (32, 4) if report.quick else (128, 16)
+        accuracy, params, k, num_samples=size.digits_reference_samples, sigma=sigma,
+        chunk_size=min(2**10, size.digits_reference_samples)))(jax.random.key(99))
+    n, repeats = size.digits_samples_repeats
     policy = estimators.categorical_policy(logits_fn)
     zo = estimators.zeroth_order_grad
     candidates = {
@@ -408,13 +460,14 @@ def _digits(report, key):
         "jax.grad of E[accuracy] (exact PG)": (lambda p, k: jax.grad(expected_accuracy)(p),
                                                exact_pg),
     }
-    if report.quick:
+    if not size.digits_all_estimators:
         kept = ("PG leave_one_out (categorical outputs)", "ZO antithetic (weights)")
         candidates = {name: candidates[name] for name in kept}
     flat = lambda tree: np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])  # noqa: E731
     keys = jax.random.split(key, repeats)
     batched = {name: jax.vmap(est, in_axes=(None, 0)) for name, (est, _) in candidates.items()}
-    timings = _harness.compare(batched, params, keys, rounds=3, min_round_s=0.02)
+    timings = _harness.compare(batched, params, keys, rounds=size.timing_rounds,
+                               min_round_s=0.02 if size.timing_rounds > 1 else 0.0)
     rows = []
     for name, (_, target) in candidates.items():
         values = jax.jit(batched[name])(params, keys)
@@ -433,17 +486,61 @@ def _digits(report, key):
             "compile_s": timings[name].compile_s,
         })
     report.table(
-        f"digits ({size} examples, linear model at accuracy {float(accuracy(params)):.3f}): "
-        f"own target = exact grad E[acc] for PG, a {2**15 if not report.quick else 2**11}-"
-        f"evaluation ZO estimate (sigma={sigma}) for ZO", rows)
+        f"digits ({rows_used} examples, linear model at accuracy "
+        f"{float(accuracy(params)):.3f}): own target = exact grad E[acc] for PG, a "
+        f"{size.digits_reference_samples}-evaluation ZO estimate (sigma={sigma}) for ZO", rows)
+
+
+def _versus_evosax(report, size, key):
+    """Antithetic `zeroth_order_grad` (default arguments) vs evosax Open_ES, interleaved."""
+    sigma, zo, rows = 0.5, estimators.zeroth_order_grad, []
+    for d, n in report.progress(size.evosax_grid, "vs evosax"):
+        f, x, _, _ = _quadratic(d)
+        candidates = {
+            "zeroth_order_grad": lambda p, k, f=f, n=n: zo(f, p, k, num_samples=n,
+                                                           sigma=sigma),
+            "evosax Open_ES": _evosax_grad(f, x, n, sigma),
+        }
+        timings = _harness.compare(candidates, x, key, rounds=size.timing_rounds,
+                                   min_round_s=0.05 if size.timing_rounds > 1 else 0.0)
+        ours, theirs = timings["zeroth_order_grad"], timings["evosax Open_ES"]
+        rows.append({
+            "d": d, "num_samples": n, "ours_ms": 1e3 * ours.median_s,
+            "evosax_ms": 1e3 * theirs.median_s,
+            "throughput ours/evosax": theirs.median_s / ours.median_s,
+            "goal >= 1.1": theirs.median_s / ours.median_s >= 1.1,
+            "ours_peak_MiB": None if ours.peak_bytes is None else ours.peak_bytes / 2**20,
+            "evosax_peak_MiB": None if theirs.peak_bytes is None else
+            theirs.peak_bytes / 2**20,
+        })
+    report.table("speed vs evosax Open_ES: antithetic estimate of a quadratic, sigma = 0.5, "
+                 "same process, interleaved rounds (throughput ratio = evosax time / ours)",
+                 rows)
+
+
+def _memory_table(report, size):
+    """MeZO's memory table: planned peaks of inference, backprop, ZO grad and ZO update."""
+    for build, zo_grads, update_samples, grad in report.progress(size.memory_models,
+                                                                 "planned memory"):
+        problem = build()
+        rows = _zo_memory.table(problem, zo_grads, update_samples, grad=grad)
+        report.table(f"planned peak vs inference: {problem.name}", rows)
+        peaks = {row["computation"]: row["peak_MiB"] for row in rows}
+        adam = peaks["backprop + Adam step (donated)"]
+        update = peaks[f"zeroth_order_update n={update_samples} (donated)"]
+        if adam and update:
+            report.note(f"memory: backprop+Adam / ZO update, {problem.name}", adam / update)
 
 
 def run(report: _harness.Report) -> None:
     """Runs every section (see the module docstring)."""
+    size = report.sized(SIZES)
     key = jax.random.key(0)
-    _gaussian_costs(report, key)
-    _variance_sweep(report, key)
-    _equal_budget(report, key)
-    _throughput(report, key)
-    _memory(report, key)
-    _digits(report, key)
+    _gaussian_costs(report, size, key)
+    _variance_sweep(report, size, key)
+    _equal_budget(report, size, key)
+    _throughput(report, size, key)
+    _versus_evosax(report, size, key)
+    _memory(report, size, key)
+    _memory_table(report, size)
+    _digits(report, size, key)

@@ -19,8 +19,9 @@ and hyper-parameters around one jitted `lax.scan` training loop):
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,79 +29,35 @@ import numpy as np
 import optax
 
 import jaxtricks
-from benchmarks import _harness
+from benchmarks import _data, _harness, _models, _plots, _stats, _train
 
 LEARNING_RATE = 1e-3
 NOISE_SIGMAS = (0.5, 1.0)  # Gaussian input noise, in units of the standardised pixels
 
 
-@dataclasses.dataclass(frozen=True)
-class Data:
-    """Standardised digits, split into train / validation / test (labels int32)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def load_data(*, seed: int = 0) -> Data:
+def load_data(*, seed: int = 0) -> _data.Split:
     """Digits split 1000 / 297 / 500, standardised with the training statistics."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_train, x_rest, y_train, y_rest = train_test_split(
-        x, y, train_size=1000, random_state=seed, stratify=y
-    )
-    x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=500, random_state=seed, stratify=y_rest
-    )
-    mean, std = x_train.mean(0), x_train.std(0) + 1.0
-    def standardise(a):
-        return ((a - mean) / std).astype(np.float32)
-    return Data(
-        standardise(x_train), y_train.astype(np.int32),
-        standardise(x_val), y_val.astype(np.int32),
-        standardise(x_test), y_test.astype(np.int32),
-    )
+    x, y = _data.digits("raw")
+    return _data.standardized(_data.split(x, y, train=1000, test=500, seed=seed))
 
 
-def with_symmetric_label_noise(labels: np.ndarray, rate: float, *, seed: int) -> np.ndarray:
-    """Each label replaced, with probability `rate`, by one of the other 9 classes."""
-    rng = np.random.default_rng(seed)
-    flip = rng.random(labels.shape) < rate
-    shift = rng.integers(1, 10, labels.shape)
-    return np.where(flip, (labels + shift) % 10, labels).astype(np.int32)
+def mlp(widths: Sequence[int]) -> _models.MLP:
+    """The ReLU MLP `widths[0] -> ... -> widths[-1]`, He-initialised (positively
+    homogeneous: WEISSI's setting)."""
+    return _models.MLP(tuple(widths[1:-1]), widths[-1], kernel_init=_models.HE_NORMAL)
 
 
-def init_mlp(key: jax.Array, widths: Sequence[int]) -> list[dict[str, jax.Array]]:
-    """He-initialised dense layers `widths[0] -> ... -> widths[-1]`."""
-    keys = jax.random.split(key, len(widths) - 1)
-    return [
-        {
-            "kernel": jax.random.normal(k, (fan_in, fan_out)) * np.sqrt(2.0 / fan_in),
-            "bias": jnp.zeros(fan_out),
-        }
-        for k, fan_in, fan_out in zip(keys, widths[:-1], widths[1:], strict=True)
-    ]
+def init_mlp(key: jax.Array, widths: Sequence[int]):
+    return mlp(widths).init(key, jnp.zeros((1, widths[0])))
 
 
-def mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-    """A ReLU MLP (positively homogeneous: WEISSI's setting); returns logits."""
-    for layer in params[:-1]:
-        x = jax.nn.relu(x @ layer["kernel"] + layer["bias"])
-    return x @ params[-1]["kernel"] + params[-1]["bias"]
+def mean_cross_entropy(model, params, x, y) -> jax.Array:
+    logits = model.apply(params, x)
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
-def mean_cross_entropy(params, x, y) -> jax.Array:
-    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(mlp(params, x), y))
-
-
-def accuracy(params, x, y) -> jax.Array:
-    return jnp.mean(jnp.argmax(mlp(params, x), -1) == y)
+def accuracy(model, params, x, y) -> jax.Array:
+    return _train.accuracy(model.apply(params, x), y)
 
 
 def regularised_adam(h: dict[str, jax.Array]) -> optax.GradientTransformation:
@@ -129,6 +86,32 @@ FLOOD_LEVELS = (0.0, 0.3, 0.6, 0.9, 1.2)  # 0: no flooding
 GRADIENT_PENALTIES = (0.01, 0.1)
 
 
+class Schedule(NamedTuple):
+    """Training length and shape: `segments * steps_per_segment` Adam steps."""
+
+    widths: tuple[int, ...]
+    segments: int
+    steps_per_segment: int
+    batch: int
+    seeds: int
+
+
+_FULL = Schedule((64, 128, 128, 10), segments=20, steps_per_segment=100, batch=64, seeds=5)
+_QUICK = Schedule((64, 64, 64, 10), segments=4, steps_per_segment=50, batch=64, seeds=2)
+SIZES = {  # grid_size: coefficients per regulariser; speed: (widths, steps, rounds, round s)
+    "full": {"regularise": _FULL, "grid_size": 3, "flood": _FULL._replace(segments=30),
+             "flood_levels": FLOOD_LEVELS, "penalties": GRADIENT_PENALTIES,
+             "speed": ((1024, 2048, 2048, 1024, 1024), 8, 9, 0.05)},
+    "quick": {"regularise": _QUICK, "grid_size": 1, "flood": _QUICK,
+              "flood_levels": FLOOD_LEVELS[::2], "penalties": GRADIENT_PENALTIES[-1:],
+              "speed": ((512, 1024, 512), 2, 3, 0.05)},
+    "smoke": {"regularise": _QUICK._replace(segments=2, steps_per_segment=2),
+              "grid_size": 1, "flood": _QUICK._replace(segments=2, steps_per_segment=2),
+              "flood_levels": FLOOD_LEVELS[:2], "penalties": GRADIENT_PENALTIES[-1:],
+              "speed": ((16, 32, 16), 2, 1, 0.0)},
+}
+
+
 def flooded(loss_fn: Callable, h: dict[str, jax.Array]) -> Callable:
     return lambda *args: jaxtricks.flood(loss_fn(*args), level=h["level"])
 
@@ -147,23 +130,12 @@ def plain_adam(h: dict[str, jax.Array]) -> optax.GradientTransformation:
     return optax.adam(LEARNING_RATE)
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Training length and shape: `segments * steps_per_segment` Adam steps."""
-
-    widths: tuple[int, ...]
-    segments: int
-    steps_per_segment: int
-    batch: int
-    seeds: int
-
-
 def train(
     optimizer_fn: Callable[[dict], optax.GradientTransformation],
     objective_fn: Callable[[Callable, dict], Callable],
     hypers: dict[str, Sequence[float]],
     y_train: np.ndarray,
-    data: Data,
+    data: _data.Split,
     schedule: Schedule,
 ):
     """Trains `configs * seeds` MLPs at once (vmap), in one jitted scan.
@@ -183,32 +155,29 @@ def train(
     """
     x_train, x_test, y_test = (jnp.asarray(a) for a in (data.x_train, data.x_test, data.y_test))
     y_train = jnp.asarray(y_train)
+    model = mlp(schedule.widths)
+    loss_fn = functools.partial(mean_cross_entropy, model)
+    steps = schedule.segments * schedule.steps_per_segment
 
     def one_run(key, h):
         init_key, batch_key = jax.random.split(key)
-        params = init_mlp(init_key, schedule.widths)
-        optimizer = optimizer_fn(h)
-        objective = objective_fn(mean_cross_entropy, h)
+        objective = objective_fn(loss_fn, h)
 
-        def step(carry, key):
-            params, state = carry
-            index = jax.random.randint(key, (schedule.batch,), 0, x_train.shape[0])
-            grads = jax.grad(objective)(params, x_train[index], y_train[index])
-            updates, state = optimizer.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), None
+        def batch_loss(params, key):
+            index = _train.minibatch(key, x_train.shape[0], schedule.batch)
+            return objective(params, x_train[index], y_train[index])
 
-        def segment(carry, key):
-            carry, _ = jax.lax.scan(step, carry, jax.random.split(key, schedule.steps_per_segment))
-            params = carry[0]
-            return carry, jnp.stack([
-                mean_cross_entropy(params, x_train, y_train),
-                mean_cross_entropy(params, x_test, y_test),
-                accuracy(params, x_test, y_test),
-            ])
+        def curve_point(params):
+            return jnp.stack([loss_fn(params, x_train, y_train),
+                              loss_fn(params, x_test, y_test),
+                              accuracy(model, params, x_test, y_test)])
 
-        keys = jax.random.split(batch_key, schedule.segments)
-        (params, _), curves = jax.lax.scan(segment, (params, optimizer.init(params)), keys)
-        return params, curves
+        trained = _train.train(
+            batch_loss, init_mlp(init_key, schedule.widths), optimizer_fn(h),
+            _train.step_keys(batch_key, steps, schedule.segments),
+            eval_fn=curve_point, segments=schedule.segments,
+        )
+        return trained.params, trained.evals
 
     configs = len(next(iter(hypers.values())))
     keys = jnp.tile(jax.random.split(jax.random.key(0), schedule.seeds), configs)
@@ -220,59 +189,58 @@ def train(
     return params, np.asarray(curves)
 
 
-@jax.jit
-def _metrics(params, x_val, y_val, x_test, y_test, noise):
+@functools.partial(jax.jit, static_argnums=0)
+def _metrics(model, params, x_val, y_val, x_test, y_test, noise):
     def metrics(p):
         out = {
-            "val_acc": accuracy(p, x_val, y_val),
-            "test_acc": accuracy(p, x_test, y_test),
-            "test_loss": mean_cross_entropy(p, x_test, y_test),
+            "val_acc": accuracy(model, p, x_val, y_val),
+            "test_acc": accuracy(model, p, x_test, y_test),
+            "test_loss": mean_cross_entropy(model, p, x_test, y_test),
         }
         for sigma in NOISE_SIGMAS:
-            out[f"noisy_acc_{sigma}"] = accuracy(p, x_test + sigma * noise, y_test)
+            out[f"noisy_acc_{sigma}"] = accuracy(model, p, x_test + sigma * noise, y_test)
         return out
 
     return jax.vmap(metrics)(params)
 
 
-def evaluate(params, data: Data, seeds: int) -> list[dict[str, np.ndarray]]:
+def evaluate(params, data: _data.Split, schedule: Schedule) -> list[dict[str, np.ndarray]]:
     """Final metrics of each configuration (arrays over its seeds)."""
     noise = jax.random.normal(jax.random.key(123), data.x_test.shape)
-    metrics = _metrics(params, data.x_val, data.y_val, data.x_test, data.y_test, noise)
-    metrics = {key: np.asarray(value).reshape(-1, seeds) for key, value in metrics.items()}
+    metrics = _metrics(mlp(schedule.widths), params, data.x_val, data.y_val, data.x_test,
+                       data.y_test, noise)
+    metrics = {key: np.asarray(value).reshape(-1, schedule.seeds)
+               for key, value in metrics.items()}
     configs = next(iter(metrics.values())).shape[0]
     return [{key: value[i] for key, value in metrics.items()} for i in range(configs)]
 
 
-def mean_std(values: np.ndarray, scale: float = 1.0, digits: int = 2) -> str:
-    return f"{scale * values.mean():.{digits}f} ± {scale * values.std(ddof=1):.{digits}f}"
-
-
-def regulariser_rows(report, data: Data, schedule: Schedule) -> None:
-    grids = {name: grid[:1] if report.quick else grid for name, grid in REGULARISER_GRIDS.items()}
+def regulariser_rows(report, data: _data.Split, schedule: Schedule, grid_size: int) -> None:
+    grids = {name: grid[:grid_size] for name, grid in REGULARISER_GRIDS.items()}
     configs = [(name, value) for name, grid in grids.items() for value in grid]
     hypers = {
         name: [value if name == method else 0.0 for method, value in configs]
         for name in REGULARISER_GRIDS if name != "none"
     }
     params, curves = train(regularised_adam, unchanged, hypers, data.y_train, data, schedule)
-    metrics = evaluate(params, data, schedule.seeds)
+    metrics = evaluate(params, data, schedule)
     curves = curves.reshape(len(configs), schedule.seeds, *curves.shape[1:])
-    rows, curves_by_method = [], {}
+    rows, curves_by_method, selected = [], {}, {}
     for name in grids:
         indices = [i for i, (method, _) in enumerate(configs) if method == name]
         best = max(indices, key=lambda i: metrics[i]["val_acc"].mean())
-        curves_by_method[name] = curves[best]
+        curves_by_method[name], selected[name] = curves[best], metrics[best]
         for i in indices:
             m = metrics[i]
             rows.append({
                 "method": name,
                 "coefficient": configs[i][1],
                 "selected": "yes" if i == best else "",
-                "val_acc_%": mean_std(m["val_acc"], 100),
-                "test_acc_%": mean_std(m["test_acc"], 100),
-                "test_loss": mean_std(m["test_loss"], digits=3),
-                **{f"acc_noise_{s}_%": mean_std(m[f"noisy_acc_{s}"], 100) for s in NOISE_SIGMAS},
+                "val_acc_%": _stats.mean_std(m["val_acc"], 100),
+                "test_acc_%": _stats.mean_std(m["test_acc"], 100),
+                "test_loss": _stats.mean_std(m["test_loss"], digits=3),
+                **{f"acc_noise_{s}_%": _stats.mean_std(m[f"noisy_acc_{s}"], 100)
+                   for s in NOISE_SIGMAS},
             })
     report.table(
         f"regularisers: digits, MLP {schedule.widths}, Adam lr {LEARNING_RATE}, "
@@ -280,8 +248,11 @@ def regulariser_rows(report, data: Data, schedule: Schedule) -> None:
         f"mean ± std over {schedule.seeds} seeds (coefficient selected by val accuracy)",
         rows,
     )
-    report.table("regularisers: selected coefficients", [
-        {key: row[key] for key in row if key not in ("selected", "val_acc_%")}
+    report.table("regularisers: selected coefficients; test accuracy (%) paired by seed "
+                 "with no regulariser (t and Wilcoxon p-values)", [
+        {**{key: row[key] for key in row if key not in ("selected", "val_acc_%")},
+         **_stats.paired_columns(selected[row["method"]]["test_acc"],
+                                 selected["none"]["test_acc"], "none", 100)}
         for row in rows if row["selected"]
     ])
     plot_curves(
@@ -291,11 +262,9 @@ def regulariser_rows(report, data: Data, schedule: Schedule) -> None:
     )
 
 
-def flooding_rows(report, data: Data, schedule: Schedule) -> None:
-    noisy = with_symmetric_label_noise(data.y_train, 0.2, seed=1)
+def flooding_rows(report, data: _data.Split, schedule: Schedule, levels, penalties) -> None:
+    noisy = _data.with_symmetric_label_noise(data.y_train, 0.2, seed=1)
     report.note("flooding: training labels flipped", f"{np.mean(noisy != data.y_train):.3f}")
-    levels = FLOOD_LEVELS[::2] if report.quick else FLOOD_LEVELS
-    penalties = GRADIENT_PENALTIES[-1:] if report.quick else GRADIENT_PENALTIES
     flood_metrics, flood_curves = evaluate_and_curves(
         plain_adam, flooded, {"level": levels}, noisy, data, schedule
     )
@@ -312,10 +281,11 @@ def flooding_rows(report, data: Data, schedule: Schedule) -> None:
     rows = [
         {
             "method": name,
-            "test_acc_%": mean_std(m["test_acc"], 100),
-            "best_test_acc_%": mean_std(c[:, :, 2].max(1), 100),
-            "test_loss": mean_std(m["test_loss"], digits=3),
-            "final_train_loss": mean_std(c[:, -1, 0], digits=3),
+            "test_acc_%": _stats.mean_std(m["test_acc"], 100),
+            "best_test_acc_%": _stats.mean_std(c[:, :, 2].max(1), 100),
+            "test_loss": _stats.mean_std(m["test_loss"], digits=3),
+            "final_train_loss": _stats.mean_std(c[:, -1, 0], digits=3),
+            **_stats.paired_columns(m["test_acc"], runs[0][2]["test_acc"], "none", 100),
         }
         for name, _, m, c in runs
     ]
@@ -323,7 +293,8 @@ def flooding_rows(report, data: Data, schedule: Schedule) -> None:
         f"flooding: digits with 20% symmetric label noise on the training labels, MLP "
         f"{schedule.widths}, Adam lr {LEARNING_RATE}, "
         f"{schedule.segments * schedule.steps_per_segment} steps, batch {schedule.batch}, "
-        f"mean ± std over {schedule.seeds} seeds (train loss on the noisy labels)",
+        f"mean ± std over {schedule.seeds} seeds (train loss on the noisy labels); test "
+        "accuracy paired by seed with no flooding",
         rows,
     )
     plot_curves(
@@ -338,17 +309,12 @@ def evaluate_and_curves(optimizer_fn, objective_fn, hypers, y_train, data, sched
     """(metrics, curves) of each configuration (see `train` and `evaluate`)."""
     params, curves = train(optimizer_fn, objective_fn, hypers, y_train, data, schedule)
     curves = curves.reshape(-1, schedule.seeds, *curves.shape[1:])
-    return evaluate(params, data, schedule.seeds), list(curves)
+    return evaluate(params, data, schedule), list(curves)
 
 
 def plot_curves(report, curves_by_name, schedule, stem, title, *, levels, columns, labels):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = schedule.steps_per_segment * np.arange(1, schedule.segments + 1)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = _plots.subplots(1, 2, figsize=(11, 4))
     for index, (name, curves) in enumerate(curves_by_name.items()):
         color = f"C{index}"
         for axis, column in zip(axes, columns, strict=True):
@@ -418,10 +384,10 @@ def per_step_rows(timings, steps: int) -> list[dict]:
     return rows
 
 
-def speed_rows(report) -> None:
+def speed_rows(report, widths: tuple[int, ...], steps: int, rounds: int,
+               min_round_s: float) -> None:
     """Optimiser step alone (fixed gradients) and full train step, ratios to AdamW."""
-    widths = (512, 1024, 512) if report.quick else (1024, 2048, 2048, 1024, 1024)
-    steps, rounds = (2, 3) if report.quick else (8, 9)
+    model = mlp(widths)
     params = init_mlp(jax.random.key(0), widths)
     count = sum(p.size for p in jax.tree.leaves(params))
     optimizers = speed_optimizers()
@@ -433,7 +399,7 @@ def speed_rows(report) -> None:
     grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
     timings = _harness.compare(
         {name: training_loop(opt, fixed_gradient, steps) for name, opt in optimizers.items()},
-        params, grads, rounds=rounds,
+        params, grads, rounds=rounds, min_round_s=min_round_s,
     )
     report.table(
         f"speed: optimiser step (update + apply, params and state updated in place) on an "
@@ -447,12 +413,12 @@ def speed_rows(report) -> None:
 
     def data_gradient(params, batch, i):
         del i
-        return jax.grad(mean_cross_entropy)(params, *batch)
+        return jax.grad(mean_cross_entropy, argnums=1)(model, params, *batch)
 
     names = ("optax.adamw", "chain(weissi, adam)", "chain(adam, weissi decoupled)")
     timings = _harness.compare(
         {name: training_loop(optimizers[name], data_gradient, steps // 2) for name in names},
-        params, (x, y), rounds=rounds,
+        params, (x, y), rounds=rounds, min_round_s=min_round_s,
     )
     report.table(
         f"speed: full train step (forward, backward, update, apply) on the same MLP, batch "
@@ -462,16 +428,8 @@ def speed_rows(report) -> None:
 
 
 def run(report: _harness.Report) -> None:
+    size = report.sized(SIZES)
     data = load_data()
-    if report.quick:
-        regularise = Schedule((64, 64, 64, 10), segments=4, steps_per_segment=50, batch=64,
-                              seeds=2)
-        flooded = regularise
-    else:
-        regularise = Schedule((64, 128, 128, 10), segments=20, steps_per_segment=100,
-                              batch=64, seeds=5)
-        flooded = Schedule((64, 128, 128, 10), segments=30, steps_per_segment=100, batch=64,
-                           seeds=5)
-    regulariser_rows(report, data, regularise)
-    flooding_rows(report, data, flooded)
-    speed_rows(report)
+    regulariser_rows(report, data, size["regularise"], size["grid_size"])
+    flooding_rows(report, data, size["flood"], size["flood_levels"], size["penalties"])
+    speed_rows(report, *size["speed"])

@@ -1,7 +1,7 @@
 """Long-tail learning: class-imbalance losses on long-tailed digits, and the Bayes check.
 
-Two experiments from spec section 2 (Menon et al., "Long-tail learning via logit
-adjustment", ICLR 2021, https://arxiv.org/abs/2007.07314):
+Two experiments of Menon et al., "Long-tail learning via logit adjustment", ICLR 2021,
+https://arxiv.org/abs/2007.07314:
 
 1. Digits-LT. scikit-learn's digits (8x8 images, 10 classes, shipped offline), split
    once with a fixed seed into a balanced test set (`TEST_PER_CLASS` images per class)
@@ -26,15 +26,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 
-from benchmarks import _harness
+from benchmarks import _data, _harness, _models, _plots, _stats, _train
 from jaxtricks import losses
 
 NUM_CLASSES = 10
@@ -64,16 +63,13 @@ SYNTH_TRAIN = SYNTH_TEST = 10_000
 SYNTH_POSITIVE_RATE = 0.05
 NEWTON_STEPS = 12
 
+SIZES = {
+    "full": {"splits": 5, "seeds": 8, "steps": 3000, "trials": 100},
+    "quick": {"splits": 2, "seeds": 2, "steps": 300, "trials": 8},
+    "smoke": {"splits": 2, "seeds": 2, "steps": 4, "trials": 2},
+}
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-class Split(NamedTuple):
-    """A train/test split; features in [0, 1], integer labels."""
-
-    x_train: jax.Array
-    y_train: jax.Array
-    x_test: jax.Array
-    y_test: jax.Array
 
 
 def long_tail_counts() -> np.ndarray:
@@ -82,66 +78,34 @@ def long_tail_counts() -> np.ndarray:
     return np.maximum(1, (N_MAX * RHO ** (-classes / (NUM_CLASSES - 1)) + 1e-9).astype(int))
 
 
-def long_tailed_digits(seed: int = SPLIT_SEED) -> Split:
-    """Digits with a balanced test split and an exponentially long-tailed training split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    features = (digits.data / 16.0).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for label, count in enumerate(long_tail_counts()):
-        members = rng.permutation(np.flatnonzero(digits.target == label))
-        test.append(members[:TEST_PER_CLASS])
-        train.append(members[TEST_PER_CLASS : TEST_PER_CLASS + count])
-    train, test = np.concatenate(train), np.concatenate(test)
-    return Split(
-        jnp.asarray(features[train]),
-        jnp.asarray(digits.target[train], jnp.int32),
-        jnp.asarray(features[test]),
-        jnp.asarray(digits.target[test], jnp.int32),
-    )
+def long_tailed_digits(seed: int = SPLIT_SEED) -> _data.Split:
+    """Digits in [0, 1] with a balanced test split and an exponentially long-tailed
+    training split (jax arrays)."""
+    x, y = _data.digits("unit")
+    split = _data.long_tailed(x, y, long_tail_counts(), test_per_class=TEST_PER_CLASS,
+                              seed=seed)
+    return jax.tree.map(jnp.asarray, split)
 
 
-class MLP(nn.Module):
-    """One hidden ReLU layer."""
-
-    hidden: int
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.hidden)(x)))
-
-
-MODEL = MLP(HIDDEN, NUM_CLASSES)
+MODEL = _models.MLP((HIDDEN,), NUM_CLASSES)
 OPTIMIZER = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
 
 
-def train_model(loss_fn: LossFn, key: jax.Array, data: Split, steps: int) -> Any:
+def train_model(loss_fn: LossFn, key: jax.Array, data: _data.Split, steps: int) -> Any:
     """Trains one MLP with minibatch AdamW in a `lax.scan`; returns its params.
 
     Each step draws `BATCH` training examples uniformly (so batches follow the long-tailed
     training distribution) and minimises the mean of `loss_fn`'s per-example values.
     """
     init_key, data_key = jax.random.split(key)
+
+    def objective(params, step_key):
+        batch = _train.minibatch(step_key, data.y_train.shape[0], BATCH)
+        logits = MODEL.apply(params, data.x_train[batch])
+        return jnp.mean(loss_fn(logits, data.y_train[batch]))
+
     params = MODEL.init(init_key, data.x_train[:1])
-
-    def step(carry, step_key):
-        params, opt_state = carry
-        batch = jax.random.randint(step_key, (BATCH,), 0, data.y_train.shape[0])
-
-        def objective(params):
-            logits = MODEL.apply(params, data.x_train[batch])
-            return jnp.mean(loss_fn(logits, data.y_train[batch]))
-
-        grads = jax.grad(objective)(params)
-        updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-
-    carry = (params, OPTIMIZER.init(params))
-    (params, _), _ = jax.lax.scan(step, carry, jax.random.split(data_key, steps))
-    return params
+    return _train.train(objective, params, OPTIMIZER, _train.step_keys(data_key, steps)).params
 
 
 def training_losses(priors: jax.Array) -> tuple[Callable, ...]:
@@ -172,7 +136,7 @@ def training_losses(priors: jax.Array) -> tuple[Callable, ...]:
 def digits_test_logits(
     method_ids: jax.Array,
     taus: jax.Array,
-    splits: Split,
+    splits: _data.Split,
     keys: jax.Array,
     *,
     priors: jax.Array,
@@ -226,11 +190,11 @@ def digits_row(
     prior_accuracy = recall @ np.asarray(priors)  # accuracy on a test set with train priors
     return {
         "method": method,
-        "balanced_acc_%": _mean_std(balanced),
-        "gain_vs_ERM_%": _mean_std(balanced - erm),
-        "head_recall_%": _mean_std(recall[:, counts >= HEAD_MIN].mean(-1)),
-        "tail_recall_%": _mean_std(recall[:, counts <= TAIL_MAX].mean(-1)),
-        "train_prior_acc_%": _mean_std(prior_accuracy),
+        "balanced_acc_%": _stats.mean_std(balanced),
+        **_stats.paired_columns(balanced, erm, "ERM"),
+        "head_recall_%": _stats.mean_std(recall[:, counts >= HEAD_MIN].mean(-1)),
+        "tail_recall_%": _stats.mean_std(recall[:, counts <= TAIL_MAX].mean(-1)),
+        "train_prior_acc_%": _stats.mean_std(prior_accuracy),
         "paper_CIFAR10LT_bal_acc_%": PAPER_CIFAR10_LT.get(method),
         "paper_gain_vs_ERM_%": _paper_gain(method),
         "_balanced": balanced,
@@ -243,12 +207,7 @@ def _paper_gain(method: str) -> float | None:
     return round(PAPER_CIFAR10_LT[method] - PAPER_CIFAR10_LT["ERM (CE)"], 2)
 
 
-def _mean_std(values) -> str:
-    values = np.asarray(values, dtype=np.float64)
-    return f"{values.mean():.2f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.2f}"
-
-
-def stack_splits(split_seeds: Sequence[int]) -> Split:
+def stack_splits(split_seeds: Sequence[int]) -> _data.Split:
     """Digits-LT splits drawn with each seed, stacked on a leading axis (same counts)."""
     splits = [long_tailed_digits(seed) for seed in split_seeds]
     return jax.tree.map(lambda *arrays: jnp.stack(arrays), *splits)
@@ -307,7 +266,7 @@ def run_digits(
     def sweep_row(method: str, tau: float) -> dict:
         name = f"{method} (tau={tau:g})"
         return {"tau": tau, **row(method, name),
-                "all_splits_bal_acc_%": _mean_std(accuracy[name].mean(axis=1))}
+                "all_splits_bal_acc_%": _stats.mean_std(accuracy[name].mean(axis=1))}
 
     sweep = [sweep_row("CE + post-hoc", tau) for tau in POST_HOC_TAUS]
     sweep += [sweep_row("LA loss", tau) for tau in LA_LOSS_TAUS]
@@ -316,10 +275,8 @@ def run_digits(
     robustness = [
         {
             "method": name,
-            "balanced_acc_%": _mean_std(means),
-            "gain_vs_ERM_%": _mean_std(means - split_means["ERM (CE)"]),
-            "splits_better_than_ERM": f"{int(np.sum(means > split_means['ERM (CE)']))}"
-            f"/{num_splits}",
+            "balanced_acc_%": _stats.mean_std(means),
+            **_stats.paired_columns(means, split_means["ERM (CE)"], "ERM"),
             "worst_split_%": float(means.min()),
             "best_split_%": float(means.max()),
         }
@@ -423,10 +380,10 @@ def run_synthetic(report: _harness.Report, trials: int) -> list[dict]:
         rows.append(
             {
                 "method": name,
-                "balanced_error_%": _mean_std(100 * error),
+                "balanced_error_%": _stats.mean_std(100 * error),
                 "gap_to_Bayes_%": f"{100 * (error.mean() - bayes_ber):+.3f}",
-                "paired_gap_%": _mean_std(100 * (error - empirical_bayes)),
-                "boundary_offset": _mean_std(offset),
+                **_stats.paired_columns(error, empirical_bayes, "Bayes", 100, digits=3),
+                "boundary_offset": _stats.mean_std(offset),
                 "max_final_grad": float(np.max(grad_norm)),
                 "_error": error,
             }
@@ -439,15 +396,10 @@ def run_synthetic(report: _harness.Report, trials: int) -> list[dict]:
 
 def plot(report: _harness.Report, rows: list, sweep: list, synthetic: list) -> None:
     """Bar plots: digits-LT against the paper, the tau sweeps, the synthetic errors."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8))
+    figure, (left, middle, right) = _plots.subplots(1, 3, figsize=(17, 4.8))
     names = [row["method"] for row in rows]
     means = [row["_balanced"].mean() for row in rows]
-    stds = [row["_balanced"].std(ddof=1) if row["_balanced"].size > 1 else 0 for row in rows]
+    stds = [_stats.summary(row["_balanced"]).std for row in rows]
     positions = np.arange(len(rows))
     left.bar(positions - 0.2, means, 0.4, yerr=stds, capsize=3, label="ours: digits-LT MLP")
     paper = [PAPER_CIFAR10_LT.get(name, np.nan) for name in names]
@@ -464,8 +416,7 @@ def plot(report: _harness.Report, rows: list, sweep: list, synthetic: list) -> N
         middle.errorbar(
             [row["tau"] for row in points],
             [row["_balanced"].mean() for row in points],
-            yerr=[row["_balanced"].std(ddof=1) if row["_balanced"].size > 1 else 0
-                  for row in points],
+            yerr=[_stats.summary(row["_balanced"]).std for row in points],
             marker=marker, capsize=3, label=method,
         )
     middle.set_xlabel("tau")
@@ -479,19 +430,20 @@ def plot(report: _harness.Report, rows: list, sweep: list, synthetic: list) -> N
                      rotation=30, ha="right")
     right.axhline(100 * float(jax.scipy.stats.norm.cdf(-np.sqrt(2.0))), color="k", ls="--",
                   label="Bayes balanced error Φ(-√2)")
-    right.set_ylabel("test balanced error (%)")
-    right.set_title("two Gaussians, 5% positives, affine model")
+    right.set(ylabel="test balanced error (%)", title="two Gaussians, 5% positives, affine model")
     right.legend(fontsize=8)
     report.save_figure(figure, "balanced_accuracy")
 
 
 def run(report: _harness.Report) -> None:
     """Digits-LT (methods, tau sweeps) and the synthetic Bayes check."""
-    num_splits, seeds, steps, trials = (2, 2, 300, 8) if report.quick else (5, 8, 3000, 100)
-    rows, sweep, robustness = run_digits(report, num_splits, seeds, steps)
+    size = report.sized(SIZES)
+    num_splits, seeds = size["splits"], size["seeds"]
+    rows, sweep, robustness = run_digits(report, num_splits, seeds, size["steps"])
     report.table(
-        f"digits-LT: balanced accuracy, mean ± std over {seeds} seeds "
-        "(paper column: Menon et al. 2021 Table 3, CIFAR-10-LT, ResNet-32, 5 trials)",
+        f"digits-LT: balanced accuracy, mean ± std over {seeds} seeds; difference to ERM "
+        "paired by seed (± s.e., t and Wilcoxon p-values); paper column: Menon et al. 2021 "
+        "Table 3, CIFAR-10-LT, ResNet-32, 5 trials",
         [_public(row) for row in rows],
     )
     report.note("paper_code_readme_CIFAR10LT_bal_acc_%_single_run", PAPER_CODE_README)
@@ -503,13 +455,15 @@ def run(report: _harness.Report) -> None:
     )
     report.table(
         f"digits-LT over {num_splits} random splits (the headline one included) x {seeds} "
-        "seeds: per split the seed mean, then mean ± std over splits; gain paired by split",
+        "seeds: per split the seed mean, then mean ± std over splits; difference to ERM paired "
+        "by split (± s.e., t and Wilcoxon p-values)",
         robustness,
     )
+    trials = size["trials"]
     synthetic = run_synthetic(report, trials)
     report.table(
         f"synthetic (Menon et al. 6.1): test balanced error over {trials} trials; "
-        "gap to Bayes Φ(-√2); paired gap = against the Bayes rule on the same test set",
+        "gap to Bayes Φ(-√2); diff_vs_Bayes: paired with the Bayes rule on the same test set",
         [_public(row) for row in synthetic],
     )
     plot(report, rows, sweep, synthetic)

@@ -5,7 +5,8 @@ jitted, as a ratio to `optax.softmax_cross_entropy_with_integer_labels` (softmax
 or `optax.sigmoid_binary_cross_entropy` (elementwise binary losses) measured in the same
 interleaved rounds. A naive multi-class focal loss (plain autodiff through
 `log_softmax`) is timed for contrast. The plot shows the cross-entropy weight `w(p_y)`
-of each loss, measured with `cross_entropy_weights` (spec 1.1).
+of each loss, measured with `cross_entropy_weights` (every loss of `p_y` is a
+re-weighted cross-entropy: Su, https://kexue.fm/archives/7708).
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import _harness
+from benchmarks import _harness, _plots
 from jaxtricks import losses
 
-FULL_SHAPE = (8192, 1000)
-QUICK_SHAPE = (512, 100)
+# (batch, num_classes) and timing rounds: long calls and many rounds keep the medians
+# steady on a shared machine.
+SIZES = {
+    "full": {"shape": (8192, 1000), "rounds": 15, "min_round_s": 0.2},
+    "quick": {"shape": (512, 100), "rounds": 3, "min_round_s": 0.05},
+    "smoke": {"shape": (64, 10), "rounds": 1, "min_round_s": 0.0},
+}
 
 
 def _naive_softmax_focal_loss(logits, labels, gamma=2.0):
@@ -75,14 +81,13 @@ def _mean_gradient(loss_fn):
     return gradient
 
 
-def _speed_rows(report: _harness.Report, shape: tuple[int, int]) -> None:
+def _speed_rows(report: _harness.Report, size: dict) -> None:
+    shape = size["shape"]
     batch, num_classes = shape
     key_logits, key_labels, key_multi = jax.random.split(jax.random.key(0), 3)
     logits = 4.0 * jax.random.normal(key_logits, shape, jnp.float32)
     labels = jax.random.randint(key_labels, (batch,), 0, num_classes)
     multi_hot = (jax.random.uniform(key_multi, shape) < 5.0 / num_classes).astype(jnp.float32)
-    # Calls take 5-30 ms: long, many rounds keep the medians steady on a shared machine.
-    rounds, min_round_s = (3, 0.05) if report.quick else (15, 0.2)
 
     groups = (
         ("softmax losses", _softmax_losses(num_classes), (logits, labels, multi_hot)),
@@ -91,7 +96,7 @@ def _speed_rows(report: _harness.Report, shape: tuple[int, int]) -> None:
     for title, candidates, args in report.progress(groups, "speed"):
         timings = _harness.compare(
             {name: _mean_gradient(fn) for name, fn in candidates.items()}, *args,
-            rounds=rounds, min_round_s=min_round_s,
+            rounds=size["rounds"], min_round_s=size["min_round_s"],
         )
         reference = next(iter(candidates))
         rows = _harness.timing_rows(timings, reference, shape=f"{batch}x{num_classes}")
@@ -100,11 +105,6 @@ def _speed_rows(report: _harness.Report, shape: tuple[int, int]) -> None:
 
 def _weight_curves(report: _harness.Report) -> None:
     """w(p_y) of each loss on two-class logits, measured by `cross_entropy_weights`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     p = jnp.linspace(0.002, 0.998, 499)
     logits = jnp.stack([jnp.log(p), jnp.log1p(-p)], axis=-1)
     labels = jnp.zeros(p.shape, jnp.int32)
@@ -118,7 +118,7 @@ def _weight_curves(report: _harness.Report) -> None:
             lambda s, y, k=k: losses.softmax_soft_truncated_cross_entropy(s, y, steepness=k))
            for k in (1.0, 5.0)},
     }
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = _plots.subplots(figsize=(7, 4.5))
     rows = []
     for name, loss_fn in curves.items():
         weights = np.asarray(losses.cross_entropy_weights(loss_fn, logits, labels))
@@ -128,7 +128,7 @@ def _weight_curves(report: _harness.Report) -> None:
                                       for q in (0.1, 0.5, 0.9)}})
     axes.set_xlabel("p_y (probability of the target class)")
     axes.set_ylabel("weight w on the cross-entropy gradient")
-    axes.set_title("Every loss of p_y is a re-weighted cross-entropy (spec 1.1)")
+    axes.set_title("Every loss of p_y is a re-weighted cross-entropy")
     axes.set_ylim(0.0, 2.5)
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
@@ -137,5 +137,5 @@ def _weight_curves(report: _harness.Report) -> None:
 
 
 def run(report: _harness.Report) -> None:
-    _speed_rows(report, QUICK_SHAPE if report.quick else FULL_SHAPE)
+    _speed_rows(report, report.sized(SIZES))
     _weight_curves(report)

@@ -6,8 +6,8 @@ float16, computed (a) as written, under XLA's default excess precision, and (b) 
 float32 with the output rounded once to the dtype by `jax.lax.reduce_precision`; in a
 subprocess also (c) as written with `--xla_allow_excess_precision=false`. (2) A mean of
 `K` per-example values, each rounded, whose roundings are dithered (the regime of the
-model, like a network's loss). Prediction: the intrinsic closed form (spec 5.5, see
-`benchmarks/estimators.py`) plus `rounding_variance`.
+model, like a network's loss). Prediction: the intrinsic closed form of the estimator's
+covariance (`_quadratic_traces` in `benchmarks/estimators.py`) plus `rounding_variance`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import _harness
+from benchmarks import _harness, _plots
 from benchmarks.estimators import _quadratic_traces
 from jaxtricks import estimators
 from jaxtricks.estimators import _sampling
@@ -32,6 +32,19 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 FORMATS = {"float32": (8, 23), "bfloat16": (8, 7), "float16": (5, 10)}
 NUM_SAMPLES = 16
 OFFSET = 1000.0
+SIZES = {  # excess: the subprocess run with excess precision off (dtypes, sigmas, repeats)
+    "full": {"repeats": 2048, "sigmas": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "dims": (10, 100),
+             "dtypes": tuple(DTYPES), "dithered_sigmas": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+             "dithered_dtypes": ("bfloat16", "float16"), "timeout_s": 120,
+             "excess": (("bfloat16", "float16"), (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), 2048)},
+    "quick": {"repeats": 256, "sigmas": (0.01, 0.1, 1.0), "dims": (10,),
+              "dtypes": ("bfloat16",), "dithered_sigmas": (0.01, 0.1, 1.0),
+              "dithered_dtypes": ("bfloat16",), "timeout_s": 60,
+              "excess": (("bfloat16",), (0.01, 0.1, 1.0), 256)},
+    "smoke": {"repeats": 16, "sigmas": (0.1,), "dims": (10,), "dtypes": ("bfloat16",),
+              "dithered_sigmas": (0.1,), "dithered_dtypes": ("bfloat16",), "timeout_s": 60,
+              "excess": (("bfloat16",), (0.1,), 16)},
+}
 
 
 def _quadratic(d, dtype_name, mode):
@@ -126,16 +139,15 @@ def dithered_objective(d, num_examples, dtype_name, sigma):
     return f
 
 
-def _dithered_rows(report, repeats):
+def _dithered_rows(report, size):
     d, num_examples, rows, n = 8, 16, [], NUM_SAMPLES // 2
     grad_norm = 0.1 * math.sqrt(d)
-    sigmas = (0.01, 0.1, 1.0) if report.quick else (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-    names = ("bfloat16",) if report.quick else ("bfloat16", "float16")
-    for dtype_name in report.progress(names, "dithered"):
+    repeats = size["repeats"]
+    for dtype_name in report.progress(size["dithered_dtypes"], "dithered"):
         options = {"num_params": d, "value_dtype": DTYPES[dtype_name],
                    "num_roundings": 1 / num_examples}
         floor = float(rounding_floor_sigma(640.0, grad_norm, jnp.float32, **options))
-        for sigma in sigmas:
+        for sigma in size["dithered_sigmas"]:
             f = dithered_objective(d, num_examples, dtype_name, sigma)
             ((measured, se, _),) = _variance_traces(f, jnp.zeros(d), (sigma,), True,
                                                     repeats)
@@ -147,23 +159,22 @@ def _dithered_rows(report, repeats):
     return rows
 
 
-def excess_precision_rows(quick: bool) -> list[dict]:
+def excess_precision_rows(size: str) -> list[dict]:
     """The quadratic as written in bfloat16/float16 (run with excess precision off)."""
-    sigmas = (0.01, 0.1, 1.0) if quick else (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    return _quadratic_rows(10, ("bfloat16",) if quick else ("bfloat16", "float16"),
-                           ("as written",), sigmas, 256 if quick else 2048)
+    dtype_names, sigmas, repeats = SIZES[size]["excess"]
+    return _quadratic_rows(10, dtype_names, ("as written",), sigmas, repeats)
 
 
 def _subprocess_rows(report):
     code = ("import json, sys; from benchmarks import precision; "
-            f"print('ROWS' + json.dumps(precision.excess_precision_rows({report.quick})))")
+            f"print('ROWS' + json.dumps(precision.excess_precision_rows({report.size!r})))")
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
                                        " --xla_allow_excess_precision=false").strip()}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
                               capture_output=True, text=True,
-                              timeout=60 if report.quick else 120, check=True)
+                              timeout=SIZES[report.size]["timeout_s"], check=True)
     except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as error:
         report.note("excess precision off: subprocess failed", repr(error)[:300])
         return []
@@ -191,12 +202,7 @@ def _matmul_precision(report, repeats):
 
 
 def _plot(report, rows, dithered):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = _plots.subplots(1, 2, figsize=(11, 4))
     for index, key in enumerate(dict.fromkeys((r["dtype"], r["mode"], r["estimator"])
                                               for r in rows if r["d"] == 10)):
         mine = [r for r in rows if (r["dtype"], r["mode"], r["estimator"]) == key
@@ -224,18 +230,16 @@ def _plot(report, rows, dithered):
 
 
 def run(report: _harness.Report) -> None:
-    repeats = 256 if report.quick else 2048
-    sigmas = (0.01, 0.1, 1.0) if report.quick else (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    dims = (10,) if report.quick else (10, 100)
+    size = report.sized(SIZES)
+    repeats = size["repeats"]
     rows = []
-    for d in report.progress(dims, "offset quadratic"):
-        rows += _quadratic_rows(d, ("bfloat16",) if report.quick else tuple(DTYPES),
-                                ("as written", "reduce_precision"),
-                                sigmas, repeats if d == 10 else repeats // 4)
+    for d in report.progress(size["dims"], "offset quadratic"):
+        rows += _quadratic_rows(d, size["dtypes"], ("as written", "reduce_precision"),
+                                size["sigmas"], repeats if d == 10 else repeats // 4)
     rows += _subprocess_rows(report)
     report.table("offset quadratic 0.5 x'Ax + b'x + 1000, 16 evaluations: variance trace, "
                  "measured vs intrinsic + rounding prediction", rows)
-    dithered = _dithered_rows(report, repeats)
+    dithered = _dithered_rows(report, size)
     report.table("mean of 16 per-example values each rounded (dithered roundings), d = 8",
                  dithered)
     _matmul_precision(report, repeats)

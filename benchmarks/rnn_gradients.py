@@ -1,6 +1,6 @@
 """RNN gradient flow: vanishing/exploding d h_t/d h_0 of flax cells, forget-gate theory, clipping.
 
-Spec section 8 (https://kexue.fm/archives/7888). Four experiments:
+After Su's post on RNN gradient flow (https://kexue.fm/archives/7888). Four experiments:
 
 1. Random flax cells (SimpleCell tanh, LSTMCell with forget bias 0 and 1, GRUCell) on
    random inputs: `||d carry_t / d carry_0||` against t up to T, fitted decay rate; the
@@ -18,19 +18,30 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
 
-from benchmarks import _harness
+from benchmarks import _harness, _plots, _train
 from jaxtricks import rnn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+_ALL_CELLS = None  # train on the adding problem every cell of `_random_cells`
+SIZES = {
+    "full": {"hidden": 64, "T": 1000, "T_train": 100, "train_steps": 400, "batch": 64,
+             "explode_T": 40, "clip_steps": 100, "timing_T": 1000, "timing_hidden": 256,
+             "spectral_T": 200, "spectral_hidden": 64, "trained_cells": _ALL_CELLS},
+    "quick": {"hidden": 16, "T": 200, "T_train": 20, "train_steps": 60, "batch": 32,
+              "explode_T": 40, "clip_steps": 30, "timing_T": 200, "timing_hidden": 64,
+              "spectral_T": 200, "spectral_hidden": 64,
+              "trained_cells": ("LSTMCell forget bias 1",)},
+    "smoke": {"hidden": 4, "T": 20, "T_train": 4, "train_steps": 2, "batch": 4,
+              "explode_T": 12, "clip_steps": 2, "timing_T": 10, "timing_hidden": 4,
+              "spectral_T": 10, "spectral_hidden": 4,
+              "trained_cells": ("LSTMCell forget bias 1",)},
+}
 
 
 def run(report: _harness.Report) -> None:
-    sizes = _sizes(report.quick)
+    sizes = report.sized(SIZES)
     report.note("sizes", sizes)
     key = jax.random.key(0)
     random_inputs = jax.random.normal(key, (sizes["T"], 2))
@@ -51,14 +62,6 @@ def run(report: _harness.Report) -> None:
                  _clipping_runs(sizes, key))
     report.table("timing: jacobian_norms vs jax.jacfwd of the unrolled scan",
                  _timing(sizes, key))
-
-
-def _sizes(quick: bool) -> dict:
-    if quick:
-        return {"hidden": 16, "T": 200, "T_train": 20, "train_steps": 60, "batch": 32,
-                "explode_T": 40, "clip_steps": 30, "timing_T": 200, "timing_hidden": 64}
-    return {"hidden": 64, "T": 1000, "T_train": 100, "train_steps": 400, "batch": 64,
-            "explode_T": 40, "clip_steps": 100, "timing_T": 1000, "timing_hidden": 256}
 
 
 # ----------------------------------------------------------------------------- cells
@@ -123,7 +126,8 @@ def _diagnose_cells(cells: dict, inputs, setting: str):
 
 
 def _gate_comparison(cell, params, carry, inputs, step, log_whole) -> dict:
-    """Measured path norm vs the gate product ||prod_k D(gate_k)||_2 (spec 8.3-8.4).
+    """Measured path norm vs the gate product ||prod_k D(gate_k)||_2 (the post's
+    forget-gate argument).
 
     The LSTM's path is the c block d c_t / d c_0; the GRU's the whole h (keep gate z).
     Relative errors: of the fitted per-step rates, and of the norms at t = 10 and 100.
@@ -144,7 +148,7 @@ def _gate_comparison(cell, params, carry, inputs, step, log_whole) -> dict:
 
 
 def _plot_decay(report, curves: dict, length: int) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = _plots.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     t = np.arange(1, length + 1)
     for label, log_norms in curves.items():
         axis = axes[0] if "random" in label else axes[1]
@@ -181,39 +185,33 @@ class _Regressor(nn.Module):
         return nn.Dense(1)(hidden)[..., 0]
 
 
-def _train(cell, params_cell, sizes, key, optimizer, steps, length):
+def _fit_adding(cell, params_cell, sizes, key, optimizer, steps, length):
     """Trains a `_Regressor` on the adding problem; returns (cell params, losses)."""
     model = _Regressor(cell)
     params = model.init(key, jnp.zeros((1, length, 2)))["params"]
     if params_cell is not None:
         params["cell"] = params_cell
-    state = optimizer.init(params)
 
-    @jax.jit
-    def update(params, state, key):
-        inputs, target = _adding_batch(key, sizes["batch"], length)
-        loss_fn = lambda p: jnp.mean((model.apply({"params": p}, inputs) - target) ** 2)  # noqa: E731
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss, optax.global_norm(grads)
+    def loss_fn(params, step_key):
+        inputs, target = _adding_batch(step_key, sizes["batch"], length)
+        return jnp.mean((model.apply({"params": params}, inputs) - target) ** 2)
 
-    losses, grad_norms = [], []
-    for step_key in jax.random.split(key, steps):
-        params, state, loss, grad_norm = update(params, state, step_key)
-        losses.append(float(loss))
-        grad_norms.append(float(grad_norm))
-    return params["cell"], np.array(losses), np.array(grad_norms)
+    trained = jax.jit(lambda params, keys: _train.train(
+        loss_fn, params, optimizer, keys, grad_norms=True))(params, jax.random.split(key, steps))
+    losses, grad_norms = (np.asarray(v, np.float64) for v in jax.device_get(
+        (trained.losses, trained.grad_norms)))
+    return trained.params["cell"], losses, grad_norms
 
 
 def _train_on_adding(report, sizes, key):
     cells = _random_cells(sizes["hidden"], key)
-    if report.quick:
-        cells = {name: cells[name] for name in ("LSTMCell forget bias 1",)}
+    if sizes["trained_cells"] is not _ALL_CELLS:
+        cells = {name: cells[name] for name in sizes["trained_cells"]}
     trained, rows = {}, []
     for name in report.progress(cells, "train adding"):
         cell, params, carry = cells[name]
-        params, losses, _ = _train(cell, params, sizes, key, optax.adam(3e-3),
-                                   sizes["train_steps"], sizes["T_train"])
+        params, losses, _ = _fit_adding(cell, params, sizes, key, optax.adam(3e-3),
+                                        sizes["train_steps"], sizes["T_train"])
         trained[name] = (cell, params, carry)
         tail = max(1, len(losses) // 10)
         rows.append({"cell": name, "T_train": sizes["T_train"], "steps": len(losses),
@@ -260,8 +258,8 @@ def _clipping_runs(sizes, key) -> list[dict]:
         ("clip_by_global_norm(1) + sgd(0.05)",
          optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05))),
     ):
-        _, losses, grad_norms = _train(cell, params, sizes, key, optimizer,
-                                       sizes["clip_steps"], length)
+        _, losses, grad_norms = _fit_adding(cell, params, sizes, key, optimizer,
+                                            sizes["clip_steps"], length)
         finite = np.isfinite(losses)
         rows.append({"optimizer": label, "T": length, "steps": len(losses),
                      "loss_first": losses[0], "max_grad_norm": np.nanmax(grad_norms),
@@ -287,7 +285,7 @@ def _timing(sizes, key) -> list[dict]:
     fro = {
         "jacobian_norms(ord='fro')": lambda c, x: rnn.jacobian_norms(step, c, x, ord="fro"),
         "jacobian_norms(spectral, power)": lambda c, x: rnn.jacobian_norms(
-            step, c, x, method="power"),
+            step, c, x, method="power", key=key),
         "jax.jacfwd + Frobenius (peer)": lambda c, x: jnp.linalg.norm(
             jacfwd_jacobians(c, x), "fro", axis=(1, 2)),
     }
@@ -295,20 +293,21 @@ def _timing(sizes, key) -> list[dict]:
         _harness.compare(fro, carry, inputs, rounds=3, min_round_s=0.0),
         "jax.jacfwd + Frobenius (peer)", T=length, hidden=hidden)
     # Spectral peer (an SVD per step) only where it is affordable: hidden 64, T 200.
-    small_cell = nn.SimpleCell(64)
-    small_params, small_carry = _init(small_cell, 64, key)
+    small_hidden, small_length = sizes["spectral_hidden"], sizes["spectral_T"]
+    small_cell = nn.SimpleCell(small_hidden)
+    small_params, small_carry = _init(small_cell, small_hidden, key)
     small_step = rnn.linen_step(small_cell, small_params)
-    small_inputs = inputs[:200]
+    small_inputs = inputs[:small_length]
     spectral = {
         "jacobian_norms(spectral, exact)": lambda c, x: rnn.jacobian_norms(
             small_step, c, x, method="exact"),
         "jacobian_norms(spectral, power)": lambda c, x: rnn.jacobian_norms(
-            small_step, c, x, method="power"),
+            small_step, c, x, method="power", key=key),
         "jax.jacfwd + SVD (peer)": lambda c, x: jnp.linalg.norm(jax.jacfwd(
             lambda c0: jax.lax.scan(lambda h, x: (small_step(h, x)[0],) * 2, c0, x)[1])(c),
             2, axis=(1, 2)),
     }
     rows += _harness.timing_rows(
         _harness.compare(spectral, small_carry, small_inputs, rounds=3, min_round_s=0.0),
-        "jax.jacfwd + SVD (peer)", T=200, hidden=64)
+        "jax.jacfwd + SVD (peer)", T=small_length, hidden=small_hidden)
     return rows

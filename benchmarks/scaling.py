@@ -16,10 +16,11 @@ import tempfile
 from benchmarks import _distributed, _harness
 
 LAYOUTS = ((1, 1), (1, 2), (1, 4), (2, 2))  # (processes, devices per process)
+SIZES = {"full": LAYOUTS, "quick": LAYOUTS[:2], "smoke": LAYOUTS[:1]}
 
 
 def run(report: _harness.Report) -> None:
-    layouts = LAYOUTS[:2] if report.quick else LAYOUTS
+    layouts = report.sized(SIZES)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for processes, devices in report.progress(layouts, "layouts"):

@@ -22,19 +22,18 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from benchmarks import _harness
+from benchmarks import _harness, _stats, _train
 from jaxtricks.teaforn import teaforn_loss
 
 BOS, PAD, VOCAB = 10, 11, 12
-SEEDS, STEPS, LR = 5, 1500, 3e-3
+LR = 3e-3
 PAPER_CLAIMS = (
     "Goodman, Ding, Soricut (EMNLP 2020, arXiv 2010.03494): TeaForN improves BLEU on "
     "WMT14 En-Fr and ROUGE on CNN/DailyMail and Gigaword, and reaches similar quality "
     "with a smaller beam, for a moderate training cost; exact BLEU/ROUGE numbers not "
-    "retrieved (spec 6.2)."
+    "retrieved."
 )
 
 
@@ -132,12 +131,10 @@ def loss_fn(params, batch, weights=None, *, n, feed="hidden", unroll=True, remat
 
 
 def make_train_step(optimizer, **loss_kwargs):
-    def train_step(params, opt_state, batch, weights=None):
-        (_, per_pass), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch, weights, **loss_kwargs)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, per_pass[0]
-    return train_step
+    """`(params, opt_state, batch) -> (params, opt_state, loss)`: one step, for timing."""
+    step = _train.make_step(functools.partial(loss_fn, **loss_kwargs), optimizer,
+                            has_aux=True)
+    return lambda params, opt_state, batch: step(params, opt_state, batch)[:3]
 
 
 def init_params(key):
@@ -155,21 +152,17 @@ def train(seed_keys, weights, *, feed, steps, batch, max_len, lr):
     """
     optimizer = optax.chain(optax.clip_by_global_norm(1.0),
                             optax.adam(optax.cosine_decay_schedule(lr, steps, 0.1)))
-    train_step = make_train_step(optimizer, n=weights.shape[-1], feed=feed)
 
     def one_run(key, pass_weights):
         init_key, data_key = jax.random.split(key)
-        params = init_params(init_key)
 
-        def step(carry, index):
-            params, opt_state = carry
+        def batch_loss(params, index):
             data = make_batch(jax.random.fold_in(data_key, index), batch, 1, max_len, max_len)
-            params, opt_state, tf_loss = train_step(params, opt_state, data, pass_weights)
-            return (params, opt_state), tf_loss
+            return loss_fn(params, data, pass_weights, n=weights.shape[-1], feed=feed)
 
-        (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)),
-                                           jnp.arange(steps))
-        return params, losses
+        trained = _train.train(batch_loss, init_params(init_key), optimizer,
+                               jnp.arange(steps), has_aux=True)
+        return trained.params, trained.aux[:, 0]  # the teacher-forced pass's loss
 
     over_seeds = jax.vmap(one_run, in_axes=(0, None))
     return jax.jit(jax.vmap(over_seeds, in_axes=(None, 0)))(seed_keys, weights)
@@ -241,19 +234,27 @@ METHODS = {
     "n=3 decaying (1, 1/2, 1/4)": ("hidden", (1.0, 0.5, 0.25)),
     "n=3 feed=soft": ("soft", (1.0, 1.0, 1.0)),
 }
-QUICK_METHODS = ("teacher forcing", "TeaForN n=2")
 GEOMETRY_COLUMNS = ("|h| / |e|", "cos(h_t, e_w_t)", "nearest e is w_t")
 SOLVED = 0.99  # exact match on the training lengths above which a run counts as solved
+SIZES = {  # timing_n: TeaForN depths timed; variants: also scan and remat
+    "full": {"seeds": 5, "steps": 1500, "eval_count": 500, "methods": tuple(METHODS),
+             "timing_n": (2, 3), "variants": True, "rounds": 7, "min_round_s": 0.05},
+    "quick": {"seeds": 2, "steps": 40, "eval_count": 64,
+              "methods": ("teacher forcing", "TeaForN n=2"), "timing_n": (2,),
+              "variants": False, "rounds": 3, "min_round_s": 0.05},
+    "smoke": {"seeds": 2, "steps": 2, "eval_count": 8,
+              "methods": ("teacher forcing", "TeaForN n=2"), "timing_n": (2,),
+              "variants": False, "rounds": 1, "min_round_s": 0.0},
+}
 
 
 def run(report: _harness.Report) -> None:
-    quick = report.quick
-    seeds, steps = (2, 40) if quick else (SEEDS, STEPS)
+    size = report.sized(SIZES)
+    seeds, steps, eval_count = size["seeds"], size["steps"], size["eval_count"]
     batch, train_len, lr = 32, 8, LR
-    eval_count = 64 if quick else 500
     buckets = {"lengths 1-8": (1, 8), "length 8": (8, 8), "longer 9-12": (9, 12)}
     width = max(high for _, high in buckets.values())
-    methods = {name: METHODS[name] for name in (QUICK_METHODS if quick else METHODS)}
+    methods = {name: METHODS[name] for name in size["methods"]}
     report.note("setup", f"{seeds} seeds x {steps} steps, batch {batch}, lengths 1-"
                 f"{train_len}, Transformer d={MODEL.dim} {MODEL.layers}+{MODEL.layers} "
                 f"layers, adam lr {lr} cosine, clip 1")
@@ -261,7 +262,7 @@ def run(report: _harness.Report) -> None:
     eval_key = jax.random.key(12345)  # held out: training data keys derive from key(0)
     geometry_batch = make_batch(eval_key, eval_count, 1, train_len, train_len)
 
-    rows, geometry_rows = [], []
+    rows, geometry_rows, exact_by_method = [], [], {}
     for feed in report.progress(sorted({feed for feed, _ in methods.values()}), "train"):
         names = [name for name, (method_feed, _) in methods.items() if method_feed == feed]
         n_max = max(len(methods[name][1]) for name in names)
@@ -275,19 +276,25 @@ def run(report: _harness.Report) -> None:
         geometry = feed_geometry(params, geometry_batch)
         for index, name in enumerate(names):
             exact_train = scores["lengths 1-8"][0][index]
-            row = {"method": name, "feed": feed, "final_TF_loss": _mean_std(final_loss[index]),
+            exact_by_method[name] = exact_train
+            row = {"method": name, "feed": feed,
+                   "final_TF_loss": _stats.mean_std(final_loss[index], digits=3),
                    "solved": f"{int(jnp.sum(exact_train >= SOLVED))}/{seeds}"}
             for bucket, (exact, token) in scores.items():
-                row[f"exact {bucket}"] = _mean_std(exact[index])
-                row[f"token {bucket}"] = _mean_std(token[index])
+                row[f"exact {bucket}"] = _stats.mean_std(exact[index], digits=3)
+                row[f"token {bucket}"] = _stats.mean_std(token[index], digits=3)
             rows.append(row)
             if feed == "hidden":
                 geometry_rows.append({"method": name, **{
-                    column: _mean_std(values[index])
+                    column: _stats.mean_std(values[index], digits=3)
                     for column, values in zip(GEOMETRY_COLUMNS, geometry, strict=True)}})
+    for row in rows:  # paired by seed: same initial parameters and data under every method
+        row.update(_stats.paired_columns(exact_by_method[row["method"]],
+                                         exact_by_method["teacher forcing"], "TF", digits=3))
     report.table(f"greedy decoding, mean ± std over {seeds} seeds (same inits and data "
                  f"across methods), {eval_count} held-out sequences per bucket; solved = "
-                 f"seeds with exact match >= {SOLVED} on lengths 1-8", rows)
+                 f"seeds with exact match >= {SOLVED} on lengths 1-8; exact match on lengths "
+                 "1-8 paired by seed with teacher forcing (± s.e., t and Wilcoxon p)", rows)
     report.table("feed='hidden' check: pass-1 hidden h_t vs the embedding of its target "
                  "w_t, held-out lengths 1-8", geometry_rows)
 
@@ -296,18 +303,13 @@ def run(report: _harness.Report) -> None:
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
     candidates = {"teacher forcing": make_train_step(optimizer, n=1)}
-    for n in (2,) if quick else (2, 3):
+    for n in size["timing_n"]:
         candidates[f"n={n} unrolled"] = make_train_step(optimizer, n=n, unroll=True)
-        if not quick:
+        if size["variants"]:
             candidates[f"n={n} scan"] = make_train_step(optimizer, n=n, unroll=False)
             candidates[f"n={n} unrolled remat"] = make_train_step(optimizer, n=n, remat=True)
     timings = _harness.compare(candidates, params, opt_state, timing_batch,
-                               rounds=3 if quick else 7)
+                               rounds=size["rounds"], min_round_s=size["min_round_s"])
     report.table(f"training step time (one model, batch {batch}), ratio to teacher forcing",
                  _harness.timing_rows(timings, "teacher forcing"))
     report.note("paper claims", PAPER_CLAIMS)
-
-
-def _mean_std(values) -> str:
-    values = np.asarray(values, np.float64)
-    return f"{values.mean():.3f} ± {values.std():.3f}"

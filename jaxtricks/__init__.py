@@ -13,6 +13,7 @@ Sub-packages, one per technique:
 
 from jaxtricks import estimators, losses, regularizers, rnn, teaforn, validation
 from jaxtricks.regularizers import (
+    CountState,
     decoupled_weight_decay,
     flood,
     gradient_norm_penalty,
@@ -26,6 +27,7 @@ from jaxtricks.regularizers import (
 __version__ = "0.1.0"
 
 __all__ = (
+    "CountState",
     "decoupled_weight_decay",
     "estimators",
     "flood",

@@ -1,11 +1,45 @@
-"""The benchmark runner's parts: backend detection, result labels, `compare`."""
+"""The benchmark suite: every benchmark at its smoke size, and the shared parts
+(backend detection, result labels, sizes, `compare`, data, training loop, statistics)."""
 
+import importlib
 import json
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+from scipy import stats
 
-from benchmarks import _backend, _compare, _harness
+from benchmarks import __main__ as runner
+from benchmarks import _backend, _compare, _data, _harness, _models, _stats, _train
+
+
+@pytest.mark.parametrize("name", sorted(runner.available()))
+def test_every_benchmark_runs_at_the_smoke_size(name, tmp_path):
+    report = _harness.Report(name, size="smoke", label="smoke", results_dir=tmp_path)
+    importlib.import_module(f"benchmarks.{name}").run(report)
+    payload = json.loads(report.write().read_text())
+    assert payload["size"] == "smoke"
+    assert payload["tables"] or payload["notes"]
+    assert all((tmp_path / figure).exists() for figure in payload["figures"])
+
+
+def test_every_benchmark_declares_its_three_sizes():
+    for name in runner.available():
+        sizes = importlib.import_module(f"benchmarks.{name}").SIZES
+        assert set(sizes) == set(_harness.SIZES), name
+
+
+def test_a_report_picks_its_size_and_rejects_unknown_ones():
+    sizes = {"full": 3, "quick": 2, "smoke": 1}
+    assert _harness.Report("demo", size="smoke").sized(sizes) == 1
+    assert _harness.Report("demo", size="quick").quick
+    assert not _harness.Report("demo").quick
+    with pytest.raises(ValueError, match="size must be one of"):
+        _harness.Report("demo", size="tiny")
+    with pytest.raises(ValueError, match="exactly the keys"):
+        _harness.Report("demo").sized({"full": 3, "quick": 2})
 
 NVIDIA_SMI_HEADER = (
     "| NVIDIA-SMI 580.159.03   Driver Version: 580.159.03   CUDA Version: {cuda}     |\n"
@@ -33,7 +67,7 @@ def test_result_files_are_labelled_with_the_backend_and_tag(tmp_path):
     assert _harness.run_label("bf16") == f"{jax.default_backend()}-bf16"
     with pytest.raises(ValueError, match="tag"):
         _harness.run_label("a/b")
-    report = _harness.Report("demo", quick=True, label="cpu-bf16", results_dir=tmp_path)
+    report = _harness.Report("demo", size="quick", label="cpu-bf16", results_dir=tmp_path)
     report.table("t", [{"a": 1}])
     path = report.write()
     assert path.name == "demo.cpu-bf16.json"
@@ -93,3 +127,98 @@ def test_compare_rejects_files_it_cannot_merge(tmp_path):
         _compare.load([cpu])
     with pytest.raises(ValueError, match="distinct labels"):
         _compare.load([cpu, cpu])
+
+
+def test_summary_uses_the_sample_standard_deviation():
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    summary = _stats.summary(values)
+    assert summary.mean == pytest.approx(3.5)
+    assert summary.std == pytest.approx(np.sqrt(np.sum((values - 3.5) ** 2) / 3))
+    assert summary.se == pytest.approx(summary.std / 2)
+    assert _stats.mean_std(values, scale=100, digits=1) == f"350.0 ± {100 * summary.std:.1f}"
+    assert _stats.mean_se(values) == f"3.50 ± {summary.se:.2f}"
+    single = _stats.summary([5.0])  # one run has no spread: NaN, not 0
+    assert single.mean == 5.0 and np.isnan(single.std) and np.isnan(single.se)
+
+
+def test_paired_tests_match_scipy_and_are_nan_where_undefined():
+    a = np.array([0.91, 0.85, 0.88, 0.95, 0.90, 0.87])
+    b = np.array([0.89, 0.86, 0.84, 0.90, 0.88, 0.85])
+    test = _stats.paired(a, b)
+    assert test.mean_difference == pytest.approx(np.mean(a - b))
+    assert test.se == pytest.approx(np.std(a - b, ddof=1) / np.sqrt(6))
+    assert test.t_pvalue == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert test.wilcoxon_pvalue == pytest.approx(stats.wilcoxon(a - b).pvalue)
+    assert (test.wins, test.n) == (5, 6)
+    same = _stats.paired(a, a)
+    assert np.isnan(same.t_pvalue) and np.isnan(same.wilcoxon_pvalue)
+    exact = np.arange(6) / 8  # constant differences (exactly): no t, a rank test
+    shifted = _stats.paired(exact + 1.0, exact)
+    assert np.isnan(shifted.t_pvalue) and shifted.wilcoxon_pvalue < 0.05
+    columns = _stats.paired_columns(a, b, "b", scale=100)
+    assert columns["wins_vs_b"] == "5/6"
+    assert columns["p_t_vs_b"] == pytest.approx(test.t_pvalue)
+    with pytest.raises(ValueError, match="pair up"):
+        _stats.paired(a, b[:3])
+
+
+def test_digits_preprocessings_and_splits():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().data
+    for name, expected in (("raw", raw), ("unit", raw / 16), ("centered", (raw - 8) / 8)):
+        x, y = _data.digits(name)
+        assert x.dtype == np.float32 and y.dtype == np.int32 and x.shape == (1797, 64)
+        np.testing.assert_allclose(x, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="preprocessing"):
+        _data.digits("whitened")
+    x, y = _data.digits("raw")
+    split = _data.standardized(_data.split(x, y, train=1000, test=500, seed=0))
+    assert [len(part) for part in split[1::2]] == [1000, 297, 500]
+    np.testing.assert_allclose(split.x_train.mean(0), 0.0, atol=1e-5)
+    counts = [50, 20, 5, 1, 1, 1, 1, 1, 1, 1]
+    tail = _data.long_tailed(x, y, counts, test_per_class=70, seed=3)
+    np.testing.assert_array_equal(np.bincount(tail.y_train, minlength=10), counts)
+    np.testing.assert_array_equal(np.bincount(tail.y_test), [70] * 10)
+    noisy = _data.with_symmetric_label_noise(y, 0.2, seed=1)
+    assert abs(np.mean(noisy != y) - 0.2) < 0.03
+
+
+def test_train_matches_a_plain_optax_loop():
+    model = _models.MLP((8,), 3)
+    x = jax.random.normal(jax.random.key(0), (32, 5))
+    y = jax.random.randint(jax.random.key(1), (32,), 0, 3)
+    params = model.init(jax.random.key(2), x)
+    optimizer = optax.adam(0.05)
+    keys = _train.step_keys(jax.random.key(3), 6, segments=2)
+
+    def loss_fn(params, key):
+        index = _train.minibatch(key, 32, 8)
+        logits = model.apply(params, x[index])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[index]).mean()
+
+    trained = _train.train(loss_fn, params, optimizer, keys, grad_norms=True, segments=2,
+                           eval_fn=lambda p: _train.accuracy(model.apply(p, x), y))
+
+    @jax.jit
+    def reference_step(params, state, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss, optax.tree.norm(grads)
+
+    expected, state, losses, norms = params, optimizer.init(params), [], []
+    for key in keys:
+        expected, state, loss, norm = reference_step(expected, state, key)
+        losses.append(loss)
+        norms.append(norm)
+    for got, want in zip(jax.tree.leaves(trained.params), jax.tree.leaves(expected),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trained.losses, losses, rtol=1e-5)
+    np.testing.assert_allclose(trained.grad_norms, norms, rtol=1e-5)
+    assert trained.evals.shape == (2,) and trained.aux is None
+    with pytest.raises(ValueError, match="divisible"):
+        _train.train(loss_fn, params, optimizer, keys, segments=4)
+    full_batch = _train.train(lambda p, _: jnp.sum(p**2), jnp.ones(3), optax.sgd(0.25),
+                              steps=2)
+    np.testing.assert_allclose(full_batch.params, 0.25)  # x <- x - 0.25 * 2x, twice

@@ -1,5 +1,6 @@
-"""Flooding, iFlood and the gradient-norm penalty (spec 3): sign of the flooded gradient,
-closed forms on a quadratic, and Su's descent/ascent = gradient-norm-penalty identity."""
+"""Flooding, iFlood and the gradient-norm penalty (kexue.fm/archives/7643,
+arXiv:2002.08709): sign of the flooded gradient, closed forms on a quadratic, and Su's
+descent/ascent = gradient-norm-penalty identity."""
 
 import functools
 

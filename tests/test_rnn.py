@@ -1,6 +1,7 @@
-"""Tests of jaxtricks.rnn: Jacobian and gradient norms through time (spec section 8)."""
+"""Tests of jaxtricks.rnn: Jacobian and gradient norms through time (kexue.fm/archives/7888)."""
 
 import functools
+import inspect
 
 import flax.linen as nn
 import jax
@@ -53,7 +54,7 @@ def test_linear_cell_norms_equal_norms_of_matrix_powers():
     for ord_, numpy_ord in (("spectral", 2), ("fro", "fro")):
         want = np.array([np.linalg.norm(p, numpy_ord) for p in powers])
         for method in ("exact", "power"):
-            got = rnn.jacobian_norms(step, carry, inputs, ord=ord_, method=method)
+            got = rnn.jacobian_norms(step, carry, inputs, ord=ord_, method=method, key=KEY)
             np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
@@ -65,7 +66,7 @@ def test_log_space_keeps_vanishing_norms_beyond_float32_range():
 
 
 def _lstm_without_recurrence(size, input_size, forget_logit=None):
-    """A linen LSTM with all recurrent kernels zero (gates depend on x only, spec 8.5)."""
+    """A linen LSTM with all recurrent kernels zero (gates depend on x only)."""
     cell = nn.LSTMCell(size)
     carry, params = _linen_cell(cell, input_size)
     for gate in ("hi", "hf", "hg", "ho"):
@@ -128,16 +129,16 @@ def test_power_iteration_agrees_with_svd_to_its_tolerance():
     inputs = jax.random.normal(KEY, (60, 2))
     exact = rnn.jacobian_norms(step, carry, inputs, method="exact")
     tol = 1e-4
-    power = rnn.jacobian_norms(step, carry, inputs, method="power", tol=tol)
+    power = rnn.jacobian_norms(step, carry, inputs, method="power", tol=tol, key=KEY)
     # Rayleigh-Ritz estimates are lower bounds; float32 SVD itself is good to ~1e-6.
     assert np.all(power <= exact * (1 + 1e-5))
     np.testing.assert_allclose(power, exact, rtol=tol)
 
 
-def test_step_jacobian_norms_match_spec_formulas_for_flax_cells():
+def test_step_jacobian_norms_match_the_closed_form_jacobians_of_flax_cells():
     size, input_size = 6, 3
     inputs = jax.random.normal(KEY, (5, input_size))
-    # SimpleCell: dh'/dh = D(1 - h'^2) W_h^T (flax multiplies row vectors, spec 8.2).
+    # SimpleCell: dh'/dh = D(1 - h'^2) W_h^T (flax multiplies row vectors).
     cell = nn.SimpleCell(size)
     carry, params = _linen_cell(cell, input_size)
     step = rnn.linen_step(cell, params)
@@ -145,7 +146,7 @@ def test_step_jacobian_norms_match_spec_formulas_for_flax_cells():
     recurrent = np.asarray(params["h"]["kernel"]).T
     want = [np.linalg.norm((1 - np.asarray(h) ** 2)[:, None] * recurrent, 2) for h in hidden]
     np.testing.assert_allclose(rnn.step_jacobian_norms(step, carry, inputs), want, rtol=1e-5)
-    # GRUCell, flax convention (spec 8.4): z is the keep gate.
+    # GRUCell, flax convention: z is the keep gate.
     cell = nn.GRUCell(size)
     carry, params = _linen_cell(cell, input_size)
     step = rnn.linen_step(cell, params)
@@ -170,7 +171,8 @@ def test_step_jacobian_norms_match_spec_formulas_for_flax_cells():
 
 
 def test_lstm_step_c_block_is_the_forget_gate():
-    # dc_t/dc_{t-1} = D(f_t) (spec 8.3), so its spectral norm is max_i f_t,i.
+    # The per-leaf c block holds h_{t-1} fixed: dc_t/dc_{t-1} = D(f_t) by construction,
+    # so its spectral norm is max_i f_t,i (a check of the block, not of the post's claim).
     cell = nn.LSTMCell(5)
     carry, params = _linen_cell(cell, 2)
     step = rnn.linen_step(cell, params)
@@ -183,6 +185,37 @@ def test_lstm_step_c_block_is_the_forget_gate():
     forget = jax.lax.scan(forget_gate, carry, inputs)[1]
     c_norms, _ = rnn.step_jacobian_norms(step, carry, inputs, per_leaf=True)
     np.testing.assert_allclose(c_norms, forget.max(axis=1), rtol=1e-5)
+
+
+def test_lstm_full_one_step_norm_exceeds_one_while_its_c_block_is_exactly_the_forget_gate():
+    # Strong recurrent kernels: every f_t < 1 and the c block is D(f_t) exactly, but the
+    # full one-step Jacobian of (c, h), with the paths through h, has norm above 1.
+    cell = nn.LSTMCell(4)
+    carry, params = _linen_cell(cell, 2)
+    for gate in ("hi", "hf", "hg", "ho"):
+        params[gate]["kernel"] = 4.0 * params[gate]["kernel"]
+    step = rnn.linen_step(cell, params)
+    inputs = jax.random.normal(jax.random.key(3), (12, 2))
+    carries = jax.lax.scan(lambda c, x: (step(c, x)[0],) * 2, carry, inputs)[1]
+    previous = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest[:-1]]),
+                            carry, carries)
+
+    def one_step(c_h, x):  # the full Jacobian of one step, by jacfwd on the flat carry
+        flat, unravel = jax.flatten_util.ravel_pytree(c_h)
+        return jax.jacfwd(lambda f: jax.flatten_util.ravel_pytree(step(unravel(f), x)[0])[0])(
+            flat)
+
+    jacobians = np.asarray(jax.vmap(one_step)(previous, inputs), np.float64)
+    forget = jax.nn.sigmoid(inputs @ params["if"]["kernel"] + previous[1] @ params["hf"]["kernel"]
+                            + params["hf"]["bias"])
+    whole = rnn.step_jacobian_norms(step, carry, inputs)
+    c_norms, _ = rnn.step_jacobian_norms(step, carry, inputs, per_leaf=True)
+    np.testing.assert_allclose(whole, np.linalg.norm(jacobians, 2, (1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(jacobians[:, :4, :4], np.asarray(jax.vmap(jnp.diag)(forget)),
+                               atol=1e-7)
+    np.testing.assert_allclose(c_norms, forget.max(axis=1), rtol=1e-6)
+    assert np.all(forget < 1)
+    assert np.max(whole) > 1.0
 
 
 def test_gradient_norms_over_time_match_explicit_gradients():
@@ -241,7 +274,7 @@ def test_power_method_norms_are_differentiable_in_both_modes_like_svd():
     inputs = jax.random.normal(jax.random.key(1), (3, 4))
 
     def norms(matrix, norms_fn, method, tol=1e-4):
-        return norms_fn(_tanh_step(matrix), jnp.ones(4), inputs, method=method, tol=tol)
+        return norms_fn(_tanh_step(matrix), jnp.ones(4), inputs, method=method, tol=tol, key=KEY)
 
     for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
         exact = jax.jacrev(norms)(matrix, norms_fn, "exact")
@@ -264,7 +297,7 @@ def test_auto_method_above_64_carry_entries_has_the_exact_gradient_of_matrix_pow
     matrix = jax.random.normal(KEY, (size, size)) / np.sqrt(size)
     inputs = jnp.zeros((2, size))
     grad = jax.grad(
-        lambda m: rnn.jacobian_norms(_linear_step(m), jnp.ones(size), inputs)[1]
+        lambda m: rnn.jacobian_norms(_linear_step(m), jnp.ones(size), inputs, key=KEY)[1]
     )(matrix)
     a = np.asarray(matrix, np.float64)
     left, _, right = np.linalg.svd(a @ a)
@@ -306,7 +339,6 @@ def test_power_iteration_key_accepts_typed_and_legacy_keys_alike():
     run = lambda **kw: rnn.jacobian_norms(step, carry, inputs, method="power", **kw)  # noqa: E731
     typed = run(key=jax.random.key(3))
     np.testing.assert_array_equal(run(key=jax.random.PRNGKey(3)), typed)
-    np.testing.assert_array_equal(run(), run(key=jax.random.key(0)))  # documented default
     np.testing.assert_allclose(typed, run(key=jax.random.key(4)), rtol=1e-4)
     step_norms = rnn.step_jacobian_norms(step, carry, inputs, method="power",
                                          key=jax.random.PRNGKey(5))
@@ -318,13 +350,45 @@ def test_power_iteration_key_accepts_typed_and_legacy_keys_alike():
         run(key=3)
 
 
+def test_the_power_iteration_needs_an_explicit_key_and_the_exact_methods_do_not():
+    step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
+    carry, inputs = jnp.ones(4), jax.random.normal(KEY, (3, 4))
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
+        with pytest.raises(ValueError, match="key is required"):
+            norms_fn(step, carry, inputs, method="power")
+        exact = norms_fn(step, carry, inputs, method="exact")  # no key needed
+        np.testing.assert_allclose(norms_fn(step, carry, inputs), exact)  # auto, 4 rows
+        np.testing.assert_allclose(norms_fn(step, carry, inputs, method="power", key=KEY),
+                                   exact, rtol=1e-4)
+        norms_fn(step, carry, inputs, method="power", ord="fro")  # Frobenius: no iteration
+    # "auto" above 64 rows runs the power iteration, so it needs the key too.
+    big = _linear_step(jnp.eye(65))
+    with pytest.raises(ValueError, match=r"key is required.*65 rows"):
+        rnn.step_jacobian_norms(big, jnp.ones(65), jnp.zeros((2, 65)))
+    np.testing.assert_allclose(
+        rnn.step_jacobian_norms(big, jnp.ones(65), jnp.zeros((2, 65)), key=KEY), [1, 1],
+        rtol=1e-5)
+
+
+def test_both_norm_functions_take_the_same_options_including_log_space():
+    assert (inspect.signature(rnn.jacobian_norms).parameters
+            == inspect.signature(rnn.step_jacobian_norms).parameters)
+    step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
+    carry, inputs = jnp.ones(4), jax.random.normal(KEY, (5, 4))
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
+        for ord_ in ("spectral", "fro"):
+            plain = norms_fn(step, carry, inputs, ord=ord_, per_leaf=True)
+            logs = norms_fn(step, carry, inputs, ord=ord_, per_leaf=True, log_space=True)
+            np.testing.assert_allclose(logs, np.log(plain), rtol=1e-5, atol=1e-6)
+
+
 def test_empty_sequences_give_empty_norms():
     cell = nn.LSTMCell(3)
     carry, params = _linen_cell(cell, 2)
     step = rnn.linen_step(cell, params)
     inputs = jnp.zeros((0, 2))
     assert rnn.jacobian_norms(step, carry, inputs).shape == (0,)
-    assert rnn.step_jacobian_norms(step, carry, inputs, method="power").shape == (0,)
+    assert rnn.step_jacobian_norms(step, carry, inputs, method="power", key=KEY).shape == (0,)
     c_norms, h_norms = rnn.jacobian_norms(step, carry, inputs, per_leaf=True, ord="fro")
     assert c_norms.shape == h_norms.shape == (0,)
     got = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(c[1]), step, carry, inputs,
@@ -343,7 +407,8 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
         step64 = rnn.linen_step(cell.copy(param_dtype=jnp.float64), params64)
         want = np.linalg.norm(_jacobians_by_jacfwd(step64, carry64, inputs64), 2, (1, 2))
         for method in ("exact", "power"):
-            got = rnn.jacobian_norms(step64, carry64, inputs64, method=method, tol=1e-7)
+            got = rnn.jacobian_norms(step64, carry64, inputs64, method=method, tol=1e-7,
+                                     key=KEY)
             assert got.dtype == jnp.float64
             np.testing.assert_allclose(got, want, rtol=1e-11)
         grads = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(y**2), step64, carry64,
@@ -358,7 +423,7 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
     want = rnn.jacobian_norms(rnn.linen_step(cell, as32(params16)), as32(carry16),
                               as32(inputs16))
     for method in ("exact", "power"):
-        got = rnn.jacobian_norms(step16, carry16, inputs16, method=method)
+        got = rnn.jacobian_norms(step16, carry16, inputs16, method=method, key=KEY)
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, want, rtol=0.1)
 
@@ -367,9 +432,10 @@ def test_nan_at_one_step_gives_nan_norms_from_that_step_on():
     step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
     inputs = jax.random.normal(jax.random.key(1), (6, 4)).at[3, 1].set(jnp.nan)
     for method in ("exact", "power"):
-        cumulative = np.asarray(rnn.jacobian_norms(step, jnp.ones(4), inputs, method=method))
+        cumulative = np.asarray(rnn.jacobian_norms(step, jnp.ones(4), inputs, method=method,
+                                                   key=KEY))
         per_step = np.asarray(rnn.step_jacobian_norms(step, jnp.ones(4), inputs,
-                                                      method=method))
+                                                      method=method, key=KEY))
         assert np.all(np.isfinite(cumulative[:3])) and np.all(np.isnan(cumulative[3:]))
         assert np.all(np.isfinite(per_step[:3])) and np.all(np.isnan(per_step[3:]))
     fro = rnn.jacobian_norms(step, jnp.full(4, jnp.nan), inputs[:3], ord="fro")
@@ -387,7 +453,7 @@ def test_norms_work_under_jit_vmap_checkpoint_scan_and_forward_mode_of_parameter
     def measures(params):
         step = rnn.linen_step(cell, params)
         grads = rnn.gradient_norms_over_time(loss_fn, step, carry, inputs)
-        return (rnn.jacobian_norms(step, carry, inputs, method="power"),
+        return (rnn.jacobian_norms(step, carry, inputs, method="power", key=KEY),
                 rnn.step_jacobian_norms(step, carry, inputs, ord="fro"),
                 grads.inputs, grads.carry)
 
@@ -423,7 +489,7 @@ def test_nnx_step_is_differentiable_in_the_cells_state_like_linen_step():
 
     def norms(state):
         step = rnn.nnx_step(nnx.merge(graphdef, state))
-        return jnp.sum(rnn.jacobian_norms(step, carry, inputs, method="power"))
+        return jnp.sum(rnn.jacobian_norms(step, carry, inputs, method="power", key=KEY))
 
     reverse = jax.grad(norms)(state)
     direction = jax.tree.map(jnp.ones_like, state)

@@ -294,6 +294,7 @@ def test_runs_unchanged_on_a_sharded_batch():
         ({"n": 2, "top_k": 2}, "top_k is only used"),
         ({"n": 2, "embedding": np.ones((V, D))}, "embedding is only used"),
         ({"n": 2, "where": np.ones((B, T + 1), bool)}, "where must have shape"),
+        ({"n": 2, "reduction": "sum"}, "reduction must be one of"),
     ],
 )
 def test_bad_arguments_raise_value_errors(kwargs, message):
@@ -313,6 +314,118 @@ def test_disagreeing_shapes_raise_value_errors():
                      n=2)
     with pytest.raises(ValueError, match="output_fn's output"):
         teaforn_loss(lambda x: x, lambda h: h[:, :-1], inputs, targets, n=2)
+
+
+# ---------------------------------------------------------------- reductions
+def _plain_loop_token_ce(params, inputs, targets, n, where, feed="hidden", embedding=None):
+    """CE of every (pass, row, position), [n, B, T], by a plain loop over passes.
+
+    Each pass is scored with optax's integer-label cross-entropy; the next pass's input
+    at position t is the previous pass's vector at t-1 when target t-1 is valid, else
+    the original e_t (built position by position).
+    """
+    where = np.asarray(where)
+    ces, pass_inputs = [], inputs
+    for _ in range(n):
+        hidden = _body(params, pass_inputs)
+        logits = _output(params, hidden)
+        ces.append(optax.softmax_cross_entropy_with_integer_labels(
+            logits, jnp.where(where, targets, 0).astype(jnp.int32)))
+        vectors = hidden if feed == "hidden" else jax.nn.softmax(logits) @ embedding
+        columns = [inputs[:, 0]]
+        for t in range(1, inputs.shape[1]):
+            columns.append(jnp.where(where[:, t - 1, None], vectors[:, t - 1], inputs[:, t]))
+        pass_inputs = jnp.stack(columns, axis=1)
+    return jnp.stack(ces)
+
+
+def _scored(where, n, mask_repeated):
+    """[n, B, T]: where pass i scores position t."""
+    scored = np.broadcast_to(np.asarray(where), (n, *np.shape(where))).copy()
+    if mask_repeated:
+        scored &= np.arange(scored.shape[-1]) >= np.arange(n)[:, None, None]
+    return scored
+
+
+@pytest.mark.parametrize(
+    ("feed", "mask_repeated", "padding"),
+    [("hidden", False, "right"), ("hidden", True, "right"), ("soft", False, "left"),
+     ("soft", True, "none")],
+)
+def test_every_reduction_matches_a_plain_loop_over_passes(feed, mask_repeated, padding):
+    params, inputs, targets, embedding = _problem(seed=4)
+    n, weights = 3, np.array([0.5, 1.0, 2.0])
+    lengths = np.array([T, 4, 0])  # the last row has no valid position at all
+    if padding == "right":
+        where = np.arange(T) < lengths[:, None]
+    elif padding == "left":
+        where = np.arange(T) >= T - lengths[:, None]
+    else:
+        where = np.ones((B, T), bool)
+    kwargs = {"n": n, "weights": weights, "feed": feed, "where": where,
+              "mask_repeated": mask_repeated}
+    if feed == "soft":
+        kwargs["embedding"] = embedding
+    ce = np.asarray(_plain_loop_token_ce(params, inputs, targets, n, where, feed, embedding),
+                    np.float64)
+    scored = _scored(where, n, mask_repeated)
+    token_ce = np.where(scored, ce, 0.0)
+    expected = {
+        "none": token_ce,
+        "per_example": token_ce.sum(-1) / np.maximum(scored.sum(-1), 1),
+        "mean": token_ce.sum((1, 2)) / np.maximum(scored.sum((1, 2)), 1),
+    }
+    for reduction, want in expected.items():
+        loss, per_pass = jax.jit(functools.partial(_loss, reduction=reduction, **kwargs))(
+            params, inputs, targets)
+        assert per_pass.shape == want.shape and per_pass.dtype == jnp.float32
+        np.testing.assert_allclose(per_pass, want, rtol=2e-5, atol=1e-7, err_msg=reduction)
+        np.testing.assert_allclose(loss, np.tensordot(weights, want, axes=1), rtol=2e-5,
+                                   atol=1e-7, err_msg=reduction)
+        if reduction != "mean":  # unscored positions / the empty row are exact zeros
+            assert np.all(np.asarray(per_pass)[~scored.any(-1) if reduction ==
+                                               "per_example" else ~scored] == 0.0)
+
+
+def test_default_reduction_is_the_token_pooled_mean_of_the_per_token_losses():
+    params, inputs, targets, _ = _problem()
+    where = np.arange(T) < np.array([[T], [3], [5]])
+    loss, per_pass = _loss(params, inputs, targets, n=2, where=where)
+    token_loss, per_token = _loss(params, inputs, targets, n=2, where=where,
+                                  reduction="none")
+    np.testing.assert_allclose(per_pass, per_token.sum((1, 2)) / where.sum(), rtol=1e-6)
+    np.testing.assert_allclose(loss, token_loss.sum() / where.sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16])
+def test_small_integer_targets_and_leading_batch_dimensions(dtype):
+    params, inputs, targets, _ = _problem(seed=2)
+    stacked_inputs = jnp.stack([inputs, inputs[::-1]])            # [2, B, T, D]
+    stacked_targets = jnp.stack([targets, targets[::-1]]).astype(dtype)
+    for reduction, shape in (("per_example", (2, 2, B)), ("none", (2, 2, B, T))):
+        loss, per_pass = _loss(params, stacked_inputs, stacked_targets, n=2,
+                               reduction=reduction)
+        assert per_pass.shape == shape and loss.shape == shape[1:]
+        flat = _loss(params, inputs, targets, n=2, reduction=reduction)[1]
+        np.testing.assert_allclose(per_pass[:, 0], flat, rtol=1e-6)
+        np.testing.assert_allclose(per_pass[:, 1], flat[:, ::-1], rtol=1e-6)
+
+
+def test_nan_input_reaches_only_its_own_example_and_empty_batches_stay_empty():
+    params, inputs, targets, _ = _problem()
+    nan_inputs = inputs.at[1, 2, 0].set(jnp.nan)
+    _, per_example = _loss(params, nan_inputs, targets, n=2, reduction="per_example")
+    assert np.isnan(per_example[:, 1]).all() and np.isfinite(per_example[:, [0, 2]]).all()
+    _, per_token = _loss(params, nan_inputs, targets, n=2, reduction="none")
+    # Pass 1 reads e_2 from position 2 on; pass 2 replaces e_2 by h_1^(1) and reads the
+    # NaN only through h_2^(1), fed at position 3.
+    for p, first_nan in enumerate((2, 3)):
+        assert np.isnan(per_token[p, 1, first_nan:]).all()
+        assert np.isfinite(per_token[p, 1, :first_nan]).all()
+    assert np.isfinite(per_token[:, [0, 2]]).all()
+    for reduction, shape in (("per_example", (2, 0)), ("none", (2, 0, T))):
+        loss, per_pass = _loss(params, inputs[:0], targets[:0], n=2, reduction=reduction)
+        assert per_pass.shape == shape and loss.shape == shape[1:]
 
 
 # ---------------------------------------------------------------- nnx and linen decoders

@@ -163,6 +163,13 @@ def _build_zeroth_order_grad(dtype):
     return fn, (_arr([0.3, -0.2, 0.5], dtype),)
 
 
+def _build_zeroth_order_update(dtype):
+    fn = lambda key, x: estimators.zeroth_order_update(  # noqa: E731
+        _smooth_objective, x, key, learning_rate=0.1, num_samples=4, sigma=0.1
+    )
+    return fn, (_arr([0.3, -0.2, 0.5], dtype),)
+
+
 def _build_policy_gradient(dtype):
     def fn(key, x):
         return estimators.policy_gradient(
@@ -203,11 +210,11 @@ _TEAFORN = {
 }
 
 
-def _build_teaforn(dtype):
+def _build_teaforn(dtype, **kwargs):
     def fn(params, inputs):
         return teaforn.teaforn_loss(
             lambda v: jnp.tanh(jnp.cumsum(v @ params["mix"], axis=-2)),
-            lambda h: h @ params["out"], inputs, _TEAFORN["targets"], n=2,
+            lambda h: h @ params["out"], inputs, _TEAFORN["targets"], n=2, **kwargs,
         )
 
     params = {k: _arr(_TEAFORN[k], dtype) for k in ("mix", "out")}
@@ -346,6 +353,7 @@ ROWS = (
     Row("estimators.gaussian_policy", _build_gaussian_policy, key=True),
     Row("estimators.policy_gradient", _build_policy_gradient, key=True),
     Row("estimators.zeroth_order_grad", _build_zeroth_order_grad, key=True),
+    Row("estimators.zeroth_order_update", _build_zeroth_order_update, key=True),
     Row(
         "estimators.rounding_floor_sigma",
         lambda dtype: (
@@ -366,6 +374,12 @@ ROWS = (
     ),
     # ---------------------------------------------------------------- teaforn
     Row("teaforn.teaforn_loss", _build_teaforn, out_dtype="float32"),
+    Row(
+        "teaforn.teaforn_loss[per_token]",
+        functools.partial(_build_teaforn, reduction="none", mask_repeated=True,
+                          where=np.array([[True, True, True], [True, True, False]])),
+        out_dtype="float32",
+    ),
     # ---------------------------------------------------------------- validation
     # A derivative through the discriminator's training loop is defined (and runs) but
     # is not a quantity anyone uses (the docstring says so): no derivative tests.

@@ -1,8 +1,12 @@
-"""Zeroth-order and policy-gradient estimators, and their precision floor.
+"""Zeroth-order and policy-gradient estimators, MeZO's update, and their precision floor.
 
-Two views of one estimator (Su, https://kexue.fm/archives/7737): a zeroth-order
-estimate with Gaussian directions is the policy gradient of a Gaussian policy over
-the parameters. Both are pure functions of an explicit key, vmapped over samples.
+An exact identity links the two estimators: the forward zeroth-order estimate with
+Gaussian directions is, sample by sample, REINFORCE on the Gaussian policy
+`N(params, sigma^2 I)` over the parameters (`gaussian_policy`), whose score is
+`u / sigma`. This is not the claim of Su's post (https://kexue.fm/archives/7737), which
+argues that for an objective of a model's argmax output, zeroth-order perturbation of
+the parameters approximates the policy gradient of the model's own softmax policy, by a
+Taylor step in the perturbation scale. All are pure functions of an explicit key.
 """
 
 from jaxtricks.estimators._policy_gradient import (
@@ -11,6 +15,7 @@ from jaxtricks.estimators._policy_gradient import (
     policy_gradient,
 )
 from jaxtricks.estimators._precision import rounding_floor_sigma, rounding_variance
+from jaxtricks.estimators._update import zeroth_order_update
 from jaxtricks.estimators._zeroth_order import zeroth_order_grad
 
 __all__ = (
@@ -20,4 +25,5 @@ __all__ = (
     "rounding_floor_sigma",
     "rounding_variance",
     "zeroth_order_grad",
+    "zeroth_order_update",
 )

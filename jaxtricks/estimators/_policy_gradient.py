@@ -70,7 +70,8 @@ def policy_gradient(
             key nor a `PRNGKey`.
 
     References:
-        Williams, REINFORCE (1992). Su, https://kexue.fm/archives/7737 (2020). Kool, van
+        Williams, REINFORCE (1992). Su, https://kexue.fm/archives/7737 (2020), for the
+        "optimal" baseline. Kool, van
         Hoof & Welling, "Buy 4 REINFORCE samples, get a baseline for free!" (2019).
         Mohamed et al., https://arxiv.org/abs/1906.10652.
     """
@@ -110,11 +111,14 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
     `sample_fn(params, key) = params + sigma u`, `u ~ N(0, I)` drawn exactly as
     `zeroth_order_grad(directions="gaussian")` draws its directions, and
     `log_prob_fn(params, w) = -||w - params||^2 / (2 sigma^2) - d log(sigma sqrt(2 pi))`,
-    whose score is `(w - params) / sigma^2 = u / sigma`. Hence (the post's "貌离神合")
-    `policy_gradient(*gaussian_policy(sigma), fn, x, key, ...)` equals, for the same
-    key, `zeroth_order_grad(fn, x, key, sigma=sigma, antithetic=False)` with the same
-    baseline (None, "mean", "leave_one_out", "optimal"; ZO's "unperturbed" is PG's
-    scalar `fn(x)`), up to floating-point rounding.
+    whose score is `(w - params) / sigma^2 = u / sigma`. Hence, an exact identity,
+    `policy_gradient(*gaussian_policy(sigma), fn, x, key, ...)` equals, sample by sample
+    for the same key, `zeroth_order_grad(fn, x, key, sigma=sigma, antithetic=False)` with
+    the same baseline (None, "mean", "leave_one_out", "optimal"; ZO's "unperturbed" is
+    PG's scalar `fn(x)`), up to floating-point rounding. (Su's post,
+    https://kexue.fm/archives/7737, argues something else: that for an objective of a
+    model's argmax output, zeroth-order perturbation of the parameters approximates the
+    policy gradient of the model's softmax policy, via a Taylor step in `sigma`.)
 
     As in `zeroth_order_grad`, the sample is added in float32 (or wider) and rounded
     once to the params' dtype, and `sigma` is raised to `sigma_min = 4 max_j eps_j
@@ -134,6 +138,20 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
     Raises:
         ValueError: for a concrete `sigma <= 0`; `sample_fn`, for a `key` that is
             neither a typed key nor a `PRNGKey`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> def loss(p):
+        ...     return jnp.sum(p ** 2)
+        >>> x, key = jnp.array([1.0, -2.0]), jax.random.key(0)
+        >>> pg = estimators.policy_gradient(
+        ...     *estimators.gaussian_policy(0.1), loss, x, key, num_samples=8)
+        >>> zo = estimators.zeroth_order_grad(
+        ...     loss, x, key, num_samples=8, sigma=0.1, antithetic=False,
+        ...     baseline="leave_one_out")
+        >>> bool(jnp.allclose(pg, zo, rtol=1e-4, atol=1e-4))
+        True
     """
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
 

@@ -3,21 +3,21 @@
 Every estimator draws its `n` samples from `jax.random.split(key, n)`, sample `i` from
 key `i` alone. A sample can so be regenerated from its key (the seed trick of MeZO,
 https://arxiv.org/abs/2305.17333) instead of being stored, and the zeroth-order and
-the Gaussian-policy estimators see the very same directions for the same key
-(spec section 5.3).
+the Gaussian-policy estimators see the very same directions for the same key.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxtricks._src import checks, dtypes, keys
-
-DIRECTIONS = ("gaussian", "sphere", "rademacher")
+from jaxtricks.estimators import _random
 
 # The perturbation is at least this many spacings of the dtype at the largest |x_j|.
 RESOLVED_SPACINGS = 4
@@ -61,27 +61,86 @@ def _with_auto_axes(sharding):
     return jax.sharding.NamedSharding(auto, sharding.spec)
 
 
+def _random_like(key, like, sampler):
+    """`optax.tree.random_like(key, like, sampler)` with the fusible samplers of `_random`."""
+    return jax.tree.map(
+        lambda leaf, leaf_key: sampler(leaf_key, leaf.shape, leaf.dtype),
+        like, optax.tree.split_key_like(key, like),
+    )
+
+
+def _gaussian(key, like):
+    gaussian = _random_like(key, like, _random.normal)
+    return gaussian, gaussian
+
+
+def _sphere(key, like):
+    gaussian = _random_like(key, like, _random.normal)
+    unit = optax.tree.scale(1.0 / optax.tree.norm(gaussian), gaussian)
+    return unit, optax.tree.scale(optax.tree.size(like), unit)
+
+
+def _rademacher(key, like):
+    signs = _random_like(key, like, _random.rademacher)
+    return signs, signs
+
+
+class DirectionKind(NamedTuple):
+    """A kind of random direction.
+
+    draw: `draw(key, like) -> (perturbation, weight)`, pytrees shaped like `like`.
+    inverse_step: `inverse_step(d)`, one over the typical `|perturbation_j|` for `d`
+        parameters (it scales the smallest resolved `sigma`, see `resolved_sigma`).
+    """
+
+    draw: Callable
+    inverse_step: Callable[[int], float]
+
+
+DIRECTIONS: dict[str, DirectionKind] = {
+    "gaussian": DirectionKind(_gaussian, lambda d: 1.0),
+    "sphere": DirectionKind(_sphere, math.sqrt),
+    "rademacher": DirectionKind(_rademacher, lambda d: 1.0),
+}
+"""Every direction kind by name; adding one is one entry here (and its tests)."""
+
+
 def direction(key: jax.Array, params, kind: str):
     """One random direction shaped like `params`: `(perturbation, weight)`.
 
     The perturbed point is `params + sigma * perturbation` and the direction's
-    gradient estimate is `delta_f / sigma * weight` (spec section 5.4):
+    gradient estimate is `delta_f / sigma * weight` (Nesterov & Spokoiny, 2017; Spall,
+    1992):
 
     - "gaussian": `u ~ N(0, I)`, perturbation = weight = `u`;
     - "sphere": `v` uniform on the unit sphere of R^d, perturbation `v`, weight `d v`;
     - "rademacher" (SPSA): `Δ_i = ±1`, perturbation = weight = `Δ`.
 
-    Both are drawn in `dtypes.compute_dtype` of each leaf (float32 for bfloat16 params).
+    Each leaf is drawn from its own key, `jax.random.split(key, num_leaves)[leaf]`, as
+    `optax.tree.random_like` draws it (the same numbers, by the fusible samplers of
+    `_random`), in `dtypes.compute_dtype` of the leaf (float32 for bfloat16 params): a
+    leaf can be regenerated alone.
     """
     like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
-    if kind == "rademacher":
-        signs = optax.tree.random_like(key, like, jax.random.rademacher)
-        return signs, signs
-    gaussian = optax.tree.random_like(key, like, jax.random.normal)
-    if kind == "gaussian":
-        return gaussian, gaussian
-    unit = optax.tree.scale(1.0 / optax.tree.norm(gaussian), gaussian)
-    return unit, optax.tree.scale(optax.tree.size(params), unit)
+    return DIRECTIONS[kind].draw(key, like)
+
+
+def regenerated(key: jax.Array, after=None) -> jax.Array:
+    """`key` behind an optimisation barrier: what is drawn from it is drawn again.
+
+    XLA would otherwise merge two draws from one key (common subexpressions) and keep
+    the direction alive between its uses, `O(params)` memory per direction; drawn
+    again, each use is fused with its own draw, leaf by leaf.
+
+    With `after` (a scalar), the draw also waits for `after`, so that it can reuse the
+    buffers that `after` needed. XLA drops barriers before it schedules, so the wait is
+    a data dependency: the key data plus `|after| < -1`, which is 0 for every float
+    (NaN and inf too) but not known to XLA to be.
+    """
+    data = jax.lax.optimization_barrier(jax.random.key_data(key))
+    if after is not None:
+        data = data + (jnp.abs(after) < -1).astype(data.dtype)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
 def resolved_sigma(sigma, params, kind: str) -> jax.Array:
@@ -111,15 +170,19 @@ def resolved_sigma(sigma, params, kind: str) -> jax.Array:
     `sigma = 1e-3` unless `max |x_j| > 2000` (float32). NaN or inf in `params` gives
     a NaN or inf `sigma`, and so a NaN estimate.
     """
-    floors = [
-        float(jnp.finfo(leaf.dtype).eps)
-        * jnp.max(jnp.abs(leaf.astype(dtypes.compute_dtype(leaf.dtype))), initial=0.0)
-        for leaf in jax.tree.leaves(params)
-    ]
+    floors = [float(jnp.finfo(leaf.dtype).eps) * _max_abs(leaf) for leaf in jax.tree.leaves(params)]
     floor = RESOLVED_SPACINGS * (jnp.max(jnp.stack(floors)) if floors else 0.0)
-    if kind == "sphere":
-        floor = floor * math.sqrt(optax.tree.size(params))
+    floor = floor * DIRECTIONS[kind].inverse_step(optax.tree.size(params))
     return jnp.maximum(sigma, jax.lax.stop_gradient(floor))
+
+
+def _max_abs(leaf) -> jax.Array:
+    """`max_j |x_j|` (0 if empty) in `compute_dtype`, as two reductions of `leaf` itself.
+
+    Not `max(abs(leaf))`: some XLA CPU versions materialise `abs(leaf)`, a copy.
+    """
+    largest, smallest = jnp.max(leaf, initial=0), jnp.min(leaf, initial=0)
+    return jnp.maximum(largest, -smallest).astype(dtypes.compute_dtype(leaf.dtype))
 
 
 def perturb(params, sigma, perturbation):
@@ -133,7 +196,7 @@ def perturb(params, sigma, perturbation):
 
 def check_direction_kind(directions: str) -> None:
     """Checks the `directions` argument."""
-    checks.check_choice("directions", directions, DIRECTIONS)
+    checks.check_choice("directions", directions, tuple(DIRECTIONS))
 
 
 def weighted_sum(coefficients: jax.Array, stacked):
@@ -148,10 +211,12 @@ def scale_samples(coefficients: jax.Array, stacked):
     )
 
 
-def check_scalar_output(name: str, shape_dtype) -> None:
-    """Checks that a function's output (from `jax.eval_shape`) is one scalar array."""
-    if not isinstance(shape_dtype, jax.ShapeDtypeStruct):
-        raise ValueError(
-            f"{name} must return a scalar array, got the pytree {shape_dtype}."
-        )
-    checks.check_shape(f"the output of {name}", shape_dtype.shape, ())
+def check_scalar_output(name: str, output) -> None:
+    """Checks that a function's output (a value, a tracer or a `jax.eval_shape`) is a scalar.
+
+    Raises:
+        ValueError: for a pytree or an array of another shape.
+    """
+    if not isinstance(output, jax.ShapeDtypeStruct | jax.Array):
+        raise ValueError(f"{name} must return a scalar array, got the pytree {output}.")
+    checks.check_shape(f"the output of {name}", output.shape, ())

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from jaxtricks._src import checks, dtypes, keys
-from jaxtricks.estimators import _baselines, _sampling
+from jaxtricks._src import keys
+from jaxtricks.estimators import _plan, _sampling
 
 
 def zeroth_order_grad(
@@ -44,15 +42,22 @@ def zeroth_order_grad(
     `E_u f(x + sigma u)`, which on a quadratic is the gradient itself), `u_i = v_i`
     uniform on the unit sphere and `w_i = d v_i` ("sphere", `d` the number of
     parameters; the gradient of the ball smoothing), `u_i = w_i = ±1` ("rademacher",
-    SPSA). Spec section 5.4 lists them, 5.5 their covariances on a quadratic. With
-    Gaussian directions the forward estimate is exactly the policy gradient of the
-    Gaussian policy `N(x, sigma^2 I)` (see `gaussian_policy`).
+    SPSA; Spall, 1992); Nesterov & Spokoiny (2017) derive the Gaussian and ball
+    smoothings. With Gaussian directions the forward estimate is exactly, sample by
+    sample, REINFORCE on the Gaussian policy `N(x, sigma^2 I)` over the parameters (an
+    identity; see `gaussian_policy`, which also says how this differs from Su's post).
 
     Sample `i` uses the key `jax.random.split(key, n)[i]` alone. Without `chunk_size`
-    all samples are evaluated in one `jax.vmap` (memory `O(num_samples x params)`); with
-    it, `chunk_size` evaluations at a time in a `lax.map`/`lax.scan` loop, each direction
-    regenerated from its key for the weighted sum instead of stored (MeZO's seed trick),
-    so the memory is `O(chunk_size x params)`, for the same numbers.
+    all samples are evaluated in one `jax.vmap`, each direction drawn once and kept for
+    the weighted sum (memory `O(num_samples x params)`, the fastest). With it,
+    `chunk_size` evaluations at a time in one `lax.scan` that draws, evaluates and
+    accumulates each chunk, every use of a direction drawing it again from its key,
+    fused with that use, instead of storing it (MeZO's seed trick): the planned memory
+    is the params, the output and `chunk_size` perturbed copies of the params (forward
+    baselines that pool the values, "mean", "leave_one_out", "optimal", take a second
+    pass for the weighted sum). The numbers are the same either way. For the least
+    memory, `chunk_size` of one direction (2 antithetic, 1 forward); for MeZO's memory
+    (no gradient at all), `zeroth_order_update`.
 
     Precision: the perturbed points are added in float32 (or wider) and rounded once
     to the params' dtype, and the estimate uses `max(sigma, sigma_min)` with
@@ -91,6 +96,7 @@ def zeroth_order_grad(
         baseline: a name of `BASELINES` ("unperturbed" for `f(x)`, None for none,
             "mean", "leave_one_out", "optimal") or a scalar array; forward differences
             only. Booleans are refused: the former True is "unperturbed", False None.
+            `fn(params)` is evaluated (and traced) for "unperturbed" only.
         chunk_size: evaluations per chunk (a divisor of `num_samples`, even when
             antithetic), or None for all at once.
         return_samples: return the per-direction estimates `c_i w_i`, each leaf with a
@@ -110,81 +116,69 @@ def zeroth_order_grad(
             `baseline` (the message lists the accepted ones), a baseline that needs
             more samples, or a `key` that is neither a typed key nor a `PRNGKey`.
 
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> def loss(p):
+        ...     return jnp.sum(p["w"] ** 2)
+        >>> params = {"w": jnp.array([1.0, -2.0])}
+        >>> g = estimators.zeroth_order_grad(
+        ...     loss, params, jax.random.key(0), num_samples=64, chunk_size=2)
+        >>> g["w"].shape
+        (2,)
+
     References:
-        Su, "殊途同归的策略梯度与零阶优化", https://kexue.fm/archives/7737 (2020).
-        Nesterov & Spokoiny, "Random gradient-free minimization of convex functions"
-        (2017). Spall, SPSA (1992). Salimans et al., https://arxiv.org/abs/1703.03864.
+        Su, "殊途同归的策略梯度与零阶优化", https://kexue.fm/archives/7737 (2020), for the
+        "optimal" baseline. Nesterov & Spokoiny, "Random gradient-free minimization of
+        convex functions" (2017). Spall, SPSA (1992). Salimans et al., https://arxiv.org/abs/1703.03864.
         Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333.
     """
     key = keys.as_key(key, "key")
-    _check_arguments(fn, params, num_samples, sigma, antithetic, directions, baseline,
-                     chunk_size)
-    sigma = _sampling.resolved_sigma(sigma, params, directions)
-    num_directions = num_samples // 2 if antithetic else num_samples
-    per_chunk = num_directions if chunk_size is None else chunk_size * num_directions // (
-        num_samples)
-    sample_keys = _sampling.sample_keys(key, num_directions).reshape(-1, per_chunk)
+    _plan.check_arguments(num_samples, sigma, antithetic, directions, baseline, chunk_size)
+    plan = _plan.Plan(fn, params, num_samples, sigma, antithetic, directions, baseline,
+                 chunk_size, sample_sharding)
+    sample_keys = _sampling.sample_keys(key, plan.num_directions)
+    if chunk_size is None:
+        # One vmap over every direction, each drawn once and kept for the weighted sum.
+        constrained = _sampling.constrain(sample_keys, sample_sharding)
+        perturbations, weights = jax.vmap(
+            lambda k: _sampling.direction(k, params, directions)
+        )(constrained)
+        values = jax.vmap(plan.values)(perturbations, weights)
+        coefficients = plan.coefficients(*values)
+        if return_samples:
+            return _sampling.scale_samples(coefficients, weights)
+        return plan.mean(_sampling.weighted_sum(coefficients, weights))
 
-    def evaluate(chunk_keys):
-        def one_direction(one_key):
-            perturbation, weight = _sampling.direction(one_key, params, directions)
-            plus = fn(_sampling.perturb(params, sigma, perturbation))
-            if antithetic:
-                return plus, fn(_sampling.perturb(params, -sigma, perturbation))
-            return plus, optax.tree.norm(weight, squared=True)
-
-        return jax.vmap(one_direction)(_sampling.constrain(chunk_keys, sample_sharding))
-
-    plus, second = jax.tree.map(lambda v: v.reshape(-1), jax.lax.map(evaluate, sample_keys))
-    if antithetic:
-        coefficients = (plus - second) / (2 * sigma)
-    else:
-        coefficients = _baselines.centred_rewards(
-            plus, baseline, sq_norms=second, unperturbed=lambda: fn(params)
-        ) / sigma
-    coefficients = coefficients.reshape(sample_keys.shape)
-
-    def weights(chunk_keys):
-        chunk_keys = _sampling.constrain(chunk_keys, sample_sharding)
-        return jax.vmap(lambda k: _sampling.direction(k, params, directions)[1])(chunk_keys)
-
-    if return_samples:
-        samples = jax.lax.map(
-            lambda chunk: _sampling.scale_samples(chunk[1], weights(chunk[0])),
-            (sample_keys, coefficients),
-        )
-        return jax.tree.map(lambda s: s.reshape((num_directions, *s.shape[2:])), samples)
-
-    def accumulate(total, chunk):
-        return optax.tree.add(total, _sampling.weighted_sum(chunk[1], weights(chunk[0]))), None
-
-    zeros = jax.tree.map(
-        lambda p: jnp.zeros(
-            p.shape, jnp.result_type(coefficients, dtypes.compute_dtype(p.dtype))
-        ),
-        params,
-    )
-    total, _ = jax.lax.scan(accumulate, zeros, (sample_keys, coefficients))
-    return jax.tree.map(lambda t, p: (t / num_directions).astype(p.dtype), total, params)
-
-
-def _check_arguments(fn, params, num_samples, sigma, antithetic, directions, baseline,
-                     chunk_size) -> None:
-    checks.check_positive_int("num_samples", num_samples)
-    if antithetic and num_samples % 2:
-        raise ValueError(
-            "num_samples must be even with antithetic=True (two evaluations per "
-            f"direction), got {num_samples}."
-        )
-    checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
-    _sampling.check_direction_kind(directions)
-    _baselines.check_baseline(baseline, num_samples)
-    if chunk_size is not None:
-        checks.check_positive_int("chunk_size", chunk_size)
-        if num_samples % chunk_size or (antithetic and chunk_size % 2):
-            raise ValueError(
-                f"chunk_size must divide num_samples={num_samples}"
-                + (" and be even with antithetic=True" if antithetic else "")
-                + f", got {chunk_size}."
+    chunk_keys = sample_keys.reshape(plan.num_chunks, -1)
+    if return_samples or not plan.one_pass:
+        coefficients = plan.coefficients(
+            *jax.tree.map(lambda v: v.reshape(-1), jax.lax.map(plan.chunk_values, chunk_keys))
+        ).reshape(chunk_keys.shape)
+        if return_samples:
+            samples = jax.lax.map(
+                lambda chunk: _sampling.scale_samples(chunk[1], plan.chunk_weights(chunk[0])),
+                (chunk_keys, coefficients),
             )
-    _sampling.check_scalar_output("fn", jax.eval_shape(fn, params))
+            return jax.tree.map(
+                lambda s: s.reshape((plan.num_directions, *s.shape[2:])), samples
+            )
+
+        def accumulate(total, chunk):
+            chunk_keys, chunk_coefficients = chunk
+            step = _sampling.weighted_sum(chunk_coefficients, plan.chunk_weights(chunk_keys))
+            return _plan.add(total, step), None
+
+        total, _ = jax.lax.scan(accumulate, plan.zeros(), (chunk_keys, coefficients))
+        return plan.mean(total)
+
+    # One pass: each chunk is drawn, evaluated and accumulated, its coefficients known
+    # from its own values; the weights are drawn again (leaf by leaf, fused with the
+    # accumulation) rather than kept, so no chunk outlives its step.
+    def evaluate_and_accumulate(total, chunk_keys):
+        coefficients = plan.coefficients(*plan.chunk_values(chunk_keys))
+        step = _sampling.weighted_sum(coefficients, plan.chunk_weights(chunk_keys))
+        return _plan.add(total, step), None
+
+    total, _ = jax.lax.scan(evaluate_and_accumulate, plan.zeros(), chunk_keys)
+    return plan.mean(total)

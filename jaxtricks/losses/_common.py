@@ -1,16 +1,18 @@
-"""Shared machinery of the softmax losses: input layout, checks and the fused kernel.
+"""Shared machinery of the softmax losses: the skeleton, input layout and fused kernel.
 
-Every softmax loss of this package is a function of the log-probability of the target
-class, `log p_y = s_y - logsumexp(s)`, possibly of shifted logits. `log_target_probability`
-computes it in one fused pass over the logits; its custom JVP is the linear map
-`t -> t_y - sum_i p_i t_i`, which JAX transposes into the gradient `g (e_y - p)` of
-cross-entropy scaled by the per-example cotangent `g`. A loss `l(log p_y)` therefore
-costs one cross-entropy plus elementwise work on per-example scalars, in forward and
-reverse mode alike (every such loss is a re-weighted cross-entropy with weight
-`w = -l'(log p_y)`).
+Every softmax loss of this package is `softmax_loss(formula, ...)`: `prepare` moves the
+class axes last, checks the labels (`class_indices`) and casts to the compute dtype; the
+formula maps `(scores [..., K], labels [...], mask)` to per-example values; the skeleton
+sets examples that `where` excludes entirely to 0 and casts back to the logits' dtype.
+
+Most formulas are functions of the target log-probability `log p_y`, computed by the
+fused kernel of `_kernel`; the multi-label loss and the smoothed F1 are not.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,46 @@ def check_floating(name: str, array: jax.Array) -> None:
         raise ValueError(f"{name} must have a floating dtype, got {array.dtype}.")
 
 
+def canonical_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
+    """`axis` (an int or a tuple of ints, as in optax) as sorted non-negative axes."""
+    if isinstance(axis, bool) or not isinstance(axis, int | tuple):
+        raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r}.")
+    axes = (axis,) if isinstance(axis, int) else axis
+    if not axes or any(not -ndim <= a < ndim for a in axes):
+        raise ValueError(f"axis must name axes of logits of rank {ndim}, got {axis!r}.")
+    canonical = tuple(sorted(a % ndim for a in axes))
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"axis must not repeat an axis, got {axis!r}.")
+    return canonical
+
+
+class Layout(NamedTuple):
+    """Where the classes are: `classes_last` moves them last and flattens them, in order."""
+
+    batch_axes: tuple[int, ...]
+    class_axes: tuple[int, ...]
+    batch_shape: tuple[int, ...]
+    num_classes: int
+
+    def classes_last(self, array: jax.Array) -> jax.Array:
+        array = jnp.transpose(array, self.batch_axes + self.class_axes)
+        return array.reshape((*self.batch_shape, self.num_classes))
+
+
+def class_layout(shape: tuple[int, ...], axis: Axis) -> Layout:
+    class_axes = canonical_axes(axis, len(shape))
+    batch_axes = tuple(i for i in range(len(shape)) if i not in class_axes)
+    return Layout(batch_axes, class_axes, tuple(shape[i] for i in batch_axes),
+                  int(np.prod([shape[i] for i in class_axes])))
+
+
+class Prepared(NamedTuple):
+    scores: jax.Array  # [..., K], the compute dtype
+    labels: jax.Array  # [...] int32 class indices, or [..., K] multi-hot labels
+    mask: jax.Array | None  # None or boolean [..., K]
+    layout: Layout
+
+
 def prepare(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -35,7 +77,7 @@ def prepare(
     where: jax.typing.ArrayLike | None,
     *,
     integer_labels: bool = True,
-) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+) -> Prepared:
     """Moves the class axis (or axes, flattened) of the logits last, checks shapes, and
     casts the logits to the compute dtype (at least float32).
 
@@ -48,10 +90,10 @@ def prepare(
             shape (individual scores).
 
     Returns:
-        `(logits, labels, mask)` with logits `[..., K]`, labels `[...]` or `[..., K]`,
-        and the mask None or a boolean `[..., K]`. Integer labels come back as int32
-        class indices (`class_indices`: a concrete label outside `[0, K)` raises, a
-        traced one becomes `K`, for which `log_target_probability` gives NaN; examples
+        `Prepared(scores, labels, mask, layout)`: scores `[..., K]`, labels `[...]` or
+        `[..., K]`, the mask None or a boolean `[..., K]`. Integer labels come back as
+        int32 class indices (`class_indices`: a concrete label outside `[0, K)` raises,
+        a traced one becomes `K`, for which `log_target_probability` gives NaN; examples
         that `where` excludes entirely are not checked).
 
     Raises:
@@ -61,22 +103,15 @@ def prepare(
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     check_floating("logits", logits)
-    class_axes = canonical_axes(axis, logits.ndim)
-    batch_axes = tuple(i for i in range(logits.ndim) if i not in class_axes)
-    batch_shape = tuple(logits.shape[i] for i in batch_axes)
-    num_classes = int(np.prod([logits.shape[i] for i in class_axes]))
-
-    def to_classes_last(array):
-        array = jnp.transpose(array, batch_axes + class_axes)
-        return array.reshape((*batch_shape, num_classes))
-
+    layout = class_layout(logits.shape, axis)
+    batch_shape, num_classes = layout.batch_shape, layout.num_classes
     mask = None
     if where is not None:
         where = jnp.asarray(where, dtype=bool)
         if where.shape == batch_shape:
             mask = jnp.broadcast_to(where[..., None], (*batch_shape, num_classes))
         elif where.shape == logits.shape:
-            mask = to_classes_last(where)
+            mask = layout.classes_last(where)
         else:
             raise ValueError(
                 f"where must have shape {batch_shape} or {logits.shape}, "
@@ -88,9 +123,32 @@ def prepare(
         labels = class_indices(labels, num_classes, counted)[0]
     else:
         checks.check_shape("labels", labels.shape, logits.shape)
-        labels = to_classes_last(labels)
-    scores = to_classes_last(logits)
-    return scores.astype(compute_dtype(scores.dtype)), labels, mask
+        labels = layout.classes_last(labels)
+    scores = layout.classes_last(logits)
+    return Prepared(scores.astype(compute_dtype(scores.dtype)), labels, mask, layout)
+
+
+def softmax_loss(
+    formula: Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array],
+    logits: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    axis: Axis,
+    where: jax.typing.ArrayLike | None,
+    *,
+    integer_labels: bool = True,
+    per_example: bool = True,
+) -> jax.Array:
+    """The skeleton of every softmax loss: `formula(scores, labels, mask)` on `prepare`d
+    inputs, then (per-example losses) 0 for the examples that `where` excludes entirely,
+    as optax does, and the result in the logits' dtype. A batch-level loss
+    (`per_example=False`) handles the mask in its formula."""
+    logits = jnp.asarray(logits)
+    scores, labels, mask, _ = prepare(logits, labels, axis, where,
+                                      integer_labels=integer_labels)
+    loss = formula(scores, labels, mask)
+    if per_example:
+        loss = zero_where_excluded(loss, mask)
+    return loss.astype(logits.dtype)
 
 
 def class_indices(
@@ -154,185 +212,8 @@ def label_one_hot(indices: jax.Array, num_classes: int, dtype) -> jax.Array:
     return jnp.where((indices < num_classes)[..., None], one_hot, jnp.nan)
 
 
-def canonical_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
-    if isinstance(axis, bool) or not isinstance(axis, int | tuple):
-        raise ValueError(f"axis must be an int or a tuple of ints, got {axis!r}.")
-    axes = (axis,) if isinstance(axis, int) else axis
-    if not axes or any(not -ndim <= a < ndim for a in axes):
-        raise ValueError(f"axis must name axes of logits of rank {ndim}, got {axis!r}.")
-    canonical = tuple(sorted(a % ndim for a in axes))
-    if len(set(canonical)) != len(canonical):
-        raise ValueError(f"axis must not repeat an axis, got {axis!r}.")
-    return canonical
-
-
-def masked_logits(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Logits with the masked-out scores at -inf (so they get probability 0)."""
-    if mask is None:
-        return logits
-    return jnp.where(mask, logits, -jnp.inf)
-
-
 def zero_where_excluded(values: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Per-example values set to 0 where the mask excludes every score (as optax)."""
     if mask is None:
         return values
     return jnp.where(jnp.any(mask, axis=-1), values, 0.0)
-
-
-def _shifted_exponentials(
-    logits: jax.Array, mask: jax.Array | None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`(exp(s - max s), its sum, max s)` over the last axis.
-
-    Masked scores get 0; a row with every score masked gets the sum 1 and the maximum 0
-    (so its logsumexp is 0 and its probabilities 0). The guards test the mask, never the
-    values: a NaN or inf score gives a NaN or inf sum. Without a mask there is no guard,
-    which lets XLA:CPU fuse the whole softmax, as it does for optax's cross-entropy.
-    """
-    shifted = masked_logits(logits, mask)
-    top = jax.lax.stop_gradient(jnp.max(shifted, axis=-1, keepdims=True))
-    if mask is not None:
-        present = jnp.any(mask, axis=-1, keepdims=True)
-        top = jnp.where(present, top, 0.0)
-    exps = jnp.exp(shifted - top)
-    total = jnp.sum(exps, axis=-1)
-    if mask is not None:
-        total = jnp.where(present[..., 0], total, 1.0)
-    return exps, total, top[..., 0]
-
-
-def probabilities(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Softmax over the last axis; masked scores (and all-masked rows) get 0."""
-    _, total, top = _shifted_exponentials(logits, mask)
-    log_norm = jnp.log(total) + top
-    probs = jnp.exp(masked_logits(logits, mask) - log_norm[..., None])
-    return probs if mask is None else jnp.where(mask, probs, 0.0)
-
-
-def _target_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return jnp.take_along_axis(logits, labels[..., None], axis=-1, mode="clip")[..., 0]
-
-
-def _one_hot_like(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    classes = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    return classes == labels[..., None].astype(jnp.int32)
-
-
-def _target_terms(logits, labels, mask):
-    """`(log p_y, exp(s - max s), 1 / sum, e_y)`, NaN for a label outside `[0, K)`.
-
-    A row with every score masked gets `log p_y = 0` and `e_y = 0`: a constant.
-    """
-    exps, total, top = _shifted_exponentials(logits, mask)
-    total = jnp.where(labels < logits.shape[-1], total, jnp.nan)
-    out = _target_logit(logits, labels) - (jnp.log(total) + top)
-    hit = _one_hot_like(logits, labels)
-    if mask is not None:
-        present = jnp.any(mask, axis=-1)
-        out = jnp.where(present, out, 0.0)
-        hit = hit & present[..., None]
-    return out, exps, 1.0 / total, hit
-
-
-@jax.custom_jvp
-def log_target_probability(
-    logits: jax.Array, labels: jax.Array, mask: jax.Array | None
-) -> jax.Array:
-    """`log p_y = s_y - logsumexp(s)` over the last axis, in one fused pass.
-
-    Args:
-        logits: `[..., K]`, floating.
-        labels: `[...]` int32 labels from `prepare`: in `[0, K)`, or `K` for a label
-            out of range, which gives NaN (value and derivatives).
-        mask: None or boolean `[..., K]`; masked scores are left out of the logsumexp
-            (`s_y` is the target's score even where it is masked, as in optax).
-
-    Returns:
-        `[...]`: the target log-probabilities (0 for rows with every score masked).
-
-    The derivative is the linear map `t -> t_y - sum_i p_i t_i` (its transpose, the
-    gradient, is `g (e_y - p)`), with `p` the exponentials `exp(s - max s)` of the
-    forward pass over their sum: one exponential per score, as in
-    `optax.softmax_cross_entropy_with_integer_labels`, and elementwise derivative work
-    that XLA fuses with the loss around it. Forward and reverse mode, to any order.
-    """
-    return _target_terms(logits, labels, mask)[0]
-
-
-@log_target_probability.defjvp
-def _log_target_probability_jvp(primals, tangents):
-    logits, labels, mask = primals
-    out, exps, inverse_total, hit = _target_terms(logits, labels, mask)
-    dot = tangents[0]
-    target_dot = jnp.sum(jnp.where(hit, dot, 0.0), axis=-1)
-    return out, target_dot - inverse_total * jnp.sum(exps * dot, axis=-1)
-
-
-def _lead_and_rival(logits, labels, mask):
-    rivals = ~_one_hot_like(logits, labels)
-    if mask is not None:
-        rivals = rivals & mask
-    rival = jnp.argmax(jnp.where(rivals, logits, -jnp.inf), axis=-1)
-    lead = _target_logit(logits, labels) - _target_logit(logits, rival)
-    if mask is None and logits.shape[-1] > 1:  # every row has a rival: skip a pass
-        return lead, rival
-    has_rival = jnp.any(rivals, axis=-1)
-    return jnp.where(has_rival, lead, 0.0), jnp.where(has_rival, rival, labels)
-
-
-@jax.custom_jvp
-def target_lead(logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """`s_y - max_{i != y} s_i` over the unmasked scores (0 without a rival).
-
-    Its derivative is `t -> t_y - t_r`, `r` the best rival (gradient `g (e_y - e_r)`):
-    one elementwise pass, which XLA fuses with that of `log_target_probability`.
-    """
-    return _lead_and_rival(logits, labels, mask)[0]
-
-
-@target_lead.defjvp
-def _target_lead_jvp(primals, tangents):
-    logits, labels, mask = primals
-    lead, rival = _lead_and_rival(logits, labels, mask)
-    dot = tangents[0]
-    signed = (jnp.where(_one_hot_like(logits, labels), dot, 0.0)
-              - jnp.where(_one_hot_like(logits, rival), dot, 0.0))
-    return lead, jnp.sum(signed, axis=-1)
-
-
-def per_class(name: str, values: jax.typing.ArrayLike, num_classes: int) -> jax.Array:
-    """A scalar or `[K]` vector of per-class values; checks the length."""
-    values = jnp.asarray(values)
-    if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != num_classes):
-        raise ValueError(
-            f"{name} must be a scalar or have shape ({num_classes},) (one entry per "
-            f"class), got shape {values.shape}."
-        )
-    return values
-
-
-def gather_per_class(values: jax.Array, labels: jax.Array) -> jax.Array:
-    """`values[labels]` for a `[K]` vector, `values` itself for a scalar."""
-    return values[labels] if values.ndim == 1 else values
-
-
-def check_priors(priors: jax.typing.ArrayLike, num_classes: int) -> jax.Array:
-    """Checks class priors (or counts): shape `[K]`, finite, >= 0, positive sum."""
-    priors = jnp.asarray(priors)
-    checks.check_shape("class_priors", priors.shape, (num_classes,))
-    checks.check_scalar("class_priors", priors, low=0.0)
-    concrete = checks.concrete_value(priors)
-    if concrete is not None and not np.sum(concrete) > 0:
-        raise ValueError(
-            f"class_priors must have a positive sum to be normalised, got "
-            f"{np.array2string(concrete, threshold=8)}."
-        )
-    return priors
-
-
-def log_priors(priors: jax.Array, dtype) -> jax.Array:
-    """`log(pi / sum(pi))`, floored at log(1e-12) as the reference code does."""
-    priors = priors.astype(dtype)
-    normalised = priors / jnp.sum(priors)
-    return jnp.log(jnp.maximum(normalised, 1e-12))

@@ -1,4 +1,4 @@
-"""Smoothed F1 (linear soft Dice) losses and the F1-weighted cross-entropy (spec 1.4).
+"""Smoothed F1 (linear soft Dice) losses and the F1-weighted cross-entropy.
 
 These are batch-level quantities: F1 is a ratio of sums over the batch, so its value on
 a mini-batch is a biased estimate of the dataset's F1 (Su recommends training with
@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks._src import checks
-from jaxtricks.losses import _binary, _common
+from jaxtricks.losses import _binary, _common, _kernel
+
+_AVERAGES = ("macro", "micro")
 
 
 def _soft_f1(true_positives: jax.Array, totals: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -33,14 +35,6 @@ def _soft_f1(true_positives: jax.Array, totals: jax.Array) -> tuple[jax.Array, j
     return jnp.where(defined, ratio, 1.0), defined
 
 
-def _elementwise_mask(where, shape):
-    if where is None:
-        return None
-    where = jnp.asarray(where, bool)
-    checks.check_shape("where", where.shape, shape)
-    return where
-
-
 def smoothed_f1_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -49,7 +43,7 @@ def smoothed_f1_loss(
     axis: _common.Axis = -1,
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
-    r"""`1 - F1_soft` of a batch: the linear soft Dice of Su's smoothed F1 (spec 1.4).
+    r"""`1 - F1_soft` of a batch: the linear soft Dice of Su's smoothed F1.
 
     With `p = softmax(s)` and one-hot labels, per class
     `F1_c = 2 sum_i p_ic y_ic / sum_i (p_ic + y_ic)` (no smoothing constant). `macro`
@@ -78,31 +72,41 @@ def smoothed_f1_loss(
         ValueError: a bad `average` or axis, labels of the wrong shape or dtype, a
             concrete label outside `[0, num_classes)` in an example that `where` keeps.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]])
+        >>> round(float(losses.smoothed_f1_loss(logits, jnp.array([0, 1, 1]))), 4)
+        0.3388
+
     References:
-        Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019, and
-        `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020.
+        Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019 (section on F1)
+
+        Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020
     """
-    checks.check_choice("average", average, ("macro", "micro"))
-    scores, class_indices, mask = _common.prepare(logits, labels, axis, where)
-    probs = _common.probabilities(scores, mask)
-    one_hot = _common.label_one_hot(class_indices, scores.shape[-1], scores.dtype)
-    if mask is not None:
-        one_hot = jnp.where(jnp.any(mask, axis=-1, keepdims=True), one_hot, 0.0)
-    batch_axes = tuple(range(scores.ndim - 1))
-    true_positives = jnp.sum(probs * one_hot, axis=batch_axes)
-    totals = jnp.sum(probs + one_hot, axis=batch_axes)
-    if average == "micro":
-        true_positives, totals = jnp.sum(true_positives), jnp.sum(totals)
-    f1, defined = _soft_f1(true_positives, totals)
-    mean_f1 = jnp.sum(jnp.where(defined, f1, 0.0)) / jnp.maximum(jnp.sum(defined), 1)
-    mean_f1 = jnp.where(jnp.any(defined), mean_f1, 1.0)
-    return (1.0 - mean_f1).astype(jnp.asarray(logits).dtype)
+    checks.check_choice("average", average, _AVERAGES)
+
+    def formula(scores, class_indices, mask):
+        probs = _kernel.probabilities(scores, mask)
+        one_hot = _common.label_one_hot(class_indices, scores.shape[-1], scores.dtype)
+        if mask is not None:
+            one_hot = jnp.where(jnp.any(mask, axis=-1, keepdims=True), one_hot, 0.0)
+        batch_axes = tuple(range(scores.ndim - 1))
+        true_positives = jnp.sum(probs * one_hot, axis=batch_axes)
+        totals = jnp.sum(probs + one_hot, axis=batch_axes)
+        if average == "micro":
+            true_positives, totals = jnp.sum(true_positives), jnp.sum(totals)
+        f1, defined = _soft_f1(true_positives, totals)
+        mean_f1 = jnp.sum(jnp.where(defined, f1, 0.0)) / jnp.maximum(jnp.sum(defined), 1)
+        return 1.0 - jnp.where(jnp.any(defined), mean_f1, 1.0)
+
+    return _common.softmax_loss(formula, logits, labels, axis, where, per_example=False)
 
 
 def _binary_soft_f1(z, y, mask):
     probs = jax.nn.sigmoid(z)
     true_positives, totals = probs * y, probs + y
-    if mask is not None:  # `where`, not a 0/1 weight: a NaN in a masked element is left out
+    if mask is not None:
         true_positives = jnp.where(mask, true_positives, 0.0)
         totals = jnp.where(mask, totals, 0.0)
     return _soft_f1(jnp.sum(true_positives), jnp.sum(totals))[0]
@@ -116,8 +120,8 @@ def binary_smoothed_f1_loss(
 ) -> jax.Array:
     r"""`1 - F1_soft` over all elements, `F1_soft = 2 sum p y / sum (p + y)`, `p = sigma(z)`.
 
-    Su's binary smoothed F1 (spec 1.4): the linear soft Dice over the whole batch, no
-    smoothing constant. Its gradient is the cross-entropy gradient re-weighted by
+    Su's binary smoothed F1: the linear soft Dice over the whole batch, no smoothing
+    constant. Its gradient is the cross-entropy gradient re-weighted by
     `(2/T)(1 - F1/2) p` for positives and `(2/T)(F1/2)(1 - p)` for negatives. `T = 0`
     exactly (no positive and no predicted mass: an empty or fully masked batch, or
     every `p` underflowing to 0) gives loss 0 and a zero gradient (module docstring).
@@ -135,12 +139,22 @@ def binary_smoothed_f1_loss(
     Raises:
         ValueError: non-floating logits, labels or `where` of another shape.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> loss = losses.binary_smoothed_f1_loss(jnp.array([2.0, -1.0, 0.5]),
+        ...                                       jnp.array([1.0, 0.0, 1.0]))
+        >>> round(float(loss), 4)
+        0.203
+
     References:
-        Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019.
+        Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019 (section on F1)
     """
-    z, y = _binary.binary_inputs(logits, labels)
-    mask = _elementwise_mask(where, z.shape)
-    return (1.0 - _binary_soft_f1(z, y, mask)).astype(jnp.asarray(logits).dtype)
+
+    def formula(z, y, mask):
+        return 1.0 - _binary_soft_f1(z, y, mask)
+
+    return _binary.binary_loss(formula, logits, labels, where, elementwise=False)
 
 
 def binary_f1_weighted_cross_entropy(
@@ -149,7 +163,7 @@ def binary_f1_weighted_cross_entropy(
     *,
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
-    r"""The weighted cross-entropy that the smoothed F1 becomes under "p -> log p" (spec 1.4).
+    r"""The weighted cross-entropy that the smoothed F1 becomes under "p -> log p".
 
     .. math::
         \ell_i = -(1 - F_1/2)\, y_i \log \sigma(z_i) - (F_1/2)(1 - y_i) \log \sigma(-z_i),
@@ -171,14 +185,21 @@ def binary_f1_weighted_cross_entropy(
     Raises:
         ValueError: non-floating logits, labels or `where` of another shape.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> loss = losses.binary_f1_weighted_cross_entropy(jnp.array([2.0, -1.0, 0.5]),
+        ...                                                jnp.array([1.0, 0.0, 1.0]))
+        >>> [round(float(x), 4) for x in loss]
+        [0.0763, 0.1248, 0.2852]
+
     References:
-        Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020.
+        Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020
     """
-    z, y = _binary.binary_inputs(logits, labels)
-    mask = _elementwise_mask(where, z.shape)
-    half_f1 = jax.lax.stop_gradient(_binary_soft_f1(z, y, mask)) / 2
-    positive, negative = _binary.cross_entropy_terms(z)
-    loss = (1 - half_f1) * y * positive + half_f1 * (1 - y) * negative
-    if mask is not None:
-        loss = jnp.where(mask, loss, 0.0)
-    return loss.astype(jnp.asarray(logits).dtype)
+
+    def formula(z, y, mask):
+        half_f1 = jax.lax.stop_gradient(_binary_soft_f1(z, y, mask)) / 2
+        positive, negative = _binary.cross_entropy_terms(z)
+        return (1 - half_f1) * y * positive + half_f1 * (1 - y) * negative
+
+    return _binary.binary_loss(formula, logits, labels, where)

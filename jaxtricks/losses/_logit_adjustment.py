@@ -1,4 +1,4 @@
-"""Logit adjustment for long-tailed data (spec section 2): the loss, post-hoc, priors."""
+"""Logit adjustment for long-tailed data: the loss, the post-hoc adjustment, class priors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,31 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtricks._src import checks
-from jaxtricks.losses import _common
+from jaxtricks.losses import _common, _kernel
+
+
+def _check_priors(priors: jax.typing.ArrayLike, num_classes: int) -> jax.Array:
+    """Checks class priors (or counts): shape `[K]`, finite, >= 0, positive sum."""
+    priors = jnp.asarray(priors)
+    checks.check_shape("class_priors", priors.shape, (num_classes,))
+    checks.check_scalar("class_priors", priors, low=0.0)
+    concrete = checks.concrete_value(priors)
+    if concrete is not None and not np.sum(concrete) > 0:
+        raise ValueError(
+            f"class_priors must have a positive sum to be normalised, got "
+            f"{np.array2string(concrete, threshold=8)}."
+        )
+    return priors
+
+
+def _log_priors(priors: jax.Array, dtype) -> jax.Array:
+    """`log(pi / sum(pi))`, floored at log(1e-12) as the reference code does."""
+    priors = priors.astype(dtype)
+    normalised = priors / jnp.sum(priors)
+    return jnp.log(jnp.maximum(normalised, 1e-12))
 
 
 def logit_adjusted_softmax_cross_entropy(
@@ -49,17 +71,29 @@ def logit_adjusted_softmax_cross_entropy(
             `[0, num_classes)` (in an example that `where` keeps), priors of the wrong
             length, negative or summing to 0, `tau` not finite.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+        >>> loss = losses.logit_adjusted_softmax_cross_entropy(
+        ...     logits, jnp.array([0, 2]), class_priors=jnp.array([0.7, 0.2, 0.1]))
+        >>> [round(float(x), 4) for x in loss]
+        [0.0448, 2.1451]
+
     References:
         Menon et al., `Long-tail learning via logit adjustment
-        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021; Su,
-        `通过互信息思想来缓解类别不平衡问题 <https://kexue.fm/archives/7615>`_, 2020.
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021 (eq. 10)
+
+        Su, `通过互信息思想来缓解类别不平衡问题 <https://kexue.fm/archives/7615>`_, 2020
     """
     checks.check_scalar("tau", tau)
-    scores, class_indices, mask = _common.prepare(logits, labels, axis, where)
-    priors = _common.check_priors(class_priors, scores.shape[-1])
-    shift = jnp.asarray(tau, scores.dtype) * _common.log_priors(priors, scores.dtype)
-    loss = -_common.log_target_probability(scores + shift, class_indices, mask)
-    return _common.zero_where_excluded(loss, mask).astype(jnp.asarray(logits).dtype)
+
+    def formula(scores, labels, mask):
+        priors = _check_priors(class_priors, scores.shape[-1])
+        shift = jnp.asarray(tau, scores.dtype) * _log_priors(priors, scores.dtype)
+        return -_kernel.log_target_probability(scores + shift, labels, mask)
+
+    return _common.softmax_loss(formula, logits, labels, axis, where)
 
 
 def adjust_logits(
@@ -92,18 +126,26 @@ def adjust_logits(
         ValueError: non-floating logits, a bad axis, priors of the wrong length,
             negative or summing to 0; `tau` not finite.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> adjusted = losses.adjust_logits(jnp.array([[2.0, 1.5, 1.0]]),
+        ...                                 class_priors=jnp.array([0.7, 0.2, 0.1]))
+        >>> [round(float(x), 4) for x in adjusted[0]], int(adjusted.argmax())
+        ([2.3567, 3.1094, 3.3026], 2)
+
     References:
         Menon et al., `Long-tail learning via logit adjustment
-        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021 (eq. 9)
     """
     checks.check_scalar("tau", tau)
     logits = jnp.asarray(logits)
     _common.check_floating("logits", logits)
     class_axes = _common.canonical_axes(axis, logits.ndim)
     class_shape = tuple(logits.shape[i] for i in class_axes)
-    priors = _common.check_priors(class_priors, math.prod(class_shape))
+    priors = _check_priors(class_priors, math.prod(class_shape))
     dtype = _common.compute_dtype(logits.dtype)
-    shift = jnp.asarray(tau, dtype) * _common.log_priors(priors, dtype)
+    shift = jnp.asarray(tau, dtype) * _log_priors(priors, dtype)
     broadcast_shape = [1] * logits.ndim
     for i, size in zip(class_axes, class_shape, strict=True):
         broadcast_shape[i] = size
@@ -132,6 +174,13 @@ def class_priors(
     Raises:
         ValueError: non-integer labels, a concrete label outside `[0, num_classes)`,
             `num_classes < 1`, `smoothing < 0`, or empty labels with no smoothing.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> priors = losses.class_priors(jnp.array([0, 0, 0, 1]), 3, smoothing=1.0)
+        >>> [round(float(x), 4) for x in priors]
+        [0.5714, 0.2857, 0.1429]
     """
     checks.check_positive_int("num_classes", num_classes)
     checks.check_scalar("smoothing", smoothing, low=0.0)

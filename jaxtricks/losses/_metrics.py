@@ -14,6 +14,7 @@ def balanced_accuracy(
     labels: jax.typing.ArrayLike,
     num_classes: int,
     *,
+    axis: _common.Axis = -1,
     where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
     r"""Balanced accuracy: the mean over classes of the per-class recall.
@@ -35,39 +36,61 @@ def balanced_accuracy(
     outside `[0, K)` count as wrong.
 
     Args:
-        logits_or_predictions: scores `[..., num_classes]` (the prediction is their
-            argmax) or integer predictions of the labels' shape.
+        logits_or_predictions: scores with `num_classes` classes along `axis` (the
+            prediction is their argmax; several class axes are flattened in order, as
+            the losses do) or integer predictions of the labels' shape.
         labels: integer labels in `[0, num_classes)`, shape `[...]`, any integer dtype.
         num_classes: `K`, a Python int.
-        where: None or a boolean mask of the labels' shape (examples to count).
+        axis: the class axis or axes of the scores, as in the losses.
+        where: None, a boolean mask of the labels' shape (examples to count) or, for
+            scores, of their shape (masked scores are never predicted, as if -inf; an
+            example with every score masked is not counted), as in the losses.
 
     Returns:
         A float32 scalar in `[0, 1]`, or NaN (above).
 
     Raises:
-        ValueError: shapes that match neither form, `num_classes < 1`, non-integer
-            labels, a concrete counted label outside `[0, num_classes)`.
+        ValueError: shapes that match neither form, a bad axis, `num_classes < 1`,
+            non-integer labels, a concrete counted label outside `[0, num_classes)`,
+            `where` of another shape.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> predictions = jnp.array([0, 0, 0, 1, 1])
+        >>> float(losses.balanced_accuracy(predictions, jnp.array([0, 0, 0, 0, 1]), 2))
+        0.875
 
     References:
         Menon et al., `Long-tail learning via logit adjustment
-        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021 (section 2, balanced error)
     """
     checks.check_positive_int("num_classes", num_classes)
     scores = jnp.asarray(logits_or_predictions)
     label_shape = jnp.shape(labels)
-    from_logits = scores.shape == (*label_shape, num_classes)
-    if not from_logits and not (
-        scores.shape == label_shape and jnp.issubdtype(scores.dtype, jnp.integer)
-    ):
+    from_logits = not (scores.shape == label_shape and jnp.issubdtype(scores.dtype, jnp.integer))
+    mask = None if where is None else jnp.asarray(where, bool)
+    if from_logits and scores.ndim > len(label_shape):
+        layout = _common.class_layout(scores.shape, axis)
+        if mask is not None and mask.shape == scores.shape:
+            mask = layout.classes_last(mask)
+        scores = layout.classes_last(scores)
+    if from_logits and scores.shape != (*label_shape, num_classes):
         raise ValueError(
-            f"logits_or_predictions must have shape {(*label_shape, num_classes)} "
-            f"(logits) or integer dtype and shape {label_shape} (predictions), got "
-            f"shape {scores.shape} and dtype {scores.dtype}."
+            f"logits_or_predictions must have shape {(*label_shape, num_classes)} (logits, "
+            f"classes along axis {axis!r}) or integer dtype and shape {label_shape} "
+            f"(predictions), got shape {jnp.shape(logits_or_predictions)} and dtype "
+            f"{scores.dtype}."
         )
-    if where is not None:
-        checks.check_shape("where", jnp.shape(where), label_shape)
-    labels, valid = _common.class_indices(labels, num_classes, where)
-    counted = jnp.ones(label_shape, bool) if where is None else jnp.asarray(where, bool)
+    if mask is not None and from_logits and mask.shape == scores.shape:
+        low = -jnp.inf if jnp.issubdtype(scores.dtype, jnp.inexact) else jnp.iinfo(
+            scores.dtype).min
+        scores = jnp.where(mask, scores, low)  # a NaN under the mask is left out
+        mask = jnp.any(mask, axis=-1)
+    if mask is not None:
+        checks.check_shape("where", mask.shape, label_shape)
+    labels, valid = _common.class_indices(labels, num_classes, mask)
+    counted = jnp.ones(label_shape, bool) if mask is None else mask
     predictions = jnp.argmax(scores, axis=-1) if from_logits else scores
     if from_logits and jnp.issubdtype(scores.dtype, jnp.inexact):
         valid &= ~(counted & jnp.any(jnp.isnan(scores), axis=-1))

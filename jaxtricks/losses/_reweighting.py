@@ -1,4 +1,4 @@
-"""Measuring any loss as a re-weighted cross-entropy (spec 1.1)."""
+"""Measuring any loss as a re-weighted cross-entropy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks._src import checks
-from jaxtricks.losses import _binary, _common
+from jaxtricks.losses import _binary, _common, _kernel
+
+_KINDS = ("softmax", "sigmoid")
 
 
 def cross_entropy_weights(
@@ -18,8 +20,10 @@ def cross_entropy_weights(
     *,
     kind: str = "softmax",
     axis: _common.Axis = -1,
+    where: jax.typing.ArrayLike | None = None,
+    batch_level: bool = False,
 ) -> jax.Array:
-    r"""Per-example weights `w` with `grad loss_fn = w * grad(cross-entropy)` (spec 1.1).
+    r"""Per-example weights `w` with `grad loss_fn = w * grad(cross-entropy)`.
 
     With `G` the gradient of `sum(loss_fn(logits, labels))` in the logits and `c` the
     cross-entropy gradient (`softmax(s) - e_y`, or `sigmoid(z) - y` for `kind="sigmoid"`),
@@ -29,41 +33,84 @@ def cross_entropy_weights(
     the least-squares projection of `G` on `c`, per example. For a loss that depends on
     the logits only through `p_y`, `G = w c` exactly, so this is the closed form
     `w = -l'(p_y) p_y` (focal: `(1-p)^g - g p (1-p)^(g-1) log p`; smoothed accuracy:
-    `p`; hard truncation: `1[p <= m]`) up to rounding. Otherwise (logit adjustment,
+    `p`; hard truncation: `theta(m - p)`) up to rounding. Otherwise (logit adjustment,
     batch F1) it is the best single weight, and `G - w c` is what no re-weighting
     explains. Where `c = 0` in floating point (`p_y` rounds to 1) the weight is
     undefined and returned as NaN, never computed as 0/0. A NaN (or, softmax, +inf)
     score, a NaN gradient of `loss_fn`, or a traced label outside `[0, num_classes)`
     gives NaN for its example; an empty batch gives empty weights.
 
+    `loss_fn` must return per-example losses, one per weight: shape `[...]` (softmax)
+    or the logits' shape (sigmoid). A `loss_fn` that already averages (or sums) them
+    would give weights divided by the batch size, so its output shape is checked; a
+    loss that is a batch-level scalar by nature (the F1 losses) needs
+    `batch_level=True`.
+
     Args:
-        loss_fn: `(logits, labels) -> losses` (per example, or a batch-level scalar).
+        loss_fn: `(logits, labels) -> losses`, per example (`batch_level=False`) or a
+            batch-level scalar (`batch_level=True`). With `where`, it should apply the
+            same mask itself.
         logits: `[..., num_classes]` scores (softmax) or binary logits (sigmoid).
         labels: integer labels `[...]` in `[0, num_classes)`, any integer dtype
             (softmax), or `{0, 1}` labels of the logits' shape (sigmoid).
         kind: "softmax" or "sigmoid": which cross-entropy to compare with.
-        axis: the class axis or axes (softmax), as in optax.
+        axis: the class axis or axes (softmax), as in the losses.
+        where: None or a mask as in the losses (softmax: of shape `[...]` or of the
+            logits' shape; sigmoid: of the logits' shape): the cross-entropy compared
+            with is the masked one, and examples (elements) it excludes entirely get
+            weight 0, as they get loss 0.
+        batch_level: whether `loss_fn` returns a scalar rather than per-example losses.
 
     Returns:
         The weights, in the compute dtype (at least float32): shape `[...]` (softmax) or
         the logits' shape (sigmoid).
 
     Raises:
-        ValueError: a bad `kind` or axis, labels of the wrong shape or dtype, a concrete
-            label outside `[0, num_classes)` (softmax).
+        ValueError: a bad `kind` or axis, labels or `where` of the wrong shape or dtype,
+            a concrete label outside `[0, num_classes)` (softmax), a `loss_fn` output
+            of another shape than `batch_level` says.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import losses
+        >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+        >>> w = losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits,
+        ...                                  jnp.array([0, 2]))  # w = p_y
+        >>> [round(float(x), 4) for x in w]
+        [0.8438, 0.3072]
+
+    References:
+        Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020 (every loss
+        of `p_y` as a weighted cross-entropy)
     """
-    checks.check_choice("kind", kind, ("softmax", "sigmoid"))
+    checks.check_choice("kind", kind, _KINDS)
     logits = jnp.asarray(logits)
-    grads = jax.grad(lambda s: jnp.sum(loss_fn(s, labels)))(logits)
     if kind == "sigmoid":
-        z, y = _binary.binary_inputs(logits, labels)
-        ce_grad = jax.nn.sigmoid(z) - y
-        return _projection(grads.astype(z.dtype) * ce_grad, ce_grad * ce_grad)
-    scores, class_indices, _ = _common.prepare(logits, labels, axis, None)
-    grads = _common.prepare(grads, labels, axis, None)[0]  # the same layout as the scores
-    one_hot = _common.label_one_hot(class_indices, scores.shape[-1], scores.dtype)
-    ce_grad = _common.probabilities(scores, None) - one_hot
-    return _projection(jnp.sum(grads * ce_grad, axis=-1), jnp.sum(ce_grad * ce_grad, axis=-1))
+        scores, targets = _binary.binary_inputs(logits, labels)
+        mask = _binary.elementwise_mask(where, scores.shape)
+        per_example_shape = scores.shape
+    else:
+        scores, targets, mask, layout = _common.prepare(logits, labels, axis, where)
+        per_example_shape = layout.batch_shape
+    values, pullback = jax.vjp(lambda s: loss_fn(s, labels), logits)
+    expected = () if batch_level else per_example_shape
+    if jnp.shape(values) != expected:
+        raise ValueError(
+            f"loss_fn must return {'a batch-level scalar' if batch_level else 'per-example losses'}"
+            f" of shape {expected} (batch_level={batch_level}), got shape "
+            f"{jnp.shape(values)}; an averaged loss would give weights divided by the "
+            f"batch size."
+        )
+    grads = pullback(jnp.ones_like(values))[0].astype(scores.dtype)
+    if kind == "sigmoid":
+        ce_grad = jax.nn.sigmoid(scores) - targets
+        weights = _projection(grads * ce_grad, ce_grad * ce_grad)
+        return weights if mask is None else jnp.where(mask, weights, 0.0)
+    grads = layout.classes_last(grads)
+    one_hot = _common.label_one_hot(targets, scores.shape[-1], scores.dtype)
+    ce_grad = _kernel.probabilities(scores, mask) - one_hot
+    weights = _projection(jnp.sum(grads * ce_grad, axis=-1), jnp.sum(ce_grad * ce_grad, axis=-1))
+    return _common.zero_where_excluded(weights, mask)
 
 
 def _projection(inner: jax.Array, squared_norm: jax.Array) -> jax.Array:

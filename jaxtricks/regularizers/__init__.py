@@ -6,8 +6,10 @@
   transforms add).
 - `flood`, `iflood`, `gradient_norm_penalty`: objectives that keep the training loss
   off zero, and the penalty that flooding approximates.
+- `CountState`: the state of every transform here (inside `optax.MaskedState`).
 """
 
+from jaxtricks.regularizers._common import CountState
 from jaxtricks.regularizers._flooding import flood, gradient_norm_penalty, iflood
 from jaxtricks.regularizers._weight_decay import (
     decoupled_weight_decay,
@@ -17,6 +19,7 @@ from jaxtricks.regularizers._weight_decay import (
 from jaxtricks.regularizers._weissi import weissi, weissi_penalty
 
 __all__ = (
+    "CountState",
     "decoupled_weight_decay",
     "flood",
     "gradient_norm_penalty",

@@ -27,10 +27,21 @@ except ImportError:
 
 
 class CountState(NamedTuple):
-    """State of a transform whose rates may be schedules.
+    """The state of `l2_regularization`, `decoupled_weight_decay` and `weissi`.
+
+    One state type for constant and scheduled rates alike (so a state does not change
+    type when a constant becomes a schedule, e.g. under `optax.inject_hyperparams`); each
+    transform wraps it in `optax.MaskedState(inner_state=CountState(...))`.
 
     Attributes:
-        count: number of updates applied so far; shape (), int32.
+        count: number of updates applied so far; shape (), int32 (saturating).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> state = jaxtricks.l2_regularization(1e-4).init({"w": jnp.ones((2, 2))})
+        >>> isinstance(state.inner_state, jaxtricks.CountState), int(state.inner_state.count)
+        (True, 0)
     """
 
     count: jax.Array

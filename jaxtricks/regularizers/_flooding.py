@@ -1,4 +1,14 @@
-"""Flooding, individual flooding (iFlood) and the gradient-norm penalty."""
+"""Flooding, individual flooding (iFlood) and the gradient-norm penalty.
+
+References:
+    Ishida, Yamane, Sakai, Niu & Sugiyama, `Do We Need Zero Training Loss After Achieving
+    Zero Training Error? <https://arxiv.org/abs/2002.08709>`_, 2020
+
+    Su, `我们真的需要把训练集的损失降低到零吗？ (Do we really need to bring the training loss
+    down to zero?) <https://kexue.fm/archives/7643>`_, 2020
+
+    Xie et al., iFlood: A Stable and Effective Regularizer (ICLR), 2022
+"""
 
 from __future__ import annotations
 
@@ -41,10 +51,22 @@ def flood(loss: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.Arr
     Raises:
         ValueError: if `loss` is not a scalar or `level` is negative or not finite.
 
+    Examples:
+        >>> import jax
+        >>> import jaxtricks
+        >>> round(float(jaxtricks.flood(0.5, level=0.2)), 4)
+        0.5
+        >>> round(float(jaxtricks.flood(0.1, level=0.2)), 4)  # 0.2 + |0.1 - 0.2|
+        0.3
+        >>> float(jax.grad(lambda loss: jaxtricks.flood(loss, level=0.2))(0.1))  # ascent
+        -1.0
+
     References:
-        Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training
-        Error?", ICML 2020, https://arxiv.org/abs/2002.08709; Su,
-        https://kexue.fm/archives/7643.
+        Ishida, Yamane, Sakai, Niu & Sugiyama, `Do We Need Zero Training Loss After
+        Achieving Zero Training Error? <https://arxiv.org/abs/2002.08709>`_, 2020
+
+        Su, `我们真的需要把训练集的损失降低到零吗？ (Do we really need to bring the training
+        loss down to zero?) <https://kexue.fm/archives/7643>`_, 2020
     """
     checks.check_shape("loss", jnp.shape(loss), ())
     return _flooded(loss, level)
@@ -66,9 +88,14 @@ def iflood(losses: jax.typing.ArrayLike, *, level: jax.typing.ArrayLike) -> jax.
     Raises:
         ValueError: if `level` is negative or not finite.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> [round(float(x), 4) for x in jaxtricks.iflood(jnp.array([0.5, 0.1]), level=0.2)]
+        [0.5, 0.3]
+
     References:
-        Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022
-        (OpenReview).
+        Xie et al., iFlood: A Stable and Effective Regularizer (ICLR), 2022
     """
     return _flooded(losses, level)
 
@@ -96,7 +123,7 @@ def gradient_norm_penalty(
     rate `lr` on `(lr / 4) ||grad J||^2`. So `coefficient = lr / 4` is the
     flooding-equivalent choice (with the `J` term itself cancelling at the level);
     plain gradient descent adds the same `(lr / 4) ||grad J||^2` implicitly (Barrett &
-    Dherin, https://arxiv.org/abs/2009.11162). Differentiating the wrapped function is
+    Dherin). Differentiating the wrapped function is
     double back-propagation (about 2-3x the cost of a plain gradient).
 
     What is differentiated: for a pytree of arrays, its floating-point (and complex)
@@ -119,8 +146,24 @@ def gradient_norm_penalty(
     Raises:
         ValueError: if `coefficient` is negative or not finite.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> loss_fn = lambda w: jnp.sum(w**2)  # gradient 2w, squared norm 4 |w|^2
+        >>> penalised = jaxtricks.gradient_norm_penalty(loss_fn, coefficient=0.25)
+        >>> float(penalised(jnp.array([1.0, 2.0])))  # 5 + 0.25 * 4 * 5
+        10.0
+
     References:
-        Su, https://kexue.fm/archives/7643 and https://kexue.fm/archives/7787.
+        Su, `我们真的需要把训练集的损失降低到零吗？ (Do we really need to bring the training
+        loss down to zero?) <https://kexue.fm/archives/7643>`_, 2020
+
+        Su, `从动力学角度看优化算法（五）：为什么学习率不宜过小？ (Optimisation algorithms from
+        a dynamical viewpoint (5): why the learning rate should not be too small)
+        <https://kexue.fm/archives/7787>`_, 2020
+
+        Barrett & Dherin, `Implicit Gradient Regularization
+        <https://arxiv.org/abs/2009.11162>`_, 2021
     """
     checks.check_scalar("coefficient", coefficient, low=0.0)
     nnx_value_and_grad = nnx.value_and_grad(loss_fn, has_aux=has_aux)

@@ -1,4 +1,12 @@
-"""L2 regularisation (coupled) and decoupled, AdamW-style weight decay."""
+"""L2 regularisation (coupled) and decoupled, AdamW-style weight decay.
+
+References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019
+
+    Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸 (L2 regularisation is not as good as
+    you think? Blame the weight scale shift) <https://kexue.fm/archives/7681>`_, 2020
+"""
 
 from __future__ import annotations
 
@@ -38,6 +46,13 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
 
     Raises:
         ValueError: for a mask whose structure differs from the params'.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)}
+        >>> float(jaxtricks.l2_penalty(params))  # 0.5 * 4 * 2^2; the bias is not selected
+        8.0
     """
     return 0.5 * sum(squared_norm(leaf) for leaf in selected_leaves(params, mask))
 
@@ -63,8 +78,7 @@ def l2_regularization(
     `updates <- updates + weight_decay(t) * params` on the selected leaves. Placed
     before the optimiser (`optax.chain(l2_regularization(wd), optax.adam(lr))`) the
     penalty's gradient enters Adam's moments and is divided by `sqrt(v)`: under Adam,
-    L2 is not weight decay (Loshchilov & Hutter, https://arxiv.org/abs/1711.05101;
-    Su, https://kexue.fm/archives/7681). Before plain SGD it equals SGD on
+    L2 is not weight decay (Loshchilov & Hutter, Sec. 2). Before plain SGD it equals SGD on
     `loss + weight_decay * l2_penalty`.
 
     This is `optax.add_decayed_weights` under `optax.masked` with jaxtricks' default
@@ -86,6 +100,20 @@ def l2_regularization(
         ValueError: for a negative or non-finite constant rate; from `update`, when
             called without `params` or with a mask whose structure differs from the
             params'.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import jaxtricks
+        >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+        >>> transform = jaxtricks.l2_regularization(0.1)
+        >>> grads = {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}
+        >>> updates, _ = transform.update(grads, transform.init(params), params)
+        >>> round(float(updates["kernel"][0, 0]), 4), updates["bias"].tolist()
+        (0.1, [0.0, 0.0])
+
+    References:
+        Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+        <https://arxiv.org/abs/1711.05101>`_, 2019
     """
     check_rate("weight_decay", weight_decay)
     return masked(
@@ -108,8 +136,8 @@ def decoupled_weight_decay(
 
     gives the updates of `optax.adamw(lr, weight_decay=wd, mask=...)`: the decay is
     multiplied by the full learning rate, as in optax and PyTorch. Loshchilov & Hutter
-    (https://arxiv.org/abs/1711.05101) multiply it by the schedule multiplier `eta_t`
-    alone: pass that multiplier as `learning_rate` to get their form.
+    (Algorithm 2) multiply it by the schedule multiplier `eta_t` alone: pass that
+    multiplier as `learning_rate` to get their form.
 
     Args:
         weight_decay: the coefficient `lambda >= 0`, or a schedule of the step count.
@@ -127,6 +155,20 @@ def decoupled_weight_decay(
         ValueError: for a negative or non-finite constant rate; from `update`, when
             called without `params` or with a mask whose structure differs from the
             params'.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import jaxtricks
+        >>> params = {"kernel": jnp.ones((2, 2))}
+        >>> adamw = optax.chain(
+        ...     optax.adam(0.1), jaxtricks.decoupled_weight_decay(0.01, learning_rate=0.1))
+        >>> updates, _ = adamw.update({"kernel": jnp.ones((2, 2))}, adamw.init(params), params)
+        >>> round(float(updates["kernel"][0, 0]), 4)  # -0.1 * 1 - 0.1 * 0.01 * 1
+        -0.101
+
+    References:
+        Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+        <https://arxiv.org/abs/1711.05101>`_, 2019
     """
     check_rate("weight_decay", weight_decay)
     check_rate("learning_rate", learning_rate)

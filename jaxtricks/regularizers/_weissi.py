@@ -15,9 +15,17 @@ with gradients `W/n^2` (log), `R_product W/n^2`, `(R_gm / L) W/n^2` and
 `(sign(W) - (||W||_1/n^2) W) / n` (direction). Near zero, `n^2` is replaced by
 `n^2 + eps` everywhere (values and gradients finite at `W = 0`).
 
-References: Su, https://kexue.fm/archives/7681; Liu, Cui & Chan, "Improve
-Generalization and Robustness of Neural Networks via Weight Scale Shifting Invariant
-Regularizations", https://arxiv.org/abs/2008.02965.
+The post's WEISSI is the log form with the direction term, added to the loss (the
+coupled transform). The product and geometric-mean forms and the decoupled
+(AdamW-style) transform are extensions of this library, not in the post.
+
+References:
+    Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸 (L2 regularisation is not as good as
+    you think? Blame the weight scale shift) <https://kexue.fm/archives/7681>`_, 2020
+
+    Liu, Cui & Chan, `Improve Generalization and Robustness of Neural Networks via
+    Weight Scale Shifting Invariant Regularizations
+    <https://arxiv.org/abs/2008.02965>`_, 2020
 """
 
 from __future__ import annotations
@@ -96,6 +104,8 @@ def weissi_penalty(
     `R_product` are invariant under `W_l -> g_l W_l` with `prod_l g_l = 1` (the
     weight-scale shift of a ReLU network), unlike the L2 penalty. `R_log` is
     unbounded below as a layer shrinks to 0: only the data loss stops the collapse.
+    The post's penalty is `R_log` with `R_dir`; `R_product` and `R_gm` are extensions
+    of this library.
 
     For monitoring or for adding to a loss. With the same keyword arguments,
     `weissi(...)` adds exactly `jax.grad(weissi_penalty)(params, ...)`; with the
@@ -105,7 +115,7 @@ def weissi_penalty(
         params: a pytree of arrays.
         weight_decay: coefficient of the scale term (default 1: the bare `R_form`).
         direction_weight: coefficient of the direction term `R_dir`.
-        form: "log", "product" or "geometric_mean".
+        form: "log" (the post's), or the extensions "product" and "geometric_mean".
         mask: a pytree of bools shaped like `params`, a callable of the params
             returning one, or None (default) for the floating-point leaves with
             `ndim >= 2`.
@@ -119,9 +129,23 @@ def weissi_penalty(
         ValueError: for an unknown `form`, `eps <= 0`, a negative or non-finite
             coefficient, or a mask whose structure differs from the params'.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> params = {"w1": jnp.full((2, 2), 0.5), "w2": jnp.full((2, 2), 2.0)}
+        >>> round(float(jaxtricks.weissi_penalty(params)), 4)  # log 1 + log 4
+        1.3863
+        >>> shifted = {"w1": params["w1"] * 4, "w2": params["w2"] / 4}  # same network
+        >>> round(float(jaxtricks.weissi_penalty(shifted)), 4)
+        1.3863
+
     References:
-        Su, https://kexue.fm/archives/7681; Liu, Cui & Chan,
-        https://arxiv.org/abs/2008.02965.
+        Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸
+        <https://kexue.fm/archives/7681>`_, 2020
+
+        Liu, Cui & Chan, `Improve Generalization and Robustness of Neural Networks via
+        Weight Scale Shifting Invariant Regularizations
+        <https://arxiv.org/abs/2008.02965>`_, 2020
     """
     _check_arguments(form, eps, weight_decay=weight_decay, direction_weight=direction_weight)
     leaves = selected_leaves(params, mask)
@@ -203,7 +227,8 @@ def weissi(
     per-layer coefficient `weight_decay / ||W_l||^2` (big layers decay less, the
     opposite of L2).
 
-    Decoupled (a `learning_rate` given, placed after the optimiser, like AdamW):
+    Decoupled (a `learning_rate` given, placed after the optimiser, like AdamW; an
+    extension of this library, not in the post):
 
         updates <- updates - min(1, lr * weight_decay * a_l) W_l
                            - lr * direction_weight * grad R_dir(W_l)
@@ -219,7 +244,8 @@ def weissi(
             schedule.
         learning_rate: None for the coupled form; else the optimiser's learning rate
             (or its schedule) for the decoupled form.
-        form: "log" (default), "product" or "geometric_mean" (see `weissi_penalty`).
+        form: "log" (default, the post's), or the extensions "product" and
+            "geometric_mean" (see `weissi_penalty`).
         mask: a pytree of bools shaped like the params, a callable of the params
             returning one, or None (default) for the floating-point leaves with
             `ndim >= 2`. The product and geometric-mean forms couple all the selected
@@ -236,9 +262,23 @@ def weissi(
             `eps <= 0`; from `update`, when called without `params` or with a mask
             whose structure differs from the params'.
 
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> params = {"w": jnp.full((2, 2), 0.5)}  # ||w||^2 = 1
+        >>> transform = jaxtricks.weissi(0.1)
+        >>> zeros = {"w": jnp.zeros((2, 2))}
+        >>> updates, _ = transform.update(zeros, transform.init(params), params)
+        >>> round(float(updates["w"][0, 0]), 4)  # 0.1 * w / ||w||^2
+        0.05
+
     References:
-        Su, https://kexue.fm/archives/7681; Liu, Cui & Chan,
-        https://arxiv.org/abs/2008.02965.
+        Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸
+        <https://kexue.fm/archives/7681>`_, 2020
+
+        Liu, Cui & Chan, `Improve Generalization and Robustness of Neural Networks via
+        Weight Scale Shifting Invariant Regularizations
+        <https://arxiv.org/abs/2008.02965>`_, 2020
     """
     _check_arguments(
         form,

@@ -26,6 +26,15 @@ def linen_step(cell, params) -> StepFn:
 
     Returns:
         `step(carry, x) = cell.apply({"params": params}, carry, x)`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, flax.linen as nn
+        >>> from jaxtricks import rnn
+        >>> cell = nn.SimpleCell(3)
+        >>> params = cell.init(jax.random.key(0), jnp.zeros(3), jnp.zeros(2))["params"]
+        >>> carry, y = rnn.linen_step(cell, params)(jnp.zeros(3), jnp.ones(2))
+        >>> carry.shape, y.shape
+        ((3,), (3,))
     """
 
     def step(carry, x):
@@ -45,6 +54,15 @@ def nnx_step(cell: nnx.Module) -> StepFn:
 
     Returns:
         `step(carry, x) = cell(carry, x)`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from jaxtricks import rnn
+        >>> step = rnn.nnx_step(nnx.SimpleCell(2, 3, rngs=nnx.Rngs(0)))
+        >>> carry, y = step(jnp.zeros(3), jnp.ones(2))
+        >>> carry.shape, y.shape
+        ((3,), (3,))
     """
     graphdef, state = nnx.split(cell)
 

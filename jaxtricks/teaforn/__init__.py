@@ -1,4 +1,4 @@
-"""TeaForN: teacher forcing with N-grams for sequence decoders (spec section 6)."""
+"""TeaForN: teacher forcing with N-grams for sequence decoders (arXiv:2010.03494)."""
 
 from jaxtricks.teaforn._teaforn import teaforn_loss
 

@@ -1,8 +1,4 @@
-"""TeaForN: teacher forcing with N-grams (Goodman, Ding, Soricut, EMNLP 2020).
-
-Post (notation used here): https://kexue.fm/archives/7818.
-Paper: https://arxiv.org/abs/2010.03494, https://aclanthology.org/2020.emnlp-main.702.
-"""
+"""TeaForN: teacher forcing with N-grams (Goodman, Ding, Soricut, EMNLP 2020)."""
 
 from __future__ import annotations
 
@@ -15,9 +11,9 @@ import optax
 from flax import nnx
 
 from jaxtricks._src import checks
+from jaxtricks.teaforn import _decoder, _feeds
 
-FEEDS = ("hidden", "soft", "topk", "argmax")
-_NEEDS_EMBEDDING = ("soft", "topk", "argmax")
+REDUCTIONS = ("mean", "per_example", "none")
 
 
 def teaforn_loss(
@@ -33,6 +29,7 @@ def teaforn_loss(
     top_k: int | None = None,
     where: jax.typing.ArrayLike | None = None,
     mask_repeated: bool = False,
+    reduction: str = "mean",
     unroll: bool = True,
     remat: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
@@ -45,7 +42,8 @@ def teaforn_loss(
 
         h^(1) = M(e_0, e_1,     ..., e_{T-1})          (pass 1: teacher forcing)
         h^(i) = M(e_0, v_1^(i-1), ..., v_{T-1}^(i-1))    (pass i > 1)
-        per_pass_losses[i-1] = mean_{valid t} -log softmax(output_fn(h^(i)))_t[w_t]
+        ce[i-1, t] = -log softmax(output_fn(h^(i)))_t[w_t]
+        per_pass_losses[i-1] = mean_{scored t} ce[i-1, t]     (reduction="mean")
         loss = sum_i weights[i-1] * per_pass_losses[i-1]
 
     where `v^(i-1)` is computed from pass i-1 by `feed`:
@@ -75,6 +73,13 @@ def teaforn_loss(
     next pass; with `where=None` the feed is exactly `(e_0, v_1, ..., v_{T-1})`.
     Packed sequences (several per row) are not supported.
 
+    Reductions: a position is scored in pass i when `where` marks it valid and (with
+    `mask_repeated`) `t >= i`. `"mean"` averages the scored CEs of the whole batch
+    (token-pooled: long sequences weigh more); `"per_example"` averages each sequence's
+    own scored CEs (a batch mean of these weighs sequences alike); `"none"` returns
+    `ce` itself, 0 at the positions not scored, so that any other reduction is one
+    line (e.g. `per_token.sum(-1)` for per-sequence sums).
+
     Args:
         body_fn: the causal decoder body, `[B, T, D] -> hidden [B, T, H]` (any
             architecture: a closure over parameters and the encoder output, a linen
@@ -89,7 +94,7 @@ def teaforn_loss(
             `nnx.grad`), as any stateful nnx module. Pass the module itself, not a
             closure calling it.
         input_embeddings: `E(w_0..w_{T-1})`, shape `[B, T, D]`.
-        targets: `w_1..w_T`, integers, shape `[B, T]`.
+        targets: `w_1..w_T`, integers of any integer dtype, shape `[B, T]`.
         n: number of passes, >= 1.
         weights: `n` non-negative loss weights, one per pass (default all ones).
         feed: what a pass feeds the next: `"hidden"`, `"soft"`, `"topk"` or `"argmax"`.
@@ -97,6 +102,7 @@ def teaforn_loss(
         top_k: k for `feed="topk"`, in `[1, V]`.
         where: valid target positions, bools of shape `[B, T]` (default all valid).
         mask_repeated: drop positions `t < i` (1-based) of pass i, which repeat pass i-1.
+        reduction: `"mean"`, `"per_example"` or `"none"` (see Reductions).
         unroll: run the passes as a Python loop (default, faster in our benchmark and
             any `body_fn` works) instead of a `jax.lax.scan` (one trace of `body_fn`,
             shorter compile; `body_fn` must be scannable: a pure function or an nnx
@@ -105,44 +111,69 @@ def teaforn_loss(
             backward pass (memory ~1 pass instead of n, for about one more forward).
 
     Returns:
-        `(loss, per_pass_losses)`: the weighted sum (float32 scalar) and the `n`
-        per-pass mean cross-entropies (float32 `[n]`). A pass with no valid position
-        has loss 0.
+        `(loss, per_pass_losses)`, float32, with `loss = sum_i weights[i] *
+        per_pass_losses[i]`. Shapes by `reduction` (`B` any batch dimensions):
+        `"mean"`: `()` and `[n]`, a pass with no scored position giving 0;
+        `"per_example"`: `[B]` and `[n, B]`, a sequence with no scored position
+        giving 0; `"none"`: `[B, T]` and `[n, B, T]`.
 
     Raises:
         ValueError: for `n < 1`, `weights` of the wrong length or negative, shapes
-            that disagree (checked abstractly, with `jax.eval_shape`), an unknown
-            `feed`, a missing `embedding` or a missing or out-of-range `top_k`.
+            that disagree (checked abstractly, with `jax.eval_shape`), non-integer
+            `targets`, an unknown `feed` or `reduction`, a missing `embedding` or a
+            missing or out-of-range `top_k`.
+
+    Examples:
+        A causal body (a prefix sum) and an output layer tied to the embedding:
+
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks.teaforn import teaforn_loss
+        >>> table = jnp.linspace(-1.0, 1.0, 20).reshape(5, 4)  # V=5 tokens, D=4
+        >>> tokens = jnp.array([[0, 3, 1, 4, 2], [0, 2, 2, 1, 3]])  # w_0 = 0 starts
+        >>> body = lambda e: jnp.tanh(jnp.cumsum(e, axis=-2))
+        >>> output = lambda h: h @ table.T
+        >>> inputs, targets = table[tokens[:, :-1]], tokens[:, 1:]
+        >>> loss, per_pass = teaforn_loss(body, output, inputs, targets, n=2)
+        >>> round(float(loss), 4), per_pass.shape
+        (6.4226, (2,))
+        >>> token_loss, ce = teaforn_loss(body, output, inputs, targets, n=2,
+        ...                               reduction="none")
+        >>> token_loss.shape, ce.shape
+        ((2, 4), (2, 2, 4))
+        >>> bool(jnp.allclose(ce.mean(axis=(1, 2)), per_pass))
+        True
+
+    References:
+        Goodman, Ding & Soricut, `TeaForN: Teacher-Forcing with N-grams
+        <https://arxiv.org/abs/2010.03494>`_, EMNLP 2020, section 3 (the N decoders,
+        the hidden and top-k embedding feeds, the summed per-decoder losses).
+
+        Su, `TeaForN：让Teacher Forcing更有“远见”一些
+        <https://kexue.fm/archives/7818>`_, 2020 (the notation used here).
     """
     input_embeddings = jnp.asarray(input_embeddings)
     targets = jnp.asarray(targets)
     checks.check_positive_int("n", n)
-    checks.check_choice("feed", feed, FEEDS)
+    checks.check_choice("feed", feed, _feeds.FEEDS)
+    checks.check_choice("reduction", reduction, REDUCTIONS)
     weights = _checked_weights(weights, n)
     valid = _checked_where(where, targets, input_embeddings)
-    apply, state = _pure_decoder(body_fn, output_fn)
-    vocab_size, writes_state = _checked_vocab_size(
+    apply, state = _decoder.pure_decoder(body_fn, output_fn)
+    vocab_size, writes_state = _decoder.checked_vocab_size(
         apply, state, input_embeddings, targets, feed
     )
-    if feed == "hidden":
-        if embedding is not None:
-            raise ValueError("embedding is only used with feed in "
-                             f"{_NEEDS_EMBEDDING}, got feed='hidden'.")
-    else:
-        embedding = _checked_embedding(embedding, feed, input_embeddings, vocab_size)
-    _check_top_k(top_k, feed, vocab_size)
-
-    def feed_fn(hidden, logits):
-        return _feed_vectors(feed, hidden, logits, embedding, top_k)
+    embedding = _feeds.checked_embedding(embedding, feed, input_embeddings, vocab_size)
+    _feeds.check_top_k(top_k, feed, vocab_size)
 
     def one_pass(inputs, state, pass_index):
         hidden, logits, state = apply(state, inputs)
         scored = valid
         if mask_repeated:
             scored = scored & (jnp.arange(targets.shape[-1]) >= pass_index)
-        pass_loss = _mean_cross_entropy(logits, targets, scored)
-        next_inputs = _shift_in(feed_fn(hidden, logits), input_embeddings, valid)
-        return pass_loss, next_inputs, state
+        pass_loss = _reduced(_token_cross_entropy(logits, targets, scored), scored,
+                             reduction)
+        vectors = _feeds.feed_vectors(feed, hidden, logits, embedding, top_k)
+        return pass_loss, _feeds.shift_in(vectors, input_embeddings, valid), state
 
     if remat:
         one_pass = jax.checkpoint(one_pass)
@@ -162,76 +193,23 @@ def teaforn_loss(
         )
     if writes_state:
         nnx.update((body_fn, output_fn), state)
-    return jnp.sum(weights * per_pass_losses), per_pass_losses
+    pass_weights = weights.reshape((n,) + (1,) * (per_pass_losses.ndim - 1))
+    return jnp.sum(pass_weights * per_pass_losses, axis=0), per_pass_losses
 
 
-def _pure_decoder(body_fn, output_fn):
-    """The decoder as a pure `apply(state, inputs) -> (hidden, logits, state)`, and its state.
-
-    `apply(..., check_hidden=f)` calls `f(hidden)` before the output layer.
-
-    An nnx module (as `body_fn` or `output_fn`) keeps RNG streams and other state
-    that its call may write, which jax.eval_shape, jax.checkpoint and lax.scan do not
-    allow; split off (`nnx.split`), the state that is not an `nnx.Param` is passed
-    from pass to pass explicitly instead. For plain functions the state is None.
-    """
-    modules = (body_fn, output_fn)
-    if not any(nnx.graph.is_graph_node(fn) for fn in modules):
-        def apply(state, inputs, check_hidden=None):
-            hidden = body_fn(inputs)
-            if check_hidden is not None:
-                check_hidden(hidden)
-            return hidden, output_fn(hidden), state
-
-        return apply, None
-    graphdef, params, state = nnx.split(modules, nnx.Param, ...)
-
-    def apply(state, inputs, check_hidden=None):
-        # Fresh Variables at the current trace: flax >= 0.12's merge would reuse the
-        # captured ones, which a nested nnx transform (nnx.RNN's scan) cannot split.
-        fresh_params = jax.tree.map(lambda leaf: leaf, params)
-        body, output = nnx.merge(graphdef, fresh_params, state)
-        hidden = body(inputs)
-        if check_hidden is not None:
-            check_hidden(hidden)
-        return hidden, output(hidden), nnx.state((body, output), nnx.Not(nnx.Param))
-
-    return apply, state
-
-
-def _mean_cross_entropy(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
-    """Mean over valid positions of the CE (0 when none is valid), in float32."""
-    safe_targets = jnp.where(valid, targets, 0)
+def _token_cross_entropy(logits: jax.Array, targets: jax.Array, scored: jax.Array):
+    """The CE at every position in float32, 0 where not scored (any label there)."""
+    safe_targets = jnp.where(scored, targets, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_targets)
-    total = jnp.sum(jnp.where(valid, ce.astype(jnp.float32), 0.0))
-    return total / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.where(scored, ce.astype(jnp.float32), 0.0)
 
 
-def _feed_vectors(feed, hidden, logits, embedding, top_k) -> jax.Array:
-    """The vectors `v_t` a pass hands to the next (before the right shift)."""
-    if feed == "hidden":
-        return hidden
-    if feed == "topk":
-        top_logits, top_tokens = jax.lax.top_k(logits, top_k)
-        top_probs = jax.nn.softmax(top_logits.astype(jnp.float32), axis=-1)
-        return jnp.einsum("...k,...kd->...d", top_probs.astype(embedding.dtype),
-                          embedding[top_tokens])
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(embedding.dtype)
-    soft = probs @ embedding
-    if feed == "soft":
-        return soft
-    hard = embedding[jnp.argmax(logits, axis=-1)]
-    return soft + jax.lax.stop_gradient(hard - soft)
-
-
-def _shift_in(vectors: jax.Array, input_embeddings: jax.Array, valid: jax.Array) -> jax.Array:
-    """`(e_0, v_1, ..., v_{T-1})`, keeping `e_t` where target position t-1 is padding."""
-    vectors = vectors.astype(input_embeddings.dtype)
-    shifted = jnp.concatenate([input_embeddings[..., :1, :], vectors[..., :-1, :]], axis=-2)
-    previous_valid = jnp.concatenate(
-        [jnp.zeros_like(valid[..., :1]), valid[..., :-1]], axis=-1
-    )
-    return jnp.where(previous_valid[..., None], shifted, input_embeddings)
+def _reduced(token_ce: jax.Array, scored: jax.Array, reduction: str) -> jax.Array:
+    """Token CEs reduced over the batch ("mean"), each sequence, or not at all."""
+    if reduction == "none":
+        return token_ce
+    axis = None if reduction == "mean" else -1
+    return jnp.sum(token_ce, axis=axis) / jnp.maximum(jnp.sum(scored, axis=axis), 1)
 
 
 def _checked_weights(weights, n: int) -> jax.Array:
@@ -255,57 +233,3 @@ def _checked_where(where, targets: jax.Array, input_embeddings: jax.Array) -> ja
         return jnp.ones(targets.shape, bool)
     checks.check_shape("where", np.shape(where), targets.shape)
     return jnp.asarray(where, bool)
-
-
-def _checked_vocab_size(apply, state, input_embeddings, targets, feed: str):
-    """Checks the outputs' shapes abstractly (no compute); returns V and whether a pass
-    writes the decoder's state (one that does not, e.g. dropout in deterministic mode,
-    is then never written, so it also runs as a closure under jax.jit)."""
-    writes_state = []
-
-    def check_hidden(hidden):
-        if feed == "hidden":
-            checks.check_shape("body_fn's output (feed='hidden')", hidden.shape,
-                               input_embeddings.shape)
-        elif hidden.shape[:-1] != input_embeddings.shape[:-1]:
-            raise ValueError(
-                f"body_fn's output must have shape {input_embeddings.shape[:-1]} + (H,), "
-                f"got shape {hidden.shape}."
-            )
-
-    def shapes(state, inputs):
-        old = jax.tree.leaves(state)  # before the call, which may write to `state`
-        _, logits, new_state = apply(state, inputs, check_hidden)
-        new = jax.tree.leaves(new_state)
-        writes_state.append(len(old) != len(new) or any(
-            new_leaf is not old_leaf for old_leaf, new_leaf in zip(old, new, strict=False)
-        ))
-        return logits
-
-    logits = jax.eval_shape(shapes, state, input_embeddings)
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"output_fn's output must have shape {targets.shape} + (V,), "
-            f"got shape {logits.shape}."
-        )
-    return logits.shape[-1], writes_state[0]
-
-
-def _checked_embedding(embedding, feed: str, input_embeddings, vocab_size: int) -> jax.Array:
-    if embedding is None:
-        raise ValueError(f"feed={feed!r} needs embedding [V, D], got None.")
-    checks.check_shape("embedding", np.shape(embedding),
-                       (vocab_size, input_embeddings.shape[-1]))
-    return jnp.asarray(embedding)
-
-
-def _check_top_k(top_k, feed: str, vocab_size: int) -> None:
-    if feed != "topk":
-        if top_k is not None:
-            raise ValueError(f"top_k is only used with feed='topk', got feed={feed!r}.")
-        return
-    if top_k is None:
-        raise ValueError("feed='topk' needs top_k, an integer in [1, V], got None.")
-    checks.check_positive_int("top_k", top_k)
-    if top_k > vocab_size:
-        raise ValueError(f"top_k must lie in [1, {vocab_size}] (V), got {top_k}.")

@@ -1,9 +1,12 @@
 """Adversarial validation: a validation split that looks like the test set.
 
-One module per job: `_adversarial` (the cross-fitted discriminator), `_auc` (ROC AUC
-and its variance), `_splits` (validation splits and weights from the scores).
+One module per job: `_adversarial` (the cross-fit and its result), `_discriminator`
+(the model, its objective and the training loop), `_auc` (ROC AUC and its variance),
+`_splits` (validation splits and weights from the scores).
 
-Reference: https://kexue.fm/archives/7805
+References:
+    Su, `如何划分一个跟测试集更接近的验证集？ (How to split off a validation set closer to
+    the test set) <https://kexue.fm/archives/7805>`_, 2020
 """
 
 from jaxtricks.validation._adversarial import AdversarialValidation, adversarial_validation

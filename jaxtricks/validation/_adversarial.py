@@ -7,10 +7,12 @@ trained with balanced classes on the binary cross-entropy
 
 whose optimum `D*(x) = q(x) / (p(x) + q(x))` gives the density ratio
 `w(x) = q(x) / p(x) = D / (1 - D) = exp(logit_D(x))`. Every row is scored out-of-fold
-(K-fold cross-fitting), the K discriminators trained at once under one jitted `vmap`.
+(K-fold cross-fitting), the K discriminators trained at once under one jitted `vmap`
+by a training loop that the caller may replace.
 
-Reference: Su Jianlin, "如何划分一个跟测试集更接近的验证集？" (How to split off a
-validation set closer to the test set), https://kexue.fm/archives/7805 (16 Oct 2020).
+References:
+    Su, `如何划分一个跟测试集更接近的验证集？ (How to split off a validation set closer to
+    the test set) <https://kexue.fm/archives/7805>`_, 2020
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxtricks._src import checks, keys
-from jaxtricks.validation import _auc
+from jaxtricks.validation import _auc, _discriminator
 
 _MODELS = ("logistic", "mlp")
+_DEFAULT_STEPS = 500
+_DEFAULT_LEARNING_RATE = 0.05
 
 
 class AdversarialValidation(NamedTuple):
@@ -64,18 +67,6 @@ class AdversarialValidation(NamedTuple):
     fold_auc: jax.Array
     train_folds: jax.Array
     test_folds: jax.Array
-
-
-class _Discriminator(nn.Module):
-    """Logistic regression (`hidden_sizes=()`) or an MLP with ReLU, one logit out."""
-
-    hidden_sizes: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(1)(x)[..., 0]
 
 
 def _flatten_rows(name: str, features) -> jax.Array:
@@ -126,64 +117,13 @@ def _fold_ids(key: jax.Array, num_rows: int, num_folds: int) -> jax.Array:
     )
 
 
-def _kernel_penalty(params) -> jax.Array:
-    """Sum of squared Dense kernels (biases are not decayed)."""
-    kernels = [
-        leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-        if getattr(path[-1], "key", None) == "kernel"
-    ]
-    return sum(jnp.sum(jnp.square(kernel)) for kernel in kernels)
-
-
-def _fit_and_score(
-    key: jax.Array,
-    fit_rows: jax.Array,
-    features: jax.Array,
-    is_test: jax.Array,
-    *,
-    hidden_sizes: tuple[int, ...],
-    steps: int,
-    learning_rate: float,
-    weight_decay: float,
-) -> jax.Array:
-    """Trains one discriminator on the rows where `fit_rows`; returns every row's logit.
-
-    Features are standardised with the mean and standard deviation of the fit rows only,
-    so a held-out row influences nothing its own logit depends on.
-    """
-    row_weight = fit_rows / jnp.sum(fit_rows)
-    mean = row_weight @ features
-    std = jnp.sqrt(row_weight @ jnp.square(features - mean))
-    inputs = (features - mean) / jnp.where(std == 0, 1.0, std)
-    fit_test = fit_rows & is_test
-    fit_train = fit_rows & ~is_test
-    # Balanced: each set carries total weight 1/2 whatever its size.
-    class_weight = 0.5 * (fit_test / jnp.sum(fit_test) + fit_train / jnp.sum(fit_train))
-    model = _Discriminator(hidden_sizes)
-    params = model.init(key, jnp.zeros((1, inputs.shape[1]), inputs.dtype))
-    optimizer = optax.adam(learning_rate)
-
-    def loss_fn(params):
-        logits = model.apply(params, inputs)
-        cross_entropy = optax.sigmoid_binary_cross_entropy(logits, is_test.astype(logits.dtype))
-        return class_weight @ cross_entropy + 0.5 * weight_decay * _kernel_penalty(params)
-
-    def step(carry, _):
-        params, opt_state = carry
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), length=steps)
-    return model.apply(params, inputs)
-
-
 @functools.partial(
     jax.jit,
-    static_argnames=("num_folds", "hidden_sizes", "steps", "num_train"),
+    static_argnames=("num_folds", "hidden_sizes", "steps", "num_train", "optimizer", "fit"),
 )
 def _cross_fit(
-    key, features, *, num_train, num_folds, hidden_sizes, steps, learning_rate, weight_decay
+    key, features, *, num_train, num_folds, hidden_sizes, steps, learning_rate, weight_decay,
+    optimizer, fit,
 ):
     """K-fold cross-fitting on `features` (train rows first): out-of-fold logits and AUC."""
     num_rows = features.shape[0]
@@ -193,16 +133,19 @@ def _cross_fit(
     test_folds = _fold_ids(test_key, num_rows - num_train, num_folds)
     folds = jnp.concatenate([train_folds, test_folds])
     held_out = folds[None, :] == jnp.arange(num_folds)[:, None]  # (num_folds, num_rows)
-    fit = functools.partial(
-        _fit_and_score,
+    if fit is None:
+        # Built here so that a traced learning rate does not recompile.
+        optimizer = optax.adam(learning_rate) if optimizer is None else optimizer
+        fit = functools.partial(_discriminator.optimizer_steps, optimizer=optimizer, steps=steps)
+    fit_fold = functools.partial(
+        _discriminator.fit_and_score,
         features=features,
         is_test=is_test,
         hidden_sizes=hidden_sizes,
-        steps=steps,
-        learning_rate=learning_rate,
+        fit=fit,
         weight_decay=weight_decay,
     )
-    fold_logits = jax.vmap(fit)(jax.random.split(init_key, num_folds), ~held_out)
+    fold_logits = jax.vmap(fit_fold)(jax.random.split(init_key, num_folds), ~held_out)
     logits = jnp.take_along_axis(fold_logits, folds[None, :], axis=0)[0]
     fold_auc, fold_variance = jax.vmap(
         lambda mask: _auc.auc_and_variance(logits, is_test, mask)
@@ -229,38 +172,42 @@ def adversarial_validation(
     num_folds: int = 5,
     model: str = "logistic",
     hidden_sizes: Sequence[int] = (),
-    steps: int = 500,
-    learning_rate: float = 0.05,
     weight_decay: float = 1e-3,
+    steps: int | None = None,
+    learning_rate: float | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    fit: _discriminator.Fit | None = None,
 ) -> AdversarialValidation:
     """Scores how test-like every row is with a cross-fitted train-vs-test discriminator.
 
     Training rows get label 0, test rows label 1. Both sets are split at random into
     `num_folds` folds; for each fold k, a discriminator `D_k` is trained on the rows of
     both sets outside fold k and scores the rows inside it, so every row's score is
-    out-of-fold. The `num_folds` discriminators train together in one jitted `vmap`
-    (full-batch Adam for `steps` steps) on the balanced cross-entropy (spec 7.2)
+    out-of-fold. The `num_folds` discriminators train together in one jitted `vmap` on
+    the balanced cross-entropy of the post
 
         L(D) = -1/2 mean_{train} log(1 - D(x)) - 1/2 mean_{test} log D(x)
-               + weight_decay / 2 * sum ||kernel||^2,
+               + weight_decay * l2_penalty(kernels),
 
-    each set weighing 1/2 whatever its size, so at the optimum
-    `D = q / (p + q)` and `logit D = log q(x)/p(x)` with no size correction. Features
-    are standardised with the mean and standard deviation of each fold's own training
-    rows (constant features left unscaled). The L2 penalty (biases excluded) and a
-    simple model keep the discriminator from memorising; for logistic regression it is
-    scikit-learn's `LogisticRegression(C=1 / (weight_decay * n_fit),
-    class_weight="balanced")` objective.
+    (`l2_penalty` = `0.5 * sum ||kernel||^2`, biases excluded), each set weighing 1/2
+    whatever its size, so at the optimum `D = q / (p + q)` and
+    `logit D = log q(x)/p(x)` with no size correction. Features are standardised with
+    the mean and standard deviation of each fold's own training rows (constant features
+    left unscaled). The L2 penalty and a simple model keep the discriminator from
+    memorising; for logistic regression it is scikit-learn's
+    `LogisticRegression(C=1 / (weight_decay * n_fit), class_weight="balanced")`
+    objective.
 
-    Works under `jax.jit` (bind the static `num_folds`, `model`, `hidden_sizes` and
-    `steps`, e.g. with `functools.partial`), `jax.vmap` (over keys or over stacked
-    train/test sets), `jax.checkpoint` and inside `jax.lax.scan`; the NaN check then is
-    skipped, and a NaN or inf feature gives NaN scores, logits and AUC. Differentiating
-    the result with respect to the features (through the training loop) is not
-    supported as a meaningful quantity.
+    The training loop is the default full-batch one (`steps` steps of `optimizer`,
+    Adam with `learning_rate` unless given) or any `fit(loss_fn, params) -> params`.
 
-    Reference: https://kexue.fm/archives/7805 (the discriminator and its density ratio);
-    K-fold cross-fitting and the cross-validated AUC are standard practice.
+    Works under `jax.jit` (bind the static `num_folds`, `model`, `hidden_sizes`,
+    `steps`, `optimizer` and `fit`, e.g. with `functools.partial`; the latter two are
+    compared by identity, so reuse one object to avoid recompiling), `jax.vmap` (over
+    keys or over stacked train/test sets), `jax.checkpoint` and inside `jax.lax.scan`;
+    the NaN check then is skipped, and a NaN or inf feature gives NaN scores, logits and
+    AUC. Differentiating the result with respect to the features (through the training
+    loop) is not supported as a meaningful quantity.
 
     Args:
         train_x: an array `(num_train, ...)` or a pytree of such arrays (same leading
@@ -273,9 +220,18 @@ def adversarial_validation(
         model: "logistic" (logistic regression, `hidden_sizes` must be empty) or "mlp"
             (ReLU MLP with `hidden_sizes`, non-empty).
         hidden_sizes: widths of the MLP's hidden layers.
-        steps: full-batch Adam steps per discriminator.
-        learning_rate: Adam's learning rate.
         weight_decay: the L2 coefficient `lambda` on the kernels, >= 0.
+        steps: full-batch steps of the default loop, >= 1; None for 500.
+        learning_rate: Adam's learning rate (> 0) when `optimizer` is None; None for
+            0.05.
+        optimizer: the optimiser of the default loop, an `optax.GradientTransformation`
+            (`update` receives the params); None for `optax.adam(learning_rate)`.
+        fit: a training loop `fit(loss_fn, params) -> params` replacing the default one:
+            given the scalar full-batch objective `loss_fn(params)` above (loss and
+            penalty) and the initial params, it returns the trained params; it is traced
+            once under `jax.jit` and `jax.vmap` over the folds (a `jax.lax.scan` or
+            `jax.lax.while_loop`, no Python control flow on values). None for the
+            default loop.
 
     Returns:
         An `AdversarialValidation`: out-of-fold `train_scores`, `test_scores` and their
@@ -285,7 +241,25 @@ def adversarial_validation(
     Raises:
         ValueError: if train and test feature shapes or tree structures differ, either
             set has fewer rows than `num_folds`, concrete features hold NaN or inf, `key`
-            is not a key, or a hyper-parameter is out of range.
+            is not a key, a hyper-parameter is out of range, or arguments of different
+            loops are mixed (`learning_rate` with `optimizer`; `steps`, `learning_rate`
+            or `optimizer` with `fit`).
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from jaxtricks import validation
+        >>> rng = np.random.default_rng(0)
+        >>> train = rng.normal(size=(200, 3)).astype(np.float32)
+        >>> test = (rng.normal(size=(100, 3)) + [2.0, 0, 0]).astype(np.float32)
+        >>> result = validation.adversarial_validation(train, test, jax.random.key(0))
+        >>> result.train_scores.shape, bool(result.auc > 0.8)
+        ((200,), True)
+
+    References:
+        Su, `如何划分一个跟测试集更接近的验证集？ (How to split off a validation set closer
+        to the test set) <https://kexue.fm/archives/7805>`_, 2020 (the discriminator and
+        its density ratio; K-fold cross-fitting and the cross-validated AUC are standard
+        practice)
     """
     checks.check_positive_int("num_folds", num_folds, minimum=2)
     checks.check_choice("model", model, _MODELS)
@@ -297,9 +271,8 @@ def adversarial_validation(
         )
     for width in hidden_sizes:
         checks.check_positive_int("hidden_sizes", width)
-    checks.check_positive_int("steps", steps)
-    checks.check_scalar("learning_rate", learning_rate, low=0.0, low_inclusive=False)
     checks.check_scalar("weight_decay", weight_decay, low=0.0)
+    _check_loop(steps=steps, learning_rate=learning_rate, optimizer=optimizer, fit=fit)
     _check_features(train_x, test_x, num_folds)
     train_matrix = _flatten_rows("train_x", train_x)
     test_matrix = _flatten_rows("test_x", test_x)
@@ -310,7 +283,37 @@ def adversarial_validation(
         num_train=train_matrix.shape[0],
         num_folds=num_folds,
         hidden_sizes=hidden_sizes,
-        steps=steps,
-        learning_rate=learning_rate,
+        steps=_DEFAULT_STEPS if steps is None else steps,
+        learning_rate=_DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
         weight_decay=weight_decay,
+        optimizer=optimizer,
+        fit=fit,
     )
+
+
+def _check_loop(*, steps, learning_rate, optimizer, fit) -> None:
+    """Checks the loop arguments: each belongs to one loop, none given twice."""
+    if fit is not None:
+        if not callable(fit):
+            raise ValueError(f"fit must be callable as fit(loss_fn, params), got {fit!r}.")
+        given = [name for name, value in (("steps", steps), ("learning_rate", learning_rate),
+                                          ("optimizer", optimizer)) if value is not None]
+        if given:
+            raise ValueError(
+                f"fit replaces the default loop: leave {', '.join(given)} as None, got "
+                f"steps={steps}, learning_rate={learning_rate}, optimizer={optimizer!r}."
+            )
+    if optimizer is not None:
+        if not isinstance(optimizer, optax.GradientTransformation):
+            raise ValueError(
+                f"optimizer must be an optax.GradientTransformation, got {optimizer!r}."
+            )
+        if learning_rate is not None:
+            raise ValueError(
+                "learning_rate sets the default Adam: leave it None with an optimizer, got "
+                f"learning_rate={learning_rate}."
+            )
+    if steps is not None:
+        checks.check_positive_int("steps", steps)
+    if learning_rate is not None:
+        checks.check_scalar("learning_rate", learning_rate, low=0.0, low_inclusive=False)

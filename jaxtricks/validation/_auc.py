@@ -1,9 +1,14 @@
 """ROC AUC of scores against binary labels, with DeLong's variance.
 
 The AUC is the share of (positive, negative) pairs that the scores order correctly,
-ties counting one half; its variance is DeLong's estimate from the placement values
-(DeLong, DeLong and Clarke-Pearson, Biometrics 44(3), 1988). Adversarial validation
-reports it for its train-vs-test discriminator: 0.5 means no detectable shift.
+ties counting one half; its variance is DeLong's estimate from the placement values.
+Adversarial validation reports it for its train-vs-test discriminator: 0.5 means no
+detectable shift.
+
+References:
+    DeLong, DeLong & Clarke-Pearson, `Comparing the areas under two or more correlated
+    receiver operating characteristic curves: a nonparametric approach
+    <https://doi.org/10.2307/2531595>`_, 1988 (Biometrics 44(3))
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ def roc_auc(
 
     Raises:
         ValueError: if `scores` is not `(n,)` or `labels`/`where` differ in shape.
+
+    Examples:
+        >>> from jaxtricks import validation
+        >>> round(float(validation.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])), 4)
+        0.75
     """
     return auc_and_variance(scores, labels, where)[0]
 
@@ -49,8 +59,9 @@ def auc_and_variance(scores, labels, where) -> tuple[jax.Array, jax.Array]:
 
     With placement values `V10_i` (share of negatives below positive i, ties 1/2) and
     `V01_j` (share of positives above negative j), `AUC = mean V10` and
-    `Var = var(V10) / m + var(V01) / n` (DeLong, DeLong & Clarke-Pearson, Biometrics
-    1988), m positives and n negatives.
+    `Var = var(V10) / m + var(V01) / n`, m positives and n negatives: the AUC is a
+    two-sample U-statistic, and this is the first-order (Hoeffding) term of its variance
+    with each kernel projection estimated from its own sample (ddof 1).
     """
     scores = jnp.asarray(scores)
     labels = jnp.asarray(labels)

@@ -1,5 +1,11 @@
 """Validation splits from test-likeness scores: the top-k split, importance weights and
-weighted resampling (Su, https://kexue.fm/archives/7805; Kish's effective sample size).
+weighted resampling.
+
+References:
+    Su, `如何划分一个跟测试集更接近的验证集？ (How to split off a validation set closer to
+    the test set) <https://kexue.fm/archives/7805>`_, 2020
+
+    Kish, Survey Sampling (Wiley), 1965 (the effective sample size)
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class ImportanceWeights(NamedTuple):
 def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Array, jax.Array]:
     """Splits the training rows into the `size` most test-like ones and the rest.
 
-    The classic adversarial-validation split (spec 7.2): the top-`size` rows by
+    The post's adversarial-validation split: the top-`size` rows by
     `D(x) = P(test | x)` (or by its logit, or by `w = D/(1-D)`: the same order).
 
     Args:
@@ -51,6 +57,12 @@ def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Arra
     Raises:
         ValueError: if `scores` is not `(n,)`, concrete scores hold NaN, or `size` is
             not in `[1, n)`.
+
+    Examples:
+        >>> from jaxtricks import validation
+        >>> chosen, rest = validation.select_validation([0.2, 0.9, 0.5, 0.7], 2)
+        >>> chosen.tolist(), rest.tolist()
+        ([1, 3], [0, 2])
     """
     scores = jnp.asarray(scores)
     if scores.ndim != 1:
@@ -75,7 +87,7 @@ def importance_weights(
     """Density ratios `w = q(x)/p(x)` of training rows from a discriminator's logits.
 
     `log w = logit_D(x) + log(num_train / num_test)`, i.e. `w = D/(1-D) * N_train/N_test`
-    (spec 7.2), clipped above at `clip` (truncated importance sampling), with the
+    (the post's density ratio), clipped above at `clip` (truncated importance sampling), with the
     effective sample size `ESS = (sum w)^2 / sum w^2`, all in log space.
 
     Which normalisation applies:
@@ -105,6 +117,13 @@ def importance_weights(
     Raises:
         ValueError: if `logits` is not `(n,)`, only one of `num_train` and `num_test`
             is given, or they or `clip` are not > 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import validation
+        >>> result = validation.importance_weights(jnp.log(jnp.array([1.0, 1.0, 2.0])))
+        >>> result.normalized.round(2).tolist(), round(float(result.ess), 4)
+        ([0.25, 0.25, 0.5], 2.6667)
     """
     logits = jnp.asarray(logits)
     if logits.ndim != 1:
@@ -141,7 +160,7 @@ def resample_validation(
 ) -> tuple[jax.Array, jax.Array]:
     """Draws a validation set from the training rows with probabilities `w_i / sum w`.
 
-    The post's resampling variant (spec 7.2): `size` draws **with replacement**,
+    The post's resampling variant: `size` draws **with replacement**,
     duplicates kept (de-duplicating would break the match with the test
     distribution); the distinct drawn rows leave the training set. Sampling is
     `jax.random.categorical` on `log w`, so zero weights are never drawn.
@@ -163,6 +182,14 @@ def resample_validation(
     Raises:
         ValueError: if `weights` is not `(n,)`, concrete weights are negative, NaN,
             inf or all zero, `size` < 1, or `key` is not a key.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import validation
+        >>> drawn, keep = validation.resample_validation(
+        ...     jax.random.key(0), jnp.array([0.0, 1.0, 0.0, 3.0]), 5)
+        >>> set(drawn.tolist()) <= {1, 3}, keep.tolist()
+        (True, [True, False, True, False])
     """
     weights = jnp.asarray(weights)
     if weights.ndim != 1:

