@@ -44,6 +44,8 @@ class Size:
     digits_reference_samples: int
     digits_samples_repeats: tuple[int, int]
     digits_all_estimators: bool
+    # the variance and throughput sections' estimators (None: every one of `_estimators`)
+    estimator_names: tuple[str, ...] | None = None
 
 
 def _models(mlp, decoder, opt, decoder_grads=((16, 2), (16, 8), (16, None))):
@@ -85,8 +87,10 @@ SIZES = {
         (2.0,), 2**8, ((10, 4),), 2**6, 2**5, (0.1,), (1.0,), (100,), False,
         ((100, 8),), 1, 1000,
         # the decoder's ZO programs take tens of seconds to compile: the MLP only
-        ((lambda: _zo_memory.mlp((16, 32, 8), 4), ((4, 2), (4, None)), 2, True),),
-        64, 2**6, (8, 2), False),
+        ((lambda: _zo_memory.mlp((16, 32, 8), 4), ((4, 2),), 2, True),),
+        64, 2**6, (8, 2), False,
+        # one zeroth-order and one policy-gradient estimator, and the two peers
+        ("ZO antithetic", "PG none", "evosax Open_ES", "optax perturbed")),
 }
 
 
@@ -151,8 +155,9 @@ def _optax_grad(f, num_samples, sigma):
     return lambda point, key: jax.grad(perturbed, argnums=1)(key, point)
 
 
-def _estimators(f, x, n, sigma, *, peers=True):
-    """name -> (estimate(x, key), theory trace key or None, directions used)."""
+def _estimators(f, x, n, sigma, names=None):
+    """name -> (estimate(x, key), theory trace key or None, directions used); `names`
+    keeps those only (None: all)."""
     zo = estimators.zeroth_order_grad
     policy = estimators.gaussian_policy(sigma)
     rows = {
@@ -171,10 +176,9 @@ def _estimators(f, x, n, sigma, *, peers=True):
         "PG RLOO": (lambda p, k: estimators.policy_gradient(
             *policy, f, p, k, num_samples=n, baseline="leave_one_out"), None, n),
     }
-    if peers:
-        rows["evosax Open_ES"] = (_evosax_grad(f, x, n, sigma), "central", n // 2)
-        rows["optax perturbed"] = (_optax_grad(f, n, sigma), "forward", n)
-    return rows
+    rows["evosax Open_ES"] = (_evosax_grad(f, x, n, sigma), "central", n // 2)
+    rows["optax perturbed"] = (_optax_grad(f, n, sigma), "forward", n)
+    return rows if names is None else {name: rows[name] for name in names}
 
 
 def _error_statistics(estimate, x, g, repeats, key):
@@ -201,7 +205,8 @@ def _variance_sweep(report, size, key):
     for d, n in report.progress(size.variance_cases, "quadratic variance"):
         f, x, g, traces = _quadratic(d)
         repeats = size.variance_repeats // (1 if d <= 10 else 8)
-        for name, (estimate, theory_key, directions) in _estimators(f, x, n, sigma).items():
+        for name, (estimate, theory_key, directions) in _estimators(
+                f, x, n, sigma, size.estimator_names).items():
             stats = _error_statistics(estimate, x, g, repeats, key)
             theory = None if theory_key is None else traces[theory_key](sigma) / directions
             rows.append({
@@ -363,7 +368,8 @@ def _throughput(report, size, key):
             return jnp.sum(jax.vmap(lambda u: f(point + 0.5 * u))(draws))
 
         candidates = {"bare: n vmapped evaluations": bare}
-        candidates |= {name: est for name, (est, _, _) in _estimators(f, x, n, 0.5).items()}
+        candidates |= {name: est for name, (est, _, _) in _estimators(
+            f, x, n, 0.5, size.estimator_names).items()}
         candidates["jax.grad"] = lambda point, k, f=f: jax.grad(f)(point)
         timings = _harness.compare(candidates, x, key, rounds=size.timing_rounds,
                                    min_round_s=0.02 if size.timing_rounds > 1 else 0.0)
@@ -424,8 +430,14 @@ def _digits(report, size, key):
     def cross_entropy(p):
         return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p), labels).mean()
 
-    for _ in range(10):  # a partly trained model: a few steps of gradient descent on CE
-        params = jax.tree.map(lambda p, g: p - 0.5 * g, params, jax.grad(cross_entropy)(params))
+    @jax.jit  # one program, not one per operation (the same numbers as op by op)
+    def partly_trained(params):  # a few steps of gradient descent on CE
+        for _ in range(10):
+            params = jax.tree.map(lambda p, g: p - 0.5 * g, params,
+                                  jax.grad(cross_entropy)(params))
+        return params
+
+    params = partly_trained(params)
 
     def accuracy(p):  # the non-differentiable objective, of the weights
         return jnp.mean(jnp.argmax(logits_fn(p), -1) == labels)

@@ -1,8 +1,8 @@
 """The seed trick of `zeroth_order_grad` and `zeroth_order_update`: numbers and memory.
 
-- one pass (draw, evaluate, accumulate a chunk, the directions drawn again) equals a
-  two-pass reference written here with `jax.random` and `optax.tree.random_like`, which
-  stores every direction;
+- the chunked estimate (every value first, then the estimate leaf by leaf, the
+  directions drawn again) equals a reference written here with `jax.random` and
+  `optax.tree.random_like`, which stores every direction;
 - `zeroth_order_update` equals `params - learning_rate * zeroth_order_grad(...)`;
 - planned peaks (`compiled.memory_analysis()`: arguments + outputs + temporaries -
   aliased) stay under bounds computed from the parameter sizes, so that keeping the
@@ -71,7 +71,8 @@ def _reference(fn, params, key, *, num_samples, sigma, antithetic=True, directio
     elif baseline == "optimal":  # leave-one-out sum_j r_j q_j / sum_j q_j
         b = (np.sum(plus * sq_norms) - plus * sq_norms) / (np.sum(sq_norms) - sq_norms)
     else:
-        b = {None: 0.0, "mean": plus.mean()}[baseline]
+        b = {None: 0.0, "mean": plus.mean(),
+             "leave_one_out": (plus.sum() - plus) / (len(plus) - 1)}[baseline]
     return plus, (plus - b) / sigma, weights
 
 
@@ -85,20 +86,26 @@ def _assert_trees_close(actual, expected, rtol, atol):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
 
 
-# Forward-mode baselines that pool the values take two passes; the others take one.
-ONE_AND_TWO_PASS = [
+# Unchunked (one vmap), one direction per chunk (in the output's buffers) and larger
+# chunks, every direction kind and pooled and per-sample baselines.
+CHUNKINGS = [
     {"antithetic": True, "directions": "gaussian", "chunk_size": 2},
     {"antithetic": True, "directions": "gaussian"},
     {"antithetic": True, "directions": "rademacher", "chunk_size": 4},
     {"antithetic": True, "directions": "sphere", "chunk_size": 4},
+    {"antithetic": True, "directions": "sphere", "chunk_size": 2},
     {"antithetic": False, "baseline": "unperturbed", "chunk_size": 1},
     {"antithetic": False, "baseline": "optimal", "directions": "rademacher", "chunk_size": 4},
+    {"antithetic": False, "baseline": "optimal", "directions": "sphere", "chunk_size": 1},
+    {"antithetic": False, "baseline": "leave_one_out", "directions": "rademacher",
+     "chunk_size": 1},
+    {"antithetic": False, "baseline": None, "chunk_size": 2},
     {"antithetic": False, "baseline": "mean", "directions": "sphere"},
 ]
 
 
-@pytest.mark.parametrize("options", ONE_AND_TWO_PASS, ids=str)
-def test_chunked_one_pass_equals_the_two_pass_reference_for_the_same_key(options):
+@pytest.mark.parametrize("options", CHUNKINGS, ids=str)
+def test_chunked_estimate_equals_the_stored_directions_reference_for_the_same_key(options):
     options = dict(options)
     chunk_size = options.pop("chunk_size", None)
     key, sigma, num_samples = jax.random.key(3), 0.05, 8
@@ -257,20 +264,36 @@ def _sizes():
     return sum(leaves), max(leaves)
 
 
-@pytest.mark.parametrize("antithetic", [True, False])
-def test_chunked_estimator_plans_params_output_and_one_perturbed_copy(antithetic):
+@pytest.mark.parametrize(
+    "options",
+    [{"antithetic": True}, {"antithetic": False},
+     {"antithetic": False, "baseline": "leave_one_out", "directions": "rademacher"}],
+    ids=str,
+)
+def test_one_direction_per_chunk_plans_no_more_than_jax_grad(options):
+    # The perturbed params live in the output's buffers: params + output + activations.
+    # ("sphere", and "optimal"'s squared norms, keep their draws for a reduction: up to
+    # one more copy.)
     params_bytes, _ = _sizes()
-    num_samples = 16
+    chunk_size = 2 if options["antithetic"] else 1
     peak = _planned_peak(
         lambda p, k: estimators.zeroth_order_grad(
-            _wide_loss, p, k, num_samples=num_samples, antithetic=antithetic,
-            chunk_size=2 if antithetic else 1,
-        ),
+            _wide_loss, p, k, num_samples=16, chunk_size=chunk_size, **options),
         WIDE, jax.random.key(0),
     )
-    # params + gradient + one perturbed copy, with half a copy to spare: storing the
-    # directions (8-16 copies), or both antithetic points, exceeds it.
-    assert peak <= 3.5 * params_bytes
+    backprop = _planned_peak(jax.grad(_wide_loss), WIDE)
+    assert backprop <= 2.1 * params_bytes
+    assert peak <= 1.05 * backprop  # a perturbed copy of its own would add half of it
+
+
+def test_larger_chunks_plan_params_output_and_one_copy_per_evaluation():
+    params_bytes, _ = _sizes()
+    peak = _planned_peak(
+        lambda p, k: estimators.zeroth_order_grad(_wide_loss, p, k, num_samples=16,
+                                                  chunk_size=4),
+        WIDE, jax.random.key(0),
+    )
+    assert peak <= (2 + 4 + 0.5) * params_bytes  # storing the 8 directions exceeds it
 
 
 @pytest.mark.parametrize("antithetic", [True, False])

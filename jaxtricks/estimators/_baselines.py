@@ -34,7 +34,6 @@ class _Rule(NamedTuple):
     value: Callable  # (rewards [n], sq_norms [n] | None, unperturbed thunk | None) -> b
     min_samples: int = 1
     needs_sq_norms: bool = False
-    pooled: bool = False  # b_i depends on the other samples' rewards
 
 
 def leave_one_out_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -47,19 +46,17 @@ def leave_one_out_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 _RULES: dict[str | None, _Rule] = {
     None: _Rule(lambda rewards, sq_norms, unperturbed: 0),
     "unperturbed": _Rule(lambda rewards, sq_norms, unperturbed: unperturbed()),
-    "mean": _Rule(lambda rewards, sq_norms, unperturbed: jnp.mean(rewards), pooled=True),
+    "mean": _Rule(lambda rewards, sq_norms, unperturbed: jnp.mean(rewards)),
     "leave_one_out": _Rule(
         lambda rewards, sq_norms, unperturbed: leave_one_out_mean(
             rewards, jnp.ones_like(rewards)
         ),
         min_samples=2,
-        pooled=True,
     ),
     "optimal": _Rule(
         lambda rewards, sq_norms, unperturbed: leave_one_out_mean(rewards, sq_norms),
         min_samples=2,
         needs_sq_norms=True,
-        pooled=True,
     ),
 }
 
@@ -133,11 +130,6 @@ def is_named(baseline) -> bool:
 def needs_sq_norms(baseline) -> bool:
     """Whether the baseline needs the squared norms of the scores (or directions)."""
     return is_named(baseline) and _RULES[baseline].needs_sq_norms
-
-
-def is_per_sample(baseline) -> bool:
-    """Whether `b_i` is known before the other samples are (None, "unperturbed", a scalar)."""
-    return not (is_named(baseline) and _RULES[baseline].pooled)
 
 
 def centred_rewards(rewards: jax.Array, baseline, sq_norms=None, unperturbed=None):

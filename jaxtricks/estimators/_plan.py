@@ -10,11 +10,6 @@ from jaxtricks._src import checks, dtypes
 from jaxtricks.estimators import _baselines, _sampling
 
 
-def add(total, step):
-    """`total + step` leaf by leaf, in the dtypes of `total`."""
-    return jax.tree.map(lambda t, s: t + s.astype(t.dtype), total, step)
-
-
 class Plan:
     """The arithmetic shared by `zeroth_order_grad` and `zeroth_order_update`."""
 
@@ -29,7 +24,6 @@ class Plan:
         # `chunk_size` evaluations holds `chunk_size / 2` directions.
         self.num_directions = num_samples // 2 if antithetic else num_samples
         self.num_chunks = 1 if chunk_size is None else num_samples // chunk_size
-        self.one_pass = antithetic or _baselines.is_per_sample(baseline)
         self.unperturbed = (
             fn(params) if not antithetic and baseline == "unperturbed" else None
         )
@@ -88,7 +82,6 @@ class Plan:
             ),
             self.params,
         )
-
 
     def mean(self, total):
         """`total / n`, in the params' dtypes."""

@@ -69,38 +69,31 @@ def _random_like(key, like, sampler):
     )
 
 
-def _gaussian(key, like):
-    gaussian = _random_like(key, like, _random.normal)
-    return gaussian, gaussian
-
-
-def _sphere(key, like):
-    gaussian = _random_like(key, like, _random.normal)
-    unit = optax.tree.scale(1.0 / optax.tree.norm(gaussian), gaussian)
-    return unit, optax.tree.scale(optax.tree.size(like), unit)
-
-
-def _rademacher(key, like):
-    signs = _random_like(key, like, _random.rademacher)
-    return signs, signs
+def _sphere_scales(draw, size: int):
+    inverse_norm = 1.0 / optax.tree.norm(draw)
+    return inverse_norm, size * inverse_norm
 
 
 class DirectionKind(NamedTuple):
-    """A kind of random direction.
+    """A kind of random direction: a draw `z` scaled, `perturbation = a z`, `weight = b z`.
 
-    draw: `draw(key, like) -> (perturbation, weight)`, pytrees shaped like `like`.
+    sampler: `sampler(key, shape, dtype)`, one leaf of `z` (each leaf from its own key),
+        a fusible sampler of `_random`.
+    scales: `scales(z, d) -> (a, b)`, scalars of the whole draw and of the number of
+        parameters `d`; None for `a = b = 1`.
     inverse_step: `inverse_step(d)`, one over the typical `|perturbation_j|` for `d`
         parameters (it scales the smallest resolved `sigma`, see `resolved_sigma`).
     """
 
-    draw: Callable
+    sampler: Callable
+    scales: Callable | None
     inverse_step: Callable[[int], float]
 
 
 DIRECTIONS: dict[str, DirectionKind] = {
-    "gaussian": DirectionKind(_gaussian, lambda d: 1.0),
-    "sphere": DirectionKind(_sphere, math.sqrt),
-    "rademacher": DirectionKind(_rademacher, lambda d: 1.0),
+    "gaussian": DirectionKind(_random.normal, None, lambda d: 1.0),
+    "sphere": DirectionKind(_random.normal, _sphere_scales, math.sqrt),
+    "rademacher": DirectionKind(_random.rademacher, None, lambda d: 1.0),
 }
 """Every direction kind by name; adding one is one entry here (and its tests)."""
 
@@ -113,16 +106,42 @@ def direction(key: jax.Array, params, kind: str):
     1992):
 
     - "gaussian": `u ~ N(0, I)`, perturbation = weight = `u`;
-    - "sphere": `v` uniform on the unit sphere of R^d, perturbation `v`, weight `d v`;
+    - "sphere": `v = u / ||u||` uniform on the unit sphere of R^d, perturbation `v`,
+      weight `(d / ||u||) u`;
     - "rademacher" (SPSA): `Δ_i = ±1`, perturbation = weight = `Δ`.
 
     Each leaf is drawn from its own key, `jax.random.split(key, num_leaves)[leaf]`, as
     `optax.tree.random_like` draws it (the same numbers, by the fusible samplers of
     `_random`), in `dtypes.compute_dtype` of the leaf (float32 for bfloat16 params): a
-    leaf can be regenerated alone.
+    leaf can be regenerated alone (`draw_leaf`), its weight being `weight_scale` times it.
     """
+    draw, scales = _draw(key, params, kind)
+    if scales is None:
+        return draw, draw
+    return tuple(optax.tree.scale(scale, draw) for scale in scales)
+
+
+def _draw(key, params, kind: str):
     like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
-    return DIRECTIONS[kind].draw(key, like)
+    draw = _random_like(key, like, DIRECTIONS[kind].sampler)
+    scales = DIRECTIONS[kind].scales
+    return draw, None if scales is None else scales(draw, optax.tree.size(params))
+
+
+def weight_scale(key: jax.Array, params, kind: str):
+    """`b` of the direction of `key` (weight = `b` times its draw); None where it is 1."""
+    scales = _draw(key, params, kind)[1]
+    return None if scales is None else scales[1]
+
+
+def leaf_keys(key: jax.Array, params) -> list:
+    """The keys of the leaves of a direction, in the order of `jax.tree.leaves(params)`."""
+    return jax.tree.leaves(optax.tree.split_key_like(key, params))
+
+
+def draw_leaf(leaf_key: jax.Array, leaf, kind: str) -> jax.Array:
+    """One leaf of the draw of a direction (see `direction`), from its own key alone."""
+    return DIRECTIONS[kind].sampler(leaf_key, leaf.shape, dtypes.compute_dtype(leaf.dtype))
 
 
 def regenerated(key: jax.Array, after=None) -> jax.Array:

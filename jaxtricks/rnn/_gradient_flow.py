@@ -124,14 +124,3 @@ def _norms_over_time(tree, length: int) -> jax.Array:
         for leaf in leaves
     ]
     return jnp.sqrt(sum(squares, jnp.zeros(length, dtype)))
-
-
-def _norms_over_time(tree, length: int) -> jax.Array:
-    """`[T]` Euclidean norms of a pytree of `[T, ...]` arrays, all leaves together."""
-    leaves = jax.tree.leaves(tree)
-    dtype = jnp.result_type(*leaves, jnp.float32)
-    squares = [
-        jnp.sum(jnp.square(leaf.astype(dtype)).reshape(length, math.prod(leaf.shape[1:])), 1)
-        for leaf in leaves
-    ]
-    return jnp.sqrt(sum(squares, jnp.zeros(length, dtype)))
