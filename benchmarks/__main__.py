@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in tqdm(selected, desc="benchmarks", unit="benchmark"):
         report = _harness.Report(name, size=args.size, label=label)
         start = time.perf_counter()
-        importlib.import_module(f"benchmarks.{name}").run(report)
+        with _harness.fast_compiles(args.size == "smoke"):
+            importlib.import_module(f"benchmarks.{name}").run(report)
         path = report.write()
         _harness.echo(
             f"{name}: done in {time.perf_counter() - start:.1f} s -> {path}"

@@ -2,7 +2,7 @@
 
 Each run of `make bench` writes `<benchmark>.<label>.json` (the label is the backend,
 plus `--tag`). `compare` reads two or more such files of the estimators benchmark, made
-on different backends or with different settings, and merges three of their tables:
+on different backends or with different settings, and merges four of their tables:
 
 - the variance trace of each estimator and size, with its standard error, and whether
   each run agrees with the reference run: `|v_a - v_ref| <= z sqrt(se_a^2 + se_ref^2)`
@@ -11,7 +11,8 @@ on different backends or with different settings, and merges three of their tabl
   them positively, so the test is conservative and a flagged disagreement is real (for
   example the extra rounding variance below a precision floor);
 - throughput (estimates per second) per run and its ratio to the reference;
-- XLA's planned peak memory per run.
+- XLA's planned peak memory per run: of the chunked estimator, and of MeZO's table
+  (inference, backprop + Adam, zeroth-order gradient and update) per model.
 
 The reference is the first CPU run given, or the first file. The merged tables are
 printed, written as `compare.<label>_vs_<label>....json` and plotted.
@@ -44,6 +45,7 @@ COMPARISONS = (
                "variance_se"),
     Comparison("throughput", ("problem", "d", "num_samples", "name"), "estimates_per_s"),
     Comparison("memory", ("d", "num_samples", "chunk_size"), "peak_MiB"),
+    Comparison("planned peak vs inference", ("model", "computation"), "peak_MiB"),
 )
 
 
@@ -73,10 +75,9 @@ def reference_index(runs: Sequence[dict[str, Any]]) -> int:
 
 
 def _table(run: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
-    for title, rows in run["tables"].items():
-        if title.startswith(prefix):
-            return rows
-    return []
+    """The rows of every table whose title starts with `prefix` (one per model, say)."""
+    return [row for title, rows in run["tables"].items() if title.startswith(prefix)
+            for row in rows]
 
 
 def merge(

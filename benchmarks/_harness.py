@@ -8,6 +8,7 @@ background load hits them alike, and reported as ratios to a named reference.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -163,6 +164,19 @@ def compare(
         )
         for name in candidates
     }
+
+
+@contextlib.contextmanager
+def fast_compiles(enabled: bool = True):
+    """While active (and `enabled`), XLA compiles with most optimisations off
+    (`jax_disable_most_optimizations`): about half the compile time on a CPU, and a
+    smoke run is almost all compile time; its numbers are not figures to keep."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", enabled or previous)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def time_one(fn: Callable, *args, rounds: int = 5, min_round_s: float = 0.05) -> Timing:

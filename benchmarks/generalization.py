@@ -98,6 +98,7 @@ class Schedule(NamedTuple):
 
 _FULL = Schedule((64, 128, 128, 10), segments=20, steps_per_segment=100, batch=64, seeds=5)
 _QUICK = Schedule((64, 64, 64, 10), segments=4, steps_per_segment=50, batch=64, seeds=2)
+_SMOKE = Schedule((64, 8, 10), segments=2, steps_per_segment=2, batch=16, seeds=2)
 SIZES = {  # grid_size: coefficients per regulariser; speed: (widths, steps, rounds, round s)
     "full": {"regularise": _FULL, "grid_size": 3, "flood": _FULL._replace(segments=30),
              "flood_levels": FLOOD_LEVELS, "penalties": GRADIENT_PENALTIES,
@@ -105,8 +106,7 @@ SIZES = {  # grid_size: coefficients per regulariser; speed: (widths, steps, rou
     "quick": {"regularise": _QUICK, "grid_size": 1, "flood": _QUICK,
               "flood_levels": FLOOD_LEVELS[::2], "penalties": GRADIENT_PENALTIES[-1:],
               "speed": ((512, 1024, 512), 2, 3, 0.05)},
-    "smoke": {"regularise": _QUICK._replace(segments=2, steps_per_segment=2),
-              "grid_size": 1, "flood": _QUICK._replace(segments=2, steps_per_segment=2),
+    "smoke": {"regularise": _SMOKE, "grid_size": 1, "flood": _SMOKE,
               "flood_levels": FLOOD_LEVELS[:2], "penalties": GRADIENT_PENALTIES[-1:],
               "speed": ((16, 32, 16), 2, 1, 0.0)},
 }

@@ -18,7 +18,8 @@ from benchmarks import _backend, _compare, _data, _harness, _models, _stats, _tr
 @pytest.mark.parametrize("name", sorted(runner.available()))
 def test_every_benchmark_runs_at_the_smoke_size(name, tmp_path):
     report = _harness.Report(name, size="smoke", label="smoke", results_dir=tmp_path)
-    importlib.import_module(f"benchmarks.{name}").run(report)
+    with _harness.fast_compiles():
+        importlib.import_module(f"benchmarks.{name}").run(report)
     payload = json.loads(report.write().read_text())
     assert payload["size"] == "smoke"
     assert payload["tables"] or payload["notes"]
@@ -119,6 +120,43 @@ def test_compare_merges_runs_and_flags_a_planted_disagreement(tmp_path):
     merged = json.loads(path.read_text())
     assert merged["notes"]["variance: rows that disagree at alpha=0.01"] == "1/2"
     assert (tmp_path / "compare_variance.gpu_vs_cpu.png").exists()
+
+
+def test_compare_merges_the_planned_memory_table_of_every_model(tmp_path):
+    def result(label, scale):
+        tables = {f"planned peak vs inference: {model}": [
+            {"model": model, "computation": computation, "peak_MiB": scale * peak}
+            for computation, peak in (("inference", 1.0), ("backprop + Adam", 4.0))]
+            for model in ("MLP", "decoder")}
+        path = tmp_path / f"estimators.{label}.json"
+        path.write_text(json.dumps({"benchmark": "estimators", "label": label,
+                                    "environment": {"backend": label}, "tables": tables}))
+        return path
+
+    runs = _compare.load([result("gpu", 2.0), result("cpu", 1.0)])
+    (planned,) = [c for c in _compare.COMPARISONS
+                  if c.title_prefix == "planned peak vs inference"]
+    rows = _compare.merge(runs, planned)
+    assert [(row["model"], row["computation"]) for row in rows] == [
+        ("MLP", "inference"), ("MLP", "backprop + Adam"),
+        ("decoder", "inference"), ("decoder", "backprop + Adam")]
+    assert [row["ratio[gpu/cpu]"] for row in rows] == [2.0] * 4
+    assert rows[1]["peak_MiB[gpu]"] == 8.0
+
+
+def test_fast_compiles_switches_xla_optimisations_off_and_back():
+    flag = "jax_disable_most_optimizations"
+    before = jax.config.values[flag]
+    f = jax.jit(lambda x: jnp.sin(x) * 2.0 + 1.0)
+    x = jnp.linspace(0.0, 1.0, 5)
+    with _harness.fast_compiles():
+        assert jax.config.values[flag]
+        np.testing.assert_allclose(f(x), np.sin(np.linspace(0.0, 1.0, 5)) * 2 + 1, rtol=1e-6)
+        with _harness.fast_compiles(False):  # never switches them back on inside
+            assert jax.config.values[flag]
+    assert jax.config.values[flag] == before
+    with _harness.fast_compiles(False):
+        assert jax.config.values[flag] == before
 
 
 def test_compare_rejects_files_it_cannot_merge(tmp_path):

@@ -115,13 +115,14 @@ def direction(key: jax.Array, params, kind: str):
     `_random`), in `dtypes.compute_dtype` of the leaf (float32 for bfloat16 params): a
     leaf can be regenerated alone (`draw_leaf`), its weight being `weight_scale` times it.
     """
-    draw, scales = _draw(key, params, kind)
+    draw, scales = scaled_draw(key, params, kind)
     if scales is None:
         return draw, draw
     return tuple(optax.tree.scale(scale, draw) for scale in scales)
 
 
-def _draw(key, params, kind: str):
+def scaled_draw(key, params, kind: str):
+    """`(z, (a, b))` of the direction of `key`: its draw and scales (None for `a = b = 1`)."""
     like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
     draw = _random_like(key, like, DIRECTIONS[kind].sampler)
     scales = DIRECTIONS[kind].scales
@@ -130,7 +131,7 @@ def _draw(key, params, kind: str):
 
 def weight_scale(key: jax.Array, params, kind: str):
     """`b` of the direction of `key` (weight = `b` times its draw); None where it is 1."""
-    scales = _draw(key, params, kind)[1]
+    scales = scaled_draw(key, params, kind)[1]
     return None if scales is None else scales[1]
 
 

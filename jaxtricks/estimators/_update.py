@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from jaxtricks._src import checks, keys
 from jaxtricks.estimators import _plan, _sampling
@@ -96,40 +99,74 @@ def zeroth_order_update(
     if in_place:
         if plan.unperturbed is not None:  # f(x) first, or XLA keeps a copy of x for it
             sample_keys = _sampling.regenerated(sample_keys, after=plan.unperturbed)
-        params, (plus, second) = jax.lax.scan(
-            lambda p, k: _evaluate_in_place(plan, p, k), params, sample_keys
-        )
+        evaluation = jax.eval_shape(functools.partial(_evaluate, plan), params, sample_keys[0])
+        values, seconds = (jnp.zeros(num_samples + 1, s.dtype) for s in evaluation)
     else:
         plus, second = jax.tree.map(
             lambda v: v.reshape(-1),
             jax.lax.map(plan.chunk_values, sample_keys.reshape(plan.num_chunks, -1)),
         )
-    steps = learning_rate * plan.coefficients(plus, second) / plan.num_directions
-
-    def apply(p, direction):
-        one_key, step = direction
-        weight = plan.draw(_sampling.regenerated(one_key))[1]
-        return _sampling.perturb(p, -step, weight), None
-
-    params, _ = jax.lax.scan(apply, params, (sample_keys, steps))
-    values = jnp.stack([plus, second], axis=-1).reshape(-1) if antithetic else plus
-    return params, values
+        values = jnp.stack([plus, second], axis=-1).reshape(-1) if antithetic else plus
+        values, seconds = (jnp.append(v, jnp.zeros((), v.dtype)) for v in (values, second))
+    schedule = _schedule(plan.num_directions, antithetic, in_place)
+    (params, values, _), _ = jax.lax.scan(
+        functools.partial(_operation, plan, learning_rate, in_place), (params, values, seconds),
+        (sample_keys[schedule[0]], *schedule),
+    )
+    return params, values[:-1]
 
 
-def _evaluate_in_place(plan, params, one_key):
-    """Step 1 for one direction: `(params restored, (plus, second))` as `Plan.values`."""
-    params = _sampling.perturb(params, plan.sigma, plan.draw(one_key)[0])
-    plus = plan.fn(params)
-    _sampling.check_scalar_output("fn", plus)
-    last, second, restore = plus, None, -plan.sigma
+def _schedule(num_directions: int, antithetic: bool, in_place: bool):
+    """The in-place operations `x <- x + a_t w_t`, one per step: `(direction, multiple of
+    sigma (0: the update's step), slot of the value to evaluate there (-1: none))`.
+
+    In place, each direction's `+sigma`, (antithetic: `-2 sigma`,) and restoring steps,
+    the evaluations after the first one (two), then every direction's update step."""
+    directions = np.arange(num_directions)
+    update = (directions, np.zeros(num_directions, np.float32), np.full(num_directions, -1))
+    if not in_place:
+        return update
+    per_direction = 2 if antithetic else 1
+    multiples = np.array([1.0, -2.0, 1.0] if antithetic else [1.0, -1.0], np.float32)
+    slots = per_direction * directions[:, None] + np.arange(per_direction + 1)
+    slots[:, -1] = -1  # no evaluation after restoring
+    steps = (np.repeat(directions, per_direction + 1), np.tile(multiples, num_directions),
+             slots.reshape(-1))
+    return tuple(np.concatenate(parts) for parts in zip(steps, update, strict=True))
+
+
+def _operation(plan, learning_rate, in_place, carry, operation):
+    """One in-place step `x <- x + a_t w_t`, then `f` there (in place, for a value slot).
+
+    The direction is drawn once per step, fused into the params' update, so that the
+    program holds one draw per leaf: a draw is some 250 elementwise operations, and four
+    of them per leaf made compile times grow to minutes on models of many leaves."""
+    params, values, seconds = carry
+    one_key, direction, multiple, slot = operation
+    update = multiple == 0
     if plan.antithetic:
-        # Each draw waits for the value before it: XLA then updates the params in
-        # place, the previous perturbed params being dead.
-        minus_step = plan.draw(_sampling.regenerated(one_key, after=plus))[0]
-        params = _sampling.perturb(params, -2 * plan.sigma, minus_step)
-        last = second = plan.fn(params)
-        restore = plan.sigma
+        plus, second = values[0:-1:2], values[1:-1:2]
     else:
-        second = plan.sq_norm(None, one_key)
-    restore_step = plan.draw(_sampling.regenerated(one_key, after=last))[0]
-    return _sampling.perturb(params, restore, restore_step), (plus, second)
+        plus, second = values[:-1], seconds[:-1]
+    # Every value is known at the update steps, which come last.
+    steps = learning_rate * plan.coefficients(plus, second) / plan.num_directions
+    draw, scales = _sampling.scaled_draw(one_key, params, plan.directions)
+    if scales is not None:  # perturbation `a z`, weight `b z`
+        draw = optax.tree.scale(jnp.where(update, scales[1], scales[0]), draw)
+    params = _sampling.perturb(params, jnp.where(update, -steps[direction],
+                                                 multiple * plan.sigma), draw)
+    if in_place:
+        value, sq_norm = jax.lax.cond(
+            slot >= 0, functools.partial(_evaluate, plan),
+            lambda p, k: (jnp.zeros((), values.dtype), jnp.zeros((), seconds.dtype)),
+            params, one_key)
+        values, seconds = values.at[slot].set(value), seconds.at[slot].set(sq_norm)
+    return (params, values, seconds), None
+
+
+def _evaluate(plan, params, one_key):
+    """`(f(x), ||w||^2)` at the perturbed point (the squared norm for "optimal", else 0)."""
+    value = plan.fn(params)
+    _sampling.check_scalar_output("fn", value)
+    second = jnp.zeros((), plan.sigma.dtype) if plan.antithetic else plan.sq_norm(None, one_key)
+    return value, second
