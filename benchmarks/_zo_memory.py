@@ -67,8 +67,9 @@ def decoder(*, layers: int, d_model: int, heads: int, ffn: int, vocab: int, seq:
     https://arxiv.org/abs/2205.01068); next-token cross-entropy on a `[batch, seq]` batch.
 
     `scan_layers` stacks the blocks' parameters (`nn.scan`): one leaf per kind, `layers`
-    times larger, and a program whose size does not grow with `layers` (the zeroth-order
-    programs of 24 unrolled blocks take minutes and gigabytes to compile on a CPU)."""
+    times larger, and a program whose size does not grow with `layers`, as large flax
+    models are usually written (unrolled, the update of OPT-1.3B shapes compiles in about
+    30 s on a 2-core CPU)."""
     import flax.linen as nn
 
     class Block(nn.Module):

@@ -1,13 +1,13 @@
 """Gradient estimators: variance vs closed forms, throughput, memory, evosax and optax peers.
 
-Problems: (1) the quadratic `0.5 x^T A x + b^T x + c` (closed-form covariances, spec
-5.5); (2) the Gaussian-measure costs `(x-k)^2`, `exp(-k x^2)`, `cos(k x)` of Mohamed et
-al. (2020), exact variances by Gauss-Hermite quadrature; (3) the accuracy of a linear
-classifier on scikit-learn's digits (not differentiable): policy gradient over its
-categorical outputs vs zeroth-order over its weights. Against the two anchors (issue 12):
-the speed of antithetic `zeroth_order_grad` beside evosax's `Open_ES` on the same
-estimate, and MeZO's memory table (inference, backprop + Adam, zeroth-order gradient and
-update) as XLA plans it for an MLP, a flax Transformer decoder and OPT-1.3B shapes
+Problems: (1) the quadratic `0.5 x^T A x + b^T x + c` (closed-form covariances); (2)
+the Gaussian-measure costs `(x-k)^2`, `exp(-k x^2)`, `cos(k x)` of Mohamed et al. (2020),
+exact variances by Gauss-Hermite quadrature; (3) the accuracy of a linear classifier on
+scikit-learn's digits (not differentiable): policy gradient over its categorical outputs
+vs zeroth-order over its weights. Against the two anchors: the speed of antithetic
+`zeroth_order_grad` beside evosax's `Open_ES` on the same estimate, and MeZO's memory
+table (inference, backprop + Adam, zeroth-order gradient and update) as XLA plans it for
+an MLP, a flax Transformer decoder and OPT-1.3B shapes
 (`_zo_memory`; compiled, never run).
 """
 
@@ -60,7 +60,7 @@ def _models(mlp, decoder, opt, decoder_grads=((16, 2), (16, 8), (16, None))):
 
 OPT_1_3B = {"layers": 24, "d_model": 2048, "heads": 32, "ffn": 8192, "vocab": 50272,
             "seq": 400, "batch_size": 1, "positions": 2050,  # MeZO's profile: ~400 tokens
-            "scan_layers": True,  # unrolled, its ZO update needs > 16 GB to compile here
+            "scan_layers": True,  # nn.scan over the blocks, as large flax models are written
             "name": "OPT-1.3B shapes"}
 SIZES = {
     "full": Size(
@@ -109,7 +109,7 @@ def _quadratic(d: int):
 
 
 def _quadratic_traces(a: np.ndarray, g: np.ndarray, f0: float):
-    """Single-direction covariance traces of spec 5.5 for diagonal A; name -> fn(sigma)."""
+    """Single-direction covariance traces for diagonal A (closed forms); name -> fn(sigma)."""
     d, g2, t, t2 = len(a), g @ g, a.sum(), (a**2).sum()
 
     def forward(s):
@@ -218,7 +218,7 @@ def _variance_sweep(report, size, key):
             })
         rows.append({"d": d, "num_samples": n, "estimator": "jax.grad", "variance": 0.0,
                      "theory": 0.0, "mse": 0.0, "cosine": 1.0})
-    report.table("quadratic: variance trace of one estimate vs spec 5.5 (sigma = 0.5)", rows)
+    report.table("quadratic: variance trace of one estimate vs closed form (sigma = 0.5)", rows)
     _plot_variance(report, rows, 10)
 
 
@@ -234,7 +234,7 @@ def _plot_variance(report, rows, d):
             axis.loglog(n, [r["theory"] for r in mine], "-", color=line.get_color(), lw=0.8)
     axis.set_xlabel("num_samples (evaluations of f)")
     axis.set_ylabel("trace of the covariance of one estimate")
-    axis.set_title(f"quadratic, d = {d}: measured (dots) vs spec 5.5 (lines)")
+    axis.set_title(f"quadratic, d = {d}: measured (dots) vs closed form (lines)")
     axis.legend(fontsize=7)
     report.save_figure(figure, "variance")
 

@@ -72,10 +72,10 @@ SIZES = {
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def long_tail_counts() -> np.ndarray:
-    """Training images per class: `int(N_MAX * RHO ** (-c / (C - 1)))`, at least 1."""
+def long_tail_counts(n_max: int = N_MAX, rho: float = RHO) -> np.ndarray:
+    """Training images per class: `int(n_max * rho ** (-c / (C - 1)))`, at least 1."""
     classes = np.arange(NUM_CLASSES)
-    return np.maximum(1, (N_MAX * RHO ** (-classes / (NUM_CLASSES - 1)) + 1e-9).astype(int))
+    return np.maximum(1, (n_max * rho ** (-classes / (NUM_CLASSES - 1)) + 1e-9).astype(int))
 
 
 def long_tailed_digits(seed: int = SPLIT_SEED) -> _data.Split:

@@ -41,19 +41,13 @@ SIZES = {
 }
 
 
-def long_tail_counts(rho: float) -> np.ndarray:
-    """Training images per class: `int(N_MAX * rho ** (-c / (C - 1)))`, at least 1."""
-    classes = np.arange(NUM_CLASSES)
-    return np.maximum(1, (N_MAX * rho ** (-classes / (NUM_CLASSES - 1)) + 1e-9).astype(int))
-
-
 def long_tailed_mnist(rho: float, seed: int) -> _data.Split:
     """MNIST-LT at ratio `rho`: the fixed balanced test split (`TEST_SEED`) and the
     training split of seed `seed` (numpy arrays, training rows in class order)."""
     x, y = _mnist.mnist()
     train, test = _mnist.long_tailed_indices(
-        y, long_tail_counts(rho), test_per_class=TEST_PER_CLASS, test_seed=TEST_SEED,
-        train_seed=seed,
+        y, long_tail.long_tail_counts(N_MAX, rho), test_per_class=TEST_PER_CLASS,
+        test_seed=TEST_SEED, train_seed=seed,
     )
     empty = np.zeros(0, np.int64)
     return _data.Split(x[train], y[train], x[empty], y[empty], x[test], y[test])
@@ -80,7 +74,7 @@ def run_ratio(report: _harness.Report, rho: float, seeds: int, steps: int) -> li
     """Every method at ratio `rho` over `seeds` paired seeds; the table rows."""
     splits = [long_tailed_mnist(rho, seed) for seed in range(seeds)]
     splits = jax.tree.map(lambda *arrays: jnp.stack(arrays), *splits)
-    counts = long_tail_counts(rho)
+    counts = long_tail.long_tail_counts(N_MAX, rho)
     priors = losses.class_priors(splits.y_train[0], NUM_CLASSES)  # same counts every seed
     report.note(
         f"rho_{rho:g}",

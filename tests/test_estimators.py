@@ -56,7 +56,7 @@ F0 = 0.5 * X @ A @ X + B @ X + C
 
 
 def _curvature_moment():
-    """`E[(u^T A u)^2 u u^T]` for u ~ N(0, I) (spec 5.5)."""
+    """`E[(u^T A u)^2 u u^T]` for u ~ N(0, I) (Isserlis' theorem)."""
     t = np.trace(A)
     return (t**2 + 2 * np.trace(A @ A)) * np.eye(D) + 4 * t * A + 8 * A @ A
 
@@ -66,7 +66,7 @@ def _gaussian_central_cov():
 
 
 def _gaussian_forward_cov(delta=0.0):
-    """Forward difference with the constant baseline `f(x) - delta` (spec 5.5, items 2-5)."""
+    """Forward difference with the constant baseline `f(x) - delta`."""
     return (
         _gaussian_central_cov()
         + SIGMA**2 / 4 * _curvature_moment()
@@ -99,7 +99,7 @@ def _rademacher_cov(antithetic):
     return np.cov(estimates.T, bias=True)
 
 
-# The optimal constant baseline b* = f(x) + (d+2) sigma^2 trA / (2d) (spec 5.5, item 5).
+# The optimal constant baseline b* = f(x) + (d+2) sigma^2 trA / (2d).
 OPTIMAL_DELTA = -(D + 2) * SIGMA**2 * np.trace(A) / (2 * D)
 
 CASES = {
@@ -185,8 +185,8 @@ def test_zeroth_order_variance_matches_the_closed_form(case):
     assert abs(trace - np.trace(CASES[case][1]())) < 4 * standard_error
 
 
-def test_closed_form_traces_of_spec_5_5():
-    # The spec's trace formulas against the full covariances used above.
+def test_closed_form_traces_match_the_full_covariances():
+    # The closed-form trace formulas against the full covariances used above.
     t, t2, g2 = np.trace(A), np.trace(A @ A), GRAD @ GRAD
     forward = (D + 1) * g2 + SIGMA**2 / 4 * (D + 4) * (t**2 + 2 * t2)
     np.testing.assert_allclose(np.trace(_gaussian_forward_cov()), forward)
@@ -239,7 +239,7 @@ def test_antithetic_differences_cancel_the_even_part():
     assert np.max(np.abs(forward_gap)) > 1.0
 
 
-# Categorical policy over K = 5 classes, the logits being the parameters (spec 5.6).
+# Categorical policy over K = 5 classes, the logits being the parameters.
 LOGITS = np.array([0.5, -1.0, 0.0, 1.5, -0.3])
 REWARDS = np.array([1.0, 0.0, 2.0, 0.5, 3.0]) + 10.0  # the offset makes baselines matter
 PROBS = np.exp(LOGITS) / np.exp(LOGITS).sum()

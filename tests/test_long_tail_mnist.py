@@ -22,7 +22,7 @@ def test_the_mnist_subset_has_500_unit_scaled_images_per_digit():
 
 @pytest.mark.parametrize("rho", [10.0, 100.0])
 def test_the_training_counts_follow_the_exponential_profile(rho):
-    counts = long_tail_mnist.long_tail_counts(rho)
+    counts = long_tail.long_tail_counts(long_tail_mnist.N_MAX, rho)
     expected = np.floor(400 * rho ** (-np.arange(10) / 9.0) + 1e-9)
     np.testing.assert_array_equal(counts, expected)
     assert counts[0] == 400 and counts[0] / counts[-1] == rho
@@ -35,7 +35,7 @@ def test_the_training_counts_follow_the_exponential_profile(rho):
 @pytest.mark.parametrize("rho", [10.0, 100.0])
 def test_the_test_split_is_fixed_balanced_and_disjoint_from_training(rho):
     _, y = _mnist.mnist()
-    counts = long_tail_mnist.long_tail_counts(rho)
+    counts = long_tail.long_tail_counts(long_tail_mnist.N_MAX, rho)
     draws = [_mnist.long_tailed_indices(y, counts, test_per_class=100, test_seed=0,
                                         train_seed=seed) for seed in (0, 1)]
     (train_0, test_0), (train_1, test_1) = draws
