@@ -144,6 +144,7 @@ def test_compare_merges_the_planned_memory_table_of_every_model(tmp_path):
     assert rows[1]["peak_MiB[gpu]"] == 8.0
 
 
+@pytest.mark.optimized  # starts from XLA's default
 def test_fast_compiles_switches_xla_optimisations_off_and_back():
     flag = "jax_disable_most_optimizations"
     before = jax.config.values[flag]

@@ -21,6 +21,8 @@ from jaxtricks import estimators
 from jaxtricks.estimators import _sampling
 
 _RNG = np.random.default_rng(0)
+pytestmark = pytest.mark.optimized  # planned memory of optimised programs
+
 PARAMS = {  # several leaves of several shapes, float32
     "w1": jnp.asarray(_RNG.normal(size=(12, 16)) / 4, jnp.float32),
     "b1": jnp.asarray(_RNG.normal(size=16), jnp.float32),

@@ -15,6 +15,7 @@ def _row(rows, computation):
     return row
 
 
+@pytest.mark.optimized  # planned memory of the optimised programs
 def test_memory_rows_are_planned_peaks_of_compiled_programs():
     problem = _zo_memory.mlp((8, 64, 64, 4), 4)
     rows = _zo_memory.table(problem, ((8, None),), 2, grad=False)
