@@ -69,6 +69,18 @@ def policy_gradient(
             non-scalar reward or log-probability, or a `key` that is neither a typed
             key nor a `PRNGKey`.
 
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> logits = jnp.zeros(3)  # the policy's parameters: a uniform categorical
+        >>> reward = lambda y: (y == 2).astype(jnp.float32)  # reward for class 2 only
+        >>> g = estimators.policy_gradient(
+        ...     *estimators.categorical_policy(lambda p: p), reward, logits,
+        ...     jax.random.key(0), num_samples=4096)
+        >>> exact = jax.grad(lambda p: jax.nn.softmax(p)[2])(logits)
+        >>> g.shape, bool(jnp.allclose(g, exact, atol=0.05))
+        ((3,), True)
+
     References:
         Williams, REINFORCE (1992). Su, https://kexue.fm/archives/7737 (2020), for the
         "optimal" baseline. Kool, van
@@ -196,6 +208,16 @@ def categorical_policy(logits_fn: Callable) -> tuple[Callable, Callable]:
     Raises:
         ValueError: `sample_fn`, for a `key` that is neither a typed key nor a
             `PRNGKey`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> sample_fn, log_prob_fn = estimators.categorical_policy(lambda p: p)
+        >>> logits = jnp.log(jnp.array([[0.5, 0.5], [0.9, 0.1]]))  # two positions
+        >>> sample_fn(logits, jax.random.key(0)).shape
+        (2,)
+        >>> round(float(log_prob_fn(logits, jnp.array([1, 0]))), 4)  # log(0.5 * 0.9)
+        -0.7985
     """
 
     def sample_fn(params, key):
