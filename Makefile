@@ -1,5 +1,11 @@
 # `make test` and `make bench` each create .venv when missing and install what they need.
-# `make test-floor` runs the suite at the declared minimum versions, in .venv-floor.
+# `make test` runs lint, the type check, the suite with the docstring examples (doctests)
+# and the documentation build; `make docs` builds only the site, into docs/_build/html.
+# `make test-slow` runs the slow tier and the tests of benchmarks/ (every benchmark at its
+# smoke size). `make test-floor` runs the library's whole suite (both tiers and the
+# doctests) at the declared minimum versions, in .venv-floor.
+# `make check-dist` builds the sdist and wheel, runs twine check and imports the installed
+# wheel in fresh venvs (.ci/check-dist).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,14 +30,14 @@ JAX_PLATFORMS_cuda12 := cuda
 JAX_PLATFORMS_cuda13 := cuda
 JAX_PLATFORMS_tpu := tpu
 
-.PHONY: test test-floor bench lint clean
+.PHONY: test test-slow test-floor bench lint typecheck docs check-dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.test-installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,docs]"
 	touch $@
 
 $(VENV)/.bench-installed-$(BACKEND): pyproject.toml | $(PY)
@@ -47,16 +53,32 @@ $(FLOOR_VENV)/.test-installed: pyproject.toml $(FLOOR_CONSTRAINTS) | $(FLOOR_PY)
 	touch $@
 
 lint: $(VENV)/.test-installed
-	$(PY) -m ruff check jaxtricks tests benchmarks
+	$(PY) -m ruff check .
 
-test: lint
-	$(PY) -m pytest
+typecheck: $(VENV)/.test-installed
+	$(PY) -m mypy
+
+docs: $(VENV)/.test-installed
+	$(PY) -m sphinx -W --keep-going -q -j auto -b html docs docs/_build/html
+
+# `make test` runs the fast tier of the suite and the doctests; `make test-slow` the rest
+# (tests marked slow, and the tests of benchmarks/ with every benchmark at its smoke
+# size). CI runs both, and the whole suite at the floor.
+test: lint typecheck
+	$(PY) -m pytest -m "not slow and not benchmarks"
+	$(MAKE) docs
+
+test-slow: $(VENV)/.test-installed
+	$(PY) -m pytest -m "slow or benchmarks"
+
+check-dist: $(VENV)/.test-installed
+	PY=$(PY) bash .ci/check-dist
 
 test-floor: $(FLOOR_VENV)/.test-installed
-	JAXTRICKS_FLOOR_CONSTRAINTS=$(FLOOR_CONSTRAINTS) $(FLOOR_PY) -m pytest
+	JAXTRICKS_FLOOR_CONSTRAINTS=$(FLOOR_CONSTRAINTS) $(FLOOR_PY) -m pytest -m "not benchmarks"
 
 bench: $(VENV)/.bench-installed-$(BACKEND)
 	JAX_PLATFORMS=$(JAX_PLATFORMS_$(BACKEND)) $(PY) -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) benchmarks/results
+	rm -rf $(VENV) $(FLOOR_VENV) benchmarks/results docs/_build

@@ -33,7 +33,7 @@ SIZES = {
               "explode_T": 40, "clip_steps": 30, "timing_T": 200, "timing_hidden": 64,
               "spectral_T": 200, "spectral_hidden": 64,
               "trained_cells": ("LSTMCell forget bias 1",)},
-    "smoke": {"hidden": 4, "T": 20, "T_train": 4, "train_steps": 2, "batch": 4,
+    "smoke": {"hidden": 40, "T": 20, "T_train": 4, "train_steps": 2, "batch": 4,
               "explode_T": 12, "clip_steps": 2, "timing_T": 10, "timing_hidden": 4,
               "spectral_T": 10, "spectral_hidden": 4,
               "trained_cells": ("LSTMCell forget bias 1",)},
@@ -46,13 +46,13 @@ def run(report: _harness.Report) -> None:
     key = jax.random.key(0)
     random_inputs = jax.random.normal(key, (sizes["T"], 2))
     random_rows, random_curves = _diagnose_cells(
-        _random_cells(sizes["hidden"], key), random_inputs, "random init, N(0,1) inputs"
+        _random_cells(sizes["hidden"], key), random_inputs, "random init, N(0,1) inputs", key
     )
     trained_cells, training_rows = _train_on_adding(report, sizes, key)
     report.table("adding problem training (MSE; predicting 1 scores 1/6 = 0.167)", training_rows)
     adding_inputs = _adding_batch(jax.random.key(7), 1, sizes["T"])[0][0]
     trained_rows, trained_curves = _diagnose_cells(
-        trained_cells, adding_inputs, f"trained on adding T={sizes['T_train']}"
+        trained_cells, adding_inputs, f"trained on adding T={sizes['T_train']}", key
     )
     report.table("decay of ||d carry_t / d carry_0|| (spectral) and gate products",
                  random_rows + trained_rows)
@@ -108,24 +108,25 @@ def _fit_rate(log_norms: np.ndarray) -> float:
     return float(np.exp(np.polyfit(t[keep], log_norms[keep], 1)[0]))
 
 
-def _diagnose_cells(cells: dict, inputs, setting: str):
+def _diagnose_cells(cells: dict, inputs, setting: str, key):
     """Rows of decay rates and gate-product comparisons; log-norm curves for the plot."""
     rows, curves = [], {}
     for name, (cell, params, carry) in cells.items():
         step = rnn.linen_step(cell, params)
-        diagnose = jax.jit(lambda c, x, step=step: rnn.jacobian_norms(step, c, x, log_space=True))
+        diagnose = jax.jit(lambda c, x, step=step: rnn.jacobian_norms(
+            step, c, x, key=key, log_space=True))
         log_whole = np.asarray(diagnose(carry, inputs), np.float64)
         curves[f"{name} ({setting})"] = log_whole
         row = {"setting": setting, "cell": name, "rate_whole": _fit_rate(log_whole),
                "log10_norm_t10": log_whole[9] / np.log(10),
                "log10_norm_tT": log_whole[-1] / np.log(10)}
         if isinstance(cell, nn.LSTMCell | nn.GRUCell):
-            row.update(_gate_comparison(cell, params, carry, inputs, step, log_whole))
+            row.update(_gate_comparison(cell, params, carry, inputs, step, log_whole, key))
         rows.append(row)
     return rows, curves
 
 
-def _gate_comparison(cell, params, carry, inputs, step, log_whole) -> dict:
+def _gate_comparison(cell, params, carry, inputs, step, log_whole, key) -> dict:
     """Measured path norm vs the gate product ||prod_k D(gate_k)||_2 (the post's
     forget-gate argument).
 
@@ -137,7 +138,8 @@ def _gate_comparison(cell, params, carry, inputs, step, log_whole) -> dict:
     log_path = log_whole
     if isinstance(cell, nn.LSTMCell):
         log_path = np.asarray(
-            rnn.jacobian_norms(step, carry, inputs, per_leaf=True, log_space=True)[0], np.float64)
+            rnn.jacobian_norms(step, carry, inputs, key=key, per_leaf=True, log_space=True)[0],
+            np.float64)
     rate_path, rate_product = _fit_rate(log_path), _fit_rate(log_product)
     norm_error = lambda t: abs(np.expm1(log_product[t - 1] - log_path[t - 1]))  # noqa: E731
     return {"path": "c" if isinstance(cell, nn.LSTMCell) else "h (keep gate z)",
@@ -240,7 +242,8 @@ def _exploding_norms(sizes, key) -> list[dict]:
             return h, h
 
         log_norms = np.asarray(
-            rnn.jacobian_norms(step, jnp.ones(hidden), inputs, log_space=True), np.float64)
+            rnn.jacobian_norms(step, jnp.ones(hidden), inputs, key=key, log_space=True),
+            np.float64)
         rows.append({"cell": name, "T": length, "log10_norm_t10": log_norms[9] / np.log(10),
                      "log10_norm_tT": log_norms[-1] / np.log(10),
                      "rate": _fit_rate(log_norms), "spectral_radius": 1.5})

@@ -85,6 +85,7 @@ def test_two_gaussians_logistic_recovers_the_log_density_ratio_and_the_test_mean
     assert np.all(np.abs(train.mean(0) - test.mean(0))[shifted] > tolerance)  # can fail
 
 
+@pytest.mark.slow
 def test_scores_are_out_of_fold_by_construction():
     # Wild values in one held-out training row change nothing for the other rows of its
     # fold (their discriminator never saw it), and change the other folds' scores.
@@ -144,6 +145,7 @@ def test_adversarial_validation_under_jit_gives_nan_auc_for_a_non_finite_feature
         validation.adversarial_validation(train, test, KEY, num_folds=2, steps=3)
 
 
+@pytest.mark.slow
 def test_adversarial_validation_in_scan_under_checkpoint_and_in_float64():
     train, test = gaussian_sets(8, 6, np.full(2, 0.5), seed=11)
     run = functools.partial(validation.adversarial_validation, num_folds=2, steps=3)
@@ -164,6 +166,7 @@ def test_adversarial_validation_in_scan_under_checkpoint_and_in_float64():
                np.asarray(test.astype(jnp.bfloat16), np.float32), KEY)
     np.testing.assert_array_equal(bf16.test_logits, as32.test_logits)
 
+@pytest.mark.slow
 def test_a_memorising_discriminator_still_scores_noise_at_half_out_of_fold():
     # The training objective each fold's MLP reaches in sample (read out of the loop
     # through `fit`) is far below log 2: it memorises noise; out of fold the AUC is 1/2.
@@ -189,6 +192,7 @@ def test_a_memorising_discriminator_still_scores_noise_at_half_out_of_fold():
     assert abs(float(result.auc) - 0.5) < 3 * float(result.auc_stderr)
 
 
+@pytest.mark.slow
 def test_the_default_loop_is_adam_and_an_injected_equal_loop_gives_the_same_numbers():
     train, test = gaussian_sets(60, 40, np.full(3, 0.5), seed=12)
     run = functools.partial(validation.adversarial_validation, train, test, KEY, num_folds=2)
@@ -211,6 +215,7 @@ def test_the_default_loop_is_adam_and_an_injected_equal_loop_gives_the_same_numb
     assert np.max(np.abs(sgd.test_logits - default.test_logits)) > 1e-3
 
 
+@pytest.mark.slow
 def test_an_injected_loop_sees_the_balanced_objective_with_the_l2_penalty_on_kernels():
     # `fit` returning the initial params: per fold it records loss_fn at those params and
     # with zero kernels and bias 1 (every logit 1: the balanced BCE of one constant logit,

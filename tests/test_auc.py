@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from _compat import enable_x64
 
 from jaxtricks import validation
@@ -82,6 +83,7 @@ def test_roc_auc_of_no_rows_is_nan():
     assert np.isnan(validation.roc_auc(jnp.zeros(0), jnp.zeros(0, jnp.int32)))
 
 
+@pytest.mark.slow
 def test_roc_auc_works_under_vmap_scan_checkpoint_and_any_dtype():
     rng = np.random.default_rng(10)
     scores = rng.normal(size=(3, 40)).astype(np.float32)

@@ -14,6 +14,9 @@ from scipy import stats
 from benchmarks import __main__ as runner
 from benchmarks import _backend, _compare, _data, _harness, _models, _stats, _train
 
+# Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
+pytestmark = pytest.mark.benchmarks
+
 
 @pytest.mark.parametrize("name", sorted(runner.available()))
 def test_every_benchmark_runs_at_the_smoke_size(name, tmp_path):

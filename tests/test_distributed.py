@@ -7,10 +7,12 @@ the processes are killed after 60 s.
 """
 
 import numpy as np
+import pytest
 
 from benchmarks import _distributed
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_estimates(tmp_path):
     out = tmp_path / "estimates.npz"
     _distributed.launch(2, 2, "estimates", out, timeout_s=60)

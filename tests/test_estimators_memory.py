@@ -107,6 +107,7 @@ CHUNKINGS = [
 
 
 @pytest.mark.parametrize("options", CHUNKINGS, ids=str)
+@pytest.mark.slow
 def test_chunked_estimate_equals_the_stored_directions_reference_for_the_same_key(options):
     options = dict(options)
     chunk_size = options.pop("chunk_size", None)
@@ -149,6 +150,7 @@ UPDATE_CASES = [  # (options, in place, legacy key)
 
 
 @pytest.mark.parametrize(("options", "in_place", "legacy_key"), UPDATE_CASES, ids=str)
+@pytest.mark.slow
 def test_update_equals_params_minus_learning_rate_times_the_estimate(options, in_place,
                                                                      legacy_key):
     key = jax.random.PRNGKey(5) if legacy_key else jax.random.key(5)
@@ -184,6 +186,7 @@ def test_update_equals_params_minus_learning_rate_times_the_estimate(options, in
     assert moved > 10 * drift  # the tolerance is far below the step itself
 
 
+@pytest.mark.slow
 def test_update_first_value_is_exact_and_nan_propagates():
     values = _update(PARAMS, jax.random.key(7), num_samples=4)[1]
     chunked = _update(PARAMS, jax.random.key(7), num_samples=4, chunk_size=4)[1]

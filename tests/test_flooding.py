@@ -83,6 +83,7 @@ def test_gradient_norm_penalty_matches_the_closed_form_on_a_quadratic():
     )
 
 
+@pytest.mark.slow
 def test_gradient_norm_penalty_equals_explicit_double_backprop_on_a_network():
     keys = jax.random.split(jax.random.key(0), 3)
     params = {"w": jax.random.normal(keys[0], (4, 3)), "v": jax.random.normal(keys[1], (3,))}
@@ -149,6 +150,7 @@ def nnx_loss(model, x):
     return jnp.sum(jnp.tanh(model(x)) ** 2)
 
 
+@pytest.mark.slow
 def test_gradient_norm_penalty_differentiates_the_params_of_an_nnx_model_with_int_state():
     model = CountingModel(nnx.Rngs(0, dropout=1))
     x = jax.random.normal(jax.random.key(2), (4, 3))
@@ -177,6 +179,7 @@ def test_gradient_norm_penalty_differentiates_the_params_of_an_nnx_model_with_in
     assert np.isfinite(value_again) and value_again != value  # a new dropout mask
 
 
+@pytest.mark.slow
 def test_gradient_norm_penalty_holds_integer_and_key_leaves_of_a_pytree_constant():
     params = {"w": jnp.array([1.0, -2.0, 0.5]), "step": jnp.array(3, jnp.int32),
               "codes": jnp.ones((2, 2), jnp.uint8), "key": jax.random.key(0)}
@@ -202,6 +205,7 @@ def test_gradient_norm_penalty_holds_integer_and_key_leaves_of_a_pytree_constant
 # ---------------------------------------------------------------- transformations, NaN
 
 
+@pytest.mark.slow
 def test_flooding_and_the_penalty_have_correct_forward_and_reverse_derivatives():
     with enable_x64():
         theta = jnp.array([0.6, -0.4, 0.5])
@@ -220,6 +224,7 @@ def test_flooding_and_the_penalty_have_correct_forward_and_reverse_derivatives()
                                        jax.jvp(fn, (theta,), (jnp.ones(3),))[1], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_flooding_and_the_penalty_under_vmap_checkpoint_and_scan():
     thetas = jax.random.normal(jax.random.key(0), (4, 3))
     levels = jnp.array([0.0, 0.1, 0.5, 1.0])

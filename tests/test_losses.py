@@ -101,6 +101,7 @@ def test_focal_gradient_is_the_reweighted_cross_entropy_gradient(gamma):
 
 
 @pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
+@pytest.mark.slow
 def test_first_and_second_derivatives_in_both_modes_pass_check_grads_in_float64(name):
     loss = SOFTMAX_LOSSES[name]
     logits, labels = _problem(3)
@@ -109,6 +110,7 @@ def test_first_and_second_derivatives_in_both_modes_pass_check_grads_in_float64(
                     order=2, modes=["fwd", "rev"])
 
 
+@pytest.mark.slow
 def test_derivatives_in_focal_gamma_match_finite_differences():
     logits, labels = _problem(4)
     with enable_x64():
@@ -350,6 +352,7 @@ def _value_and_grad(loss, logits, labels, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16])
+@pytest.mark.slow
 def test_narrow_integer_labels_give_the_int32_result_for_any_num_classes(dtype):
     # K = 300 > 256: an iota in the labels' dtype would wrap around (a spurious one-hot
     # at y + 256) and indexing a [K] weight vector with int8 labels would overflow.
@@ -436,6 +439,7 @@ def test_traced_labels_outside_zero_to_k_give_nan_value_and_gradient(name):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("name", list(SOFTMAX_LOSSES))
+@pytest.mark.slow
 def test_nan_and_inf_logits_give_non_finite_losses_for_their_example(name, masked):
     loss = SOFTMAX_LOSSES[name]
     logits, labels = _problem(26)

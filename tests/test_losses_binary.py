@@ -176,6 +176,7 @@ def test_binary_losses_in_bfloat16_and_float64_match_float64_numpy(name):
 
 
 @pytest.mark.parametrize("name", list(BINARY_LOSSES))
+@pytest.mark.slow
 def test_every_binary_loss_takes_where_and_ignores_what_it_masks(name):
     loss = BINARY_LOSSES[name]
     logits, labels = _binary_problem(24, size=10)

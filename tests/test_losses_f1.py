@@ -225,6 +225,7 @@ def test_smoothed_f1_and_weights_in_bfloat16_and_float64():
             np.testing.assert_allclose(x, y, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_binary_and_f1_losses_work_in_forward_mode_and_under_every_transformation():
     z, y = _binary_problem(20, size=8)
     logits, labels = _softmax_problem(21, batch=6)

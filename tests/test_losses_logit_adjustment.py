@@ -239,6 +239,7 @@ def test_logit_adjustment_in_bfloat16_and_float64():
         np.testing.assert_allclose(accuracy, _np_balanced_accuracy(logits.argmax(-1), labels))
 
 
+@pytest.mark.slow
 def test_logit_adjustment_works_in_forward_mode_and_under_every_transformation():
     logits, labels = _problem(9)
     where = np.ones((8, 5), bool)

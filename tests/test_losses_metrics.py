@@ -78,6 +78,7 @@ def test_balanced_accuracy_is_nan_without_a_counted_example_or_with_a_nan_score(
                                _np_balanced_accuracy(bad.argmax(-1), labels))
 
 
+@pytest.mark.slow
 def test_class_priors_and_balanced_accuracy_work_under_every_transformation():
     logits, labels = _problem(10)
     with enable_x64():

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from _compat import enable_x64
 from jax.test_util import check_grads
 
@@ -33,6 +34,7 @@ def test_multilabel_loss_matches_formula_and_its_special_cases():
         losses.multilabel_softmax_cross_entropy(extreme, labels), np.float32)))
 
 
+@pytest.mark.slow
 def test_multilabel_gradient_is_the_closed_form_for_multi_hot_labels_and_masks():
     # d/ds_i = e^{s_i} / (1 + sum_neg e^s) for a negative i and
     # -e^{-s_j} / (1 + sum_pos e^{-s}) for a positive j; masked classes get 0.

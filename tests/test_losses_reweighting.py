@@ -58,6 +58,7 @@ def test_cross_entropy_weights_project_other_losses_and_flag_vanishing_gradients
         losses.cross_entropy_weights(la, logits, labels, kind="tanh")
 
 
+@pytest.mark.slow
 def test_cross_entropy_weights_work_in_forward_mode_and_under_every_transformation():
     logits, labels = _softmax_problem(22, batch=6)
     z, y = _binary_problem(23, size=8)

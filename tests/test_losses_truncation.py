@@ -43,48 +43,51 @@ def test_softmax_soft_truncation_is_su_multi_class_formula_in_float64(num_classe
     logits, labels = _problem(30 + num_classes, batch=12, num_classes=num_classes)
     mask = np.random.default_rng(num_classes).random(logits.shape) < 0.8
     mask[np.arange(12), labels] = True
+    loss = jax.jit(losses.softmax_soft_truncated_cross_entropy)  # one compile per dtype
     for steepness in (0.0, 0.5, 1.0, 2.5, 7.0):
-        got = losses.softmax_soft_truncated_cross_entropy(logits, labels, steepness=steepness)
+        got = loss(logits, labels, steepness=steepness)
         expected = _np_su_soft_truncated(logits, labels, steepness)
         np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-7)
         with enable_x64():
-            wide = losses.softmax_soft_truncated_cross_entropy(
-                jnp.asarray(logits, jnp.float64), labels, steepness=steepness, where=mask)
+            wide = loss(jnp.asarray(logits, jnp.float64), labels, steepness=steepness,
+                        where=mask)
             np.testing.assert_allclose(
                 wide, _np_su_soft_truncated(logits, labels, steepness, mask), rtol=1e-12)
 
 
 @pytest.mark.parametrize("num_classes", [3, 7])
+@pytest.mark.slow
 def test_softmax_soft_truncation_derivatives_match_finite_differences(num_classes):
     logits, labels = _problem(40 + num_classes, batch=5, num_classes=num_classes)
     with enable_x64():
         s = jnp.asarray(logits, jnp.float64)
-        check_grads(lambda t: losses.softmax_soft_truncated_cross_entropy(
-            t, labels, steepness=1.5), (s,), order=2, modes=["fwd", "rev"])
-        check_grads(lambda k: losses.softmax_soft_truncated_cross_entropy(
-            s, labels, steepness=k), (jnp.asarray(0.7),), order=1, modes=["fwd", "rev"])
+        check_grads(jax.jit(lambda t: losses.softmax_soft_truncated_cross_entropy(
+            t, labels, steepness=1.5)), (s,), order=2, modes=["fwd", "rev"])
+        check_grads(jax.jit(lambda k: losses.softmax_soft_truncated_cross_entropy(
+            s, labels, steepness=k)), (jnp.asarray(0.7),), order=1, modes=["fwd", "rev"])
 
 
 def test_softmax_soft_truncation_is_finite_for_huge_logits_and_nan_for_nan_ones():
     logits, labels = _problem(50, batch=6, num_classes=7)
     huge = np.where(logits > 0, 1e4, -1e4).astype(np.float32)
     huge[0] = 1e4  # ties
+    value_and_grad = jax.jit(jax.value_and_grad(lambda s, k: jnp.sum(
+        losses.softmax_soft_truncated_cross_entropy(s, labels, steepness=k))))
     for dtype in (jnp.float32, jnp.bfloat16):
         for steepness in (1.0, 7.0):
-            value, grads = jax.value_and_grad(lambda s, k=steepness: jnp.sum(
-                losses.softmax_soft_truncated_cross_entropy(s, labels, steepness=k)))(
-                jnp.asarray(huge, dtype))
+            value, grads = value_and_grad(jnp.asarray(huge, dtype), steepness)
             assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grads, float)))
     dirty = logits.copy()
     dirty[2, 4] = np.nan
-    values = losses.softmax_soft_truncated_cross_entropy(dirty, labels)
+    values = jax.jit(losses.softmax_soft_truncated_cross_entropy)(dirty, labels)
     assert np.isnan(values[2]) and np.all(np.isfinite(np.delete(np.asarray(values), 2)))
 
 
 def test_hard_truncation_gives_ties_half_weight_as_the_post():
     # kexue.fm/archives/4733: theta(0) = 1/2 (the Keras snippet's (sign(t) + 1) / 2).
     def value_and_grad(fn, logits, labels):
-        return jax.value_and_grad(lambda z: jnp.sum(fn(z, labels)))(jnp.asarray(logits))
+        return jax.jit(jax.value_and_grad(lambda z: jnp.sum(fn(z, labels))))(
+            jnp.asarray(logits))
 
     z = np.zeros(2, np.float32)  # p = 1/2 = m: a tie for the positive and the negative
     value, grad = value_and_grad(lambda t, y: losses.hard_truncated_cross_entropy(
@@ -105,12 +108,13 @@ def test_two_class_truncations_equal_the_binary_ones():
     logits = rng.standard_normal((30, 2)).astype(np.float32) * 3
     labels = rng.integers(0, 2, 30)
     z = logits[:, 1] - logits[:, 0]
-    np.testing.assert_allclose(
-        losses.softmax_hard_truncated_cross_entropy(logits, labels, margin=0.7),
-        losses.hard_truncated_cross_entropy(z, labels, margin=0.7), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        losses.softmax_soft_truncated_cross_entropy(logits, labels, steepness=2.5),
-        losses.soft_truncated_cross_entropy(z, labels, steepness=2.5), rtol=1e-5, atol=1e-6)
+    two_class, binary = jax.jit(lambda s, z: (
+        (losses.softmax_hard_truncated_cross_entropy(s, labels, margin=0.7),
+         losses.softmax_soft_truncated_cross_entropy(s, labels, steepness=2.5)),
+        (losses.hard_truncated_cross_entropy(z, labels, margin=0.7),
+         losses.soft_truncated_cross_entropy(z, labels, steepness=2.5))))(logits, z)
+    for got, want in zip(two_class, binary, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_soft_truncation_at_steepness_one_is_optax_focal_with_gamma_one():
@@ -131,10 +135,10 @@ def test_hard_truncation_matches_the_step_function_definition():
     p, m = _np_sigmoid(logits), 0.6
     done = ((labels == 1) & (p > m)) | ((labels == 0) & (p < 1 - m))
     ce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-    got = losses.hard_truncated_cross_entropy(logits, labels, margin=m)
+    got, vjp = jax.vjp(jax.jit(
+        lambda z: losses.hard_truncated_cross_entropy(z, labels, margin=m)), logits)
     np.testing.assert_allclose(got, np.where(done, 0.0, ce), rtol=2e-5, atol=1e-6)
-    grads = jax.grad(lambda z: losses.hard_truncated_cross_entropy(z, labels, margin=m).sum())(
-        logits)
+    (grads,) = vjp(jnp.ones_like(got))  # the gradient of the sum
     np.testing.assert_array_equal(np.asarray(grads)[done], 0.0)
     np.testing.assert_allclose(np.asarray(grads)[~done], (p - labels)[~done], rtol=2e-5,
                                atol=1e-6)

@@ -1,6 +1,7 @@
 """The public API: every exported name exists, is documented, and is listed once."""
 
 import importlib
+import inspect
 import os
 import pathlib
 import tomllib
@@ -22,6 +23,17 @@ def test_every_exported_name_exists_and_has_a_docstring(name):
     for exported in module.__all__:
         obj = getattr(module, exported)
         assert obj.__doc__ and obj.__doc__.strip(), f"{name}.{exported} has no docstring"
+
+
+@pytest.mark.parametrize("name", ("jaxtricks", *(f"jaxtricks.{s}" for s in SUBPACKAGES)))
+def test_every_public_function_has_a_doctest_example(name):
+    # The examples run as doctests (pytest --doctest-modules over jaxtricks/).
+    module = importlib.import_module(name)
+    for exported in module.__all__:
+        obj = getattr(module, exported)
+        if inspect.isfunction(obj):
+            _, _, examples = obj.__doc__.partition("Examples:")
+            assert ">>>" in examples, f"{name}.{exported} has no `Examples:` with `>>>` lines"
 
 
 def test_top_level_reexports_the_regularizers():
@@ -68,3 +80,23 @@ def test_the_floor_constraints_pin_the_declared_minimum_versions():
 def test_the_floor_run_uses_the_pinned_versions():
     pins = _pinned(ROOT / os.environ["JAXTRICKS_FLOOR_CONSTRAINTS"])
     assert {name: metadata.version(name) for name in pins} == pins
+
+
+def test_the_version_is_written_once_and_the_changelog_names_it():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "jaxtricks.__version__"
+    }
+    assert metadata.version("jaxtricks") == jaxtricks.__version__
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## [{jaxtricks.__version__}] - " in changelog
+
+
+def test_the_license_file_is_the_declared_apache_license():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text

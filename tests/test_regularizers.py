@@ -225,6 +225,7 @@ def updates_as_function_of_params(transform, grads):
     return update
 
 
+@pytest.mark.slow
 def test_transform_updates_have_correct_forward_and_reverse_derivatives():
     with enable_x64():
         keys = jax.random.split(jax.random.key(4), 3)
@@ -247,6 +248,7 @@ def test_transform_updates_have_correct_forward_and_reverse_derivatives():
                            atol=1e-12)
 
 
+@pytest.mark.slow
 def test_transform_updates_under_vmap_checkpoint_and_scan_match_plain_calls():
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
                            *[make_params(seed) for seed in range(3)])

@@ -25,8 +25,13 @@ def _linen_cell(cell, input_size, key=KEY):
     """A linen cell's step function, initial carry (random, to leave the origin) and params."""
     carry = cell.initialize_carry(key, (input_size,))
     carry = jax.tree.map(lambda c: 0.5 * jax.random.normal(key, c.shape), carry)
-    params = cell.init(key, carry, jnp.zeros(input_size))["params"]
+    params = jax.jit(cell.init)(key, carry, jnp.zeros(input_size))["params"]
     return carry, params
+
+
+def _jit(norms_fn, step_fn, **options):
+    """`norms_fn(step_fn, carry, inputs, **options)` as one compiled call (not op by op)."""
+    return jax.jit(lambda carry, inputs: norms_fn(step_fn, carry, inputs, **options))
 
 
 def _jacobians_by_jacfwd(step_fn, carry, inputs):
@@ -42,7 +47,7 @@ def _jacobians_by_jacfwd(step_fn, carry, inputs):
         return jax.lax.scan(body, unravel(flat0), inputs)[1]
 
     flat0 = jax.flatten_util.ravel_pytree(carry)[0]
-    return np.asarray(jax.jacfwd(all_carries)(flat0), np.float64)
+    return np.asarray(jax.jit(jax.jacfwd(all_carries))(flat0), np.float64)
 
 
 def test_linear_cell_norms_equal_norms_of_matrix_powers():
@@ -54,7 +59,7 @@ def test_linear_cell_norms_equal_norms_of_matrix_powers():
     for ord_, numpy_ord in (("spectral", 2), ("fro", "fro")):
         want = np.array([np.linalg.norm(p, numpy_ord) for p in powers])
         for method in ("exact", "power"):
-            got = rnn.jacobian_norms(step, carry, inputs, ord=ord_, method=method, key=KEY)
+            got = _jit(rnn.jacobian_norms, step, ord=ord_, method=method, key=KEY)(carry, inputs)
             np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
@@ -96,6 +101,7 @@ def test_lstm_c_path_equals_product_of_input_driven_forget_gates():
     np.testing.assert_allclose(fro_c, np.linalg.norm(products, axis=1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_whole_carry_and_per_leaf_norms_match_jacfwd_of_unrolled_scan():
     cell = nn.LSTMCell(4)
     carry, params = _linen_cell(cell, 2)
@@ -104,8 +110,8 @@ def test_whole_carry_and_per_leaf_norms_match_jacfwd_of_unrolled_scan():
     jacobians = _jacobians_by_jacfwd(step, carry, inputs)
     c_block, h_block = jacobians[:, :4, :4], jacobians[:, 4:, 4:]
     for ord_, numpy_ord in (("spectral", 2), ("fro", "fro")):
-        whole = rnn.jacobian_norms(step, carry, inputs, ord=ord_)
-        c_norms, h_norms = rnn.jacobian_norms(step, carry, inputs, ord=ord_, per_leaf=True)
+        whole = _jit(rnn.jacobian_norms, step, ord=ord_)(carry, inputs)
+        c_norms, h_norms = _jit(rnn.jacobian_norms, step, ord=ord_, per_leaf=True)(carry, inputs)
         np.testing.assert_allclose(whole, np.linalg.norm(jacobians, numpy_ord, (1, 2)), rtol=1e-5)
         np.testing.assert_allclose(c_norms, np.linalg.norm(c_block, numpy_ord, (1, 2)), rtol=1e-5)
         np.testing.assert_allclose(h_norms, np.linalg.norm(h_block, numpy_ord, (1, 2)), rtol=1e-5)
@@ -122,19 +128,21 @@ def test_nnx_gru_norms_match_jacfwd_and_work_under_jit_and_vmap():
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_power_iteration_agrees_with_svd_to_its_tolerance():
     cell = nn.LSTMCell(40)
     carry, params = _linen_cell(cell, 2)
     step = rnn.linen_step(cell, params)
     inputs = jax.random.normal(KEY, (60, 2))
-    exact = rnn.jacobian_norms(step, carry, inputs, method="exact")
+    exact = _jit(rnn.jacobian_norms, step, method="exact")(carry, inputs)
     tol = 1e-4
-    power = rnn.jacobian_norms(step, carry, inputs, method="power", tol=tol, key=KEY)
+    power = _jit(rnn.jacobian_norms, step, method="power", tol=tol, key=KEY)(carry, inputs)
     # Rayleigh-Ritz estimates are lower bounds; float32 SVD itself is good to ~1e-6.
     assert np.all(power <= exact * (1 + 1e-5))
     np.testing.assert_allclose(power, exact, rtol=tol)
 
 
+@pytest.mark.slow
 def test_step_jacobian_norms_match_the_closed_form_jacobians_of_flax_cells():
     size, input_size = 6, 3
     inputs = jax.random.normal(KEY, (5, input_size))
@@ -187,6 +195,7 @@ def test_lstm_step_c_block_is_the_forget_gate():
     np.testing.assert_allclose(c_norms, forget.max(axis=1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_lstm_full_one_step_norm_exceeds_one_while_its_c_block_is_exactly_the_forget_gate():
     # Strong recurrent kernels: every f_t < 1 and the c block is D(f_t) exactly, but the
     # full one-step Jacobian of (c, h), with the paths through h, has norm above 1.
@@ -205,11 +214,11 @@ def test_lstm_full_one_step_norm_exceeds_one_while_its_c_block_is_exactly_the_fo
         return jax.jacfwd(lambda f: jax.flatten_util.ravel_pytree(step(unravel(f), x)[0])[0])(
             flat)
 
-    jacobians = np.asarray(jax.vmap(one_step)(previous, inputs), np.float64)
+    jacobians = np.asarray(jax.jit(jax.vmap(one_step))(previous, inputs), np.float64)
     forget = jax.nn.sigmoid(inputs @ params["if"]["kernel"] + previous[1] @ params["hf"]["kernel"]
                             + params["hf"]["bias"])
-    whole = rnn.step_jacobian_norms(step, carry, inputs)
-    c_norms, _ = rnn.step_jacobian_norms(step, carry, inputs, per_leaf=True)
+    whole = _jit(rnn.step_jacobian_norms, step)(carry, inputs)
+    c_norms, _ = _jit(rnn.step_jacobian_norms, step, per_leaf=True)(carry, inputs)
     np.testing.assert_allclose(whole, np.linalg.norm(jacobians, 2, (1, 2)), rtol=1e-5)
     np.testing.assert_allclose(jacobians[:, :4, :4], np.asarray(jax.vmap(jnp.diag)(forget)),
                                atol=1e-7)
@@ -218,6 +227,7 @@ def test_lstm_full_one_step_norm_exceeds_one_while_its_c_block_is_exactly_the_fo
     assert np.max(whole) > 1.0
 
 
+@pytest.mark.slow
 def test_gradient_norms_over_time_match_explicit_gradients():
     cell = nn.LSTMCell(4)
     carry, params = _linen_cell(cell, 3)
@@ -232,15 +242,22 @@ def test_gradient_norms_over_time_match_explicit_gradients():
         earlier = jax.lax.scan(step, carry, inputs[:t])[1]
         return loss_fn(final_carry, jnp.concatenate([earlier, outputs]))
 
-    got = rnn.gradient_norms_over_time(loss_fn, step, carry, inputs, per_leaf=True)
-    input_grads = jax.grad(lambda xs: loss_from(0, carry, xs))(inputs)
+    got = jax.jit(lambda c, x: rnn.gradient_norms_over_time(loss_fn, step, c, x,
+                                                            per_leaf=True))(carry, inputs)
+    input_grads = jax.jit(jax.grad(lambda xs: loss_from(0, carry, xs)))(inputs)
     np.testing.assert_allclose(got.inputs, np.linalg.norm(input_grads, axis=1), rtol=1e-5)
-    for t in (0, 5):
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def carry_grads(t):
         carry_t = jax.lax.scan(step, carry, inputs[:t])[0]
-        grad_c, grad_h = jax.grad(lambda c, t=t: loss_from(t, c, inputs[t:]))(carry_t)
+        return jax.grad(lambda c: loss_from(t, c, inputs[t:]))(carry_t)
+
+    for t in (0, 5):
+        grad_c, grad_h = carry_grads(t)
         np.testing.assert_allclose(got.carry[0][t], np.linalg.norm(grad_c), rtol=1e-5)
         np.testing.assert_allclose(got.carry[1][t], np.linalg.norm(grad_h), rtol=1e-5)
-    whole = rnn.gradient_norms_over_time(loss_fn, step, carry, inputs).carry
+    whole = jax.jit(lambda c, x: rnn.gradient_norms_over_time(loss_fn, step, c, x))(
+        carry, inputs).carry
     np.testing.assert_allclose(whole, np.hypot(got.carry[0], got.carry[1]), rtol=1e-5)
 
 
@@ -266,6 +283,7 @@ def _tanh_step(matrix):
     return lambda h, x: (jnp.tanh(matrix @ h + x), h)
 
 
+@pytest.mark.slow
 def test_power_method_norms_are_differentiable_in_both_modes_like_svd():
     # Reverse mode used to fail on the power iteration's while_loop; the implicit rule
     # d sigma = u^T dM v must agree with differentiating the SVD, in both modes, and with
@@ -276,11 +294,16 @@ def test_power_method_norms_are_differentiable_in_both_modes_like_svd():
     def norms(matrix, norms_fn, method, tol=1e-4):
         return norms_fn(_tanh_step(matrix), jnp.ones(4), inputs, method=method, tol=tol, key=KEY)
 
-    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
-        exact = jax.jacrev(norms)(matrix, norms_fn, "exact")
+    @functools.partial(jax.jit, static_argnums=1)
+    def derivatives(matrix, norms_fn):  # one compile per function, not one per mode
         power = functools.partial(norms, norms_fn=norms_fn, method="power", tol=1e-5)
-        np.testing.assert_allclose(jax.jacrev(power)(matrix), exact, atol=2e-5)
-        np.testing.assert_allclose(jax.jacfwd(power)(matrix), exact, atol=2e-5)
+        return (jax.jacrev(norms)(matrix, norms_fn, "exact"), jax.jacrev(power)(matrix),
+                jax.jacfwd(power)(matrix))
+
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
+        exact, reverse, forward = derivatives(matrix, norms_fn)
+        np.testing.assert_allclose(reverse, exact, atol=2e-5)
+        np.testing.assert_allclose(forward, exact, atol=2e-5)
     with enable_x64():
         matrix64 = matrix.astype(jnp.float64)
         inputs = inputs.astype(jnp.float64)
@@ -296,15 +319,16 @@ def test_auto_method_above_64_carry_entries_has_the_exact_gradient_of_matrix_pow
     size = 65
     matrix = jax.random.normal(KEY, (size, size)) / np.sqrt(size)
     inputs = jnp.zeros((2, size))
-    grad = jax.grad(
+    grad = jax.jit(jax.grad(
         lambda m: rnn.jacobian_norms(_linear_step(m), jnp.ones(size), inputs, key=KEY)[1]
-    )(matrix)
+    ))(matrix)
     a = np.asarray(matrix, np.float64)
     left, _, right = np.linalg.svd(a @ a)
     u, v = left[:, 0], right[0]
     np.testing.assert_allclose(grad, np.outer(u, a @ v) + np.outer(a.T @ u, v), atol=2e-4)
 
 
+@pytest.mark.slow
 def test_integer_tokens_are_accepted_and_give_the_gradients_of_one_hot_inputs():
     embedding = jax.random.normal(KEY, (11, 4))
     step = lambda h, token: (jnp.tanh(embedding[token] + 0.9 * h), h)  # noqa: E731
@@ -312,27 +336,27 @@ def test_integer_tokens_are_accepted_and_give_the_gradients_of_one_hot_inputs():
     loss_fn = lambda c, outputs: jnp.sum(c**2) + jnp.sum(jnp.sin(outputs))  # noqa: E731
     tokens = jax.random.randint(jax.random.key(1), (6,), 0, 11)
     carry = jnp.ones(4)
-    want = rnn.gradient_norms_over_time(loss_fn, one_hot_step, carry, jax.nn.one_hot(tokens, 11))
+    gradient_norms = jax.jit(rnn.gradient_norms_over_time, static_argnums=(0, 1))
+    one_hot = jax.nn.one_hot(tokens, 11)
+    want = gradient_norms(loss_fn, one_hot_step, carry, one_hot)
+    want_norms = _jit(rnn.jacobian_norms, one_hot_step)(carry, one_hot)
+    norms = _jit(rnn.jacobian_norms, step)
     for dtype in (jnp.int32, jnp.uint8, jnp.int16):
-        got = rnn.gradient_norms_over_time(loss_fn, step, carry, tokens.astype(dtype))
+        got = gradient_norms(loss_fn, step, carry, tokens.astype(dtype))
         np.testing.assert_allclose(got.carry, want.carry, rtol=1e-5)
         np.testing.assert_array_equal(got.inputs, np.zeros(6))  # no float leaf
-        np.testing.assert_allclose(
-            rnn.jacobian_norms(step, carry, tokens.astype(dtype)),
-            rnn.jacobian_norms(one_hot_step, carry, jax.nn.one_hot(tokens, 11)), rtol=1e-5,
-        )
+        np.testing.assert_allclose(norms(carry, tokens.astype(dtype)), want_norms, rtol=1e-5)
     # Mixed inputs: only the floating leaf counts in `inputs`.
     mixed_step = lambda h, x: step(h + x["noise"], x["token"])  # noqa: E731
     noise = jax.random.normal(jax.random.key(2), (6, 4))
-    got = rnn.gradient_norms_over_time(
-        loss_fn, mixed_step, carry, {"token": tokens, "noise": noise}
-    )
-    noise_grads = jax.grad(
+    got = gradient_norms(loss_fn, mixed_step, carry, {"token": tokens, "noise": noise})
+    noise_grads = jax.jit(jax.grad(
         lambda n: loss_fn(*jax.lax.scan(mixed_step, carry, {"token": tokens, "noise": n}))
-    )(noise)
+    ))(noise)
     np.testing.assert_allclose(got.inputs, np.linalg.norm(noise_grads, axis=1), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_power_iteration_key_accepts_typed_and_legacy_keys_alike():
     step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
     carry, inputs = jnp.ones(4), jax.random.normal(KEY, (3, 4))
@@ -350,6 +374,7 @@ def test_power_iteration_key_accepts_typed_and_legacy_keys_alike():
         run(key=3)
 
 
+@pytest.mark.slow
 def test_the_power_iteration_needs_an_explicit_key_and_the_exact_methods_do_not():
     step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
     carry, inputs = jnp.ones(4), jax.random.normal(KEY, (3, 4))
@@ -396,6 +421,7 @@ def test_empty_sequences_give_empty_norms():
     assert got.inputs.shape == got.carry[0].shape == got.carry[1].shape == (0,)
 
 
+@pytest.mark.slow
 def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
     cell = nn.GRUCell(4)
     carry, params = _linen_cell(cell, 2)
@@ -407,12 +433,12 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
         step64 = rnn.linen_step(cell.copy(param_dtype=jnp.float64), params64)
         want = np.linalg.norm(_jacobians_by_jacfwd(step64, carry64, inputs64), 2, (1, 2))
         for method in ("exact", "power"):
-            got = rnn.jacobian_norms(step64, carry64, inputs64, method=method, tol=1e-7,
-                                     key=KEY)
+            got = _jit(rnn.jacobian_norms, step64, method=method, tol=1e-7, key=KEY)(
+                carry64, inputs64)
             assert got.dtype == jnp.float64
             np.testing.assert_allclose(got, want, rtol=1e-11)
-        grads = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(y**2), step64, carry64,
-                                             inputs64)
+        grads = jax.jit(lambda c, x: rnn.gradient_norms_over_time(
+            lambda c, y: jnp.sum(y**2), step64, c, x))(carry64, inputs64)
         assert grads.inputs.dtype == grads.carry.dtype == jnp.float64
     # bfloat16: float32 norms within bfloat16 rounding of the float32 cell's.
     params16, carry16, inputs16 = jax.tree.map(
@@ -420,10 +446,10 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
     )
     step16 = rnn.linen_step(cell.copy(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), params16)
     as32 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float32), tree)  # noqa: E731
-    want = rnn.jacobian_norms(rnn.linen_step(cell, as32(params16)), as32(carry16),
-                              as32(inputs16))
+    want = _jit(rnn.jacobian_norms, rnn.linen_step(cell, as32(params16)))(as32(carry16),
+                                                                         as32(inputs16))
     for method in ("exact", "power"):
-        got = rnn.jacobian_norms(step16, carry16, inputs16, method=method, key=KEY)
+        got = _jit(rnn.jacobian_norms, step16, method=method, key=KEY)(carry16, inputs16)
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, want, rtol=0.1)
 
@@ -444,6 +470,7 @@ def test_nan_at_one_step_gives_nan_norms_from_that_step_on():
     assert np.all(np.isnan(grads.inputs[:4])) and np.all(np.isnan(grads.carry[:4]))
 
 
+@pytest.mark.slow
 def test_norms_work_under_jit_vmap_checkpoint_scan_and_forward_mode_of_parameters():
     cell = nn.SimpleCell(3)
     carry, params = _linen_cell(cell, 2)
@@ -469,10 +496,13 @@ def test_norms_work_under_jit_vmap_checkpoint_scan_and_forward_mode_of_parameter
                 np.testing.assert_allclose(g[i], w, rtol=1e-5)
     # Forward over reverse and reverse mode through checkpoint, against finite
     # differences along one direction.
-    total = jax.jit(lambda p: sum(jnp.sum(m) for m in measures(p)))
+    def total(p):
+        return sum(jnp.sum(m) for m in measures(p))
+
     direction = jax.tree.map(jnp.ones_like, params)
-    tangent = jax.jvp(total, (params,), (direction,))[1]
-    reverse = jax.grad(jax.checkpoint(total))(params)
+    tangent, reverse = jax.jit(lambda p: (jax.jvp(total, (p,), (direction,))[1],
+                                          jax.grad(jax.checkpoint(total))(p)))(params)
+    total = jax.jit(total)
     eps = 1e-3
     shifted = lambda s: total(jax.tree.map(lambda p, d: p + s * d, params, direction))  # noqa: E731
     finite = (shifted(eps) - shifted(-eps)) / (2 * eps)
@@ -482,6 +512,7 @@ def test_norms_work_under_jit_vmap_checkpoint_scan_and_forward_mode_of_parameter
     )
 
 
+@pytest.mark.slow
 def test_nnx_step_is_differentiable_in_the_cells_state_like_linen_step():
     cell = nnx.SimpleCell(2, 3, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(cell)
@@ -491,10 +522,10 @@ def test_nnx_step_is_differentiable_in_the_cells_state_like_linen_step():
         step = rnn.nnx_step(nnx.merge(graphdef, state))
         return jnp.sum(rnn.jacobian_norms(step, carry, inputs, method="power", key=KEY))
 
-    reverse = jax.grad(norms)(state)
     direction = jax.tree.map(jnp.ones_like, state)
-    forward = jax.jvp(norms, (state,), (direction,))[1]
+    reverse, forward = jax.jit(lambda s: (jax.grad(norms)(s),
+                                          jax.jvp(norms, (s,), (direction,))[1]))(state)
     dot = sum(jnp.sum(r) for r in jax.tree.leaves(reverse))
     np.testing.assert_allclose(dot, forward, rtol=1e-4)
     jitted = jax.jit(jax.vmap(norms))(jax.tree.map(lambda s: jnp.stack([s, s]), state))
-    np.testing.assert_allclose(jitted, [norms(state)] * 2, rtol=1e-5)
+    np.testing.assert_allclose(jitted, [jax.jit(norms)(state)] * 2, rtol=1e-5)

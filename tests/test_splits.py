@@ -115,8 +115,8 @@ def test_importance_weights_forward_and_reverse_mode_match_the_formulas_and_nan_
     with enable_x64():
         logits64 = logits.astype(jnp.float64)
         for transform in (jax.jacfwd, jax.jacrev):
-            for got, want in zip(transform(summary)(logits64), jax.jacfwd(plain)(logits64),
-                                 strict=True):
+            for got, want in zip(jax.jit(transform(summary))(logits64),
+                                 jax.jit(jax.jacfwd(plain))(logits64), strict=True):
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
         assert validation.importance_weights(logits64).ess.dtype == jnp.float64
     with_nan = validation.importance_weights(logits.at[1].set(jnp.nan))

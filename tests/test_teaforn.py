@@ -87,6 +87,7 @@ def _np_per_position_ce(params, inputs, targets, n, feed="hidden", embedding=Non
 
 
 # ------------------------------------------------------------------------------ tests
+@pytest.mark.slow
 def test_one_pass_equals_teacher_forcing_cross_entropy():
     params, inputs, targets, _ = _problem()
     where = jnp.arange(T) < jnp.array([[T], [4], [2]])
@@ -128,7 +129,7 @@ def test_zero_first_weight_still_sends_gradients_through_pass_one_outputs():
     def pass_two_loss(params, inputs):
         return _loss(params, inputs, targets, n=2, weights=(0.0, 1.0))[0]
 
-    grad_params, grad_inputs = jax.grad(pass_two_loss, argnums=(0, 1))(params, inputs)
+    grad_params, grad_inputs = jax.jit(jax.grad(pass_two_loss, argnums=(0, 1)))(params, inputs)
     assert float(jnp.abs(grad_inputs[:, 1:-1]).min()) > 0.0
     assert float(jnp.abs(grad_inputs[:, -1]).max()) == 0.0
 
@@ -161,7 +162,7 @@ def _per_position_ce(params, inputs, targets, n, **kwargs):
         where = (jnp.arange(T) < length)[None]
         return length * _loss(params, inputs[:1], targets[:1], n=n, where=where, **kwargs)[1]
 
-    sums = jax.vmap(prefix_sums)(jnp.arange(T + 1))
+    sums = jax.jit(jax.vmap(prefix_sums))(jnp.arange(T + 1))
     return jnp.diff(sums, axis=0)
 
 
@@ -174,7 +175,8 @@ def test_positions_before_pass_index_repeat_the_previous_pass():
         assert np.all(np.abs(ce[p:, p] - ce[p:, p - 1]) > 1e-4)
     np.testing.assert_allclose(ce, _np_per_position_ce(params, inputs[:1], targets[:1], n)[0],
                                rtol=1e-4)
-    _, masked = _loss(params, inputs[:1], targets[:1], n=n, mask_repeated=True)
+    _, masked = jax.jit(functools.partial(_loss, n=n, mask_repeated=True))(
+        params, inputs[:1], targets[:1])
     np.testing.assert_allclose(masked, [ce[p:, p].mean() for p in range(n)], rtol=1e-5)
 
 
@@ -190,10 +192,9 @@ def test_right_padding_changes_nothing_and_padded_inputs_do_not_leak():
         return _loss(params, inputs, targets, n=3, feed="soft", embedding=embedding,
                      where=where)
 
-    (_, per_pass_clean), grad_clean = jax.value_and_grad(loss, has_aux=True)(
-        inputs, targets)
-    (_, per_pass_noisy), grad_noisy = jax.value_and_grad(loss, has_aux=True)(
-        noisy_inputs, noisy_targets)
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, per_pass_clean), grad_clean = value_and_grad(inputs, targets)
+    (_, per_pass_noisy), grad_noisy = value_and_grad(noisy_inputs, noisy_targets)
     np.testing.assert_allclose(per_pass_noisy, per_pass_clean, rtol=1e-6)
     np.testing.assert_allclose(grad_noisy, grad_clean, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(jnp.where(where[..., None], 0.0, grad_noisy)).max()) == 0.0
@@ -203,6 +204,7 @@ def test_right_padding_changes_nothing_and_padded_inputs_do_not_leak():
     np.testing.assert_allclose(per_pass_noisy, np.concatenate(rows).mean(0), rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_left_padding_keeps_the_start_token_and_matches_the_unpadded_loss():
     # A body that ignores padded inputs (as an attention mask would): left padding by k
     # must give the loss of the unpadded sequence, so the pass-2 input at the start
@@ -222,6 +224,7 @@ def test_left_padding_keeps_the_start_token_and_matches_the_unpadded_loss():
     np.testing.assert_allclose(per_pass_padded, per_pass, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_unroll_and_remat_give_the_same_loss_and_gradients():
     params, inputs, targets, embedding = _problem()
 
@@ -253,7 +256,7 @@ def test_argmax_feed_is_straight_through():
         return _loss(params, inputs, targets, n=2, weights=(0.0, 1.0), feed="argmax",
                      embedding=embedding)[0]
 
-    assert float(jnp.abs(jax.grad(pass_two_loss)(inputs)[:, 1:-1]).min()) > 0.0
+    assert float(jnp.abs(jax.jit(jax.grad(pass_two_loss))(inputs)[:, 1:-1]).min()) > 0.0
 
 
 def test_bfloat16_and_huge_logits_stay_finite():
@@ -265,7 +268,7 @@ def test_bfloat16_and_huge_logits_stay_finite():
         return _loss(params, inputs.astype(jnp.bfloat16), targets, n=3, feed="soft",
                      embedding=embedding.astype(jnp.bfloat16))[0]
 
-    value, grad = jax.value_and_grad(loss)(params)
+    value, grad = jax.jit(jax.value_and_grad(loss))(params)
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
 
@@ -366,8 +369,9 @@ def test_every_reduction_matches_a_plain_loop_over_passes(feed, mask_repeated, p
               "mask_repeated": mask_repeated}
     if feed == "soft":
         kwargs["embedding"] = embedding
-    ce = np.asarray(_plain_loop_token_ce(params, inputs, targets, n, where, feed, embedding),
-                    np.float64)
+    ce = np.asarray(jax.jit(lambda p, x, y: _plain_loop_token_ce(p, x, y, n, where, feed,
+                                                                 embedding))(
+        params, inputs, targets), np.float64)
     scored = _scored(where, n, mask_repeated)
     token_ce = np.where(scored, ce, 0.0)
     expected = {
@@ -397,26 +401,29 @@ def test_default_reduction_is_the_token_pooled_mean_of_the_per_token_losses():
     np.testing.assert_allclose(loss, token_loss.sum() / where.sum(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16])
-def test_small_integer_targets_and_leading_batch_dimensions(dtype):
+@pytest.mark.slow
+def test_small_integer_targets_and_leading_batch_dimensions():
     params, inputs, targets, _ = _problem(seed=2)
     stacked_inputs = jnp.stack([inputs, inputs[::-1]])            # [2, B, T, D]
-    stacked_targets = jnp.stack([targets, targets[::-1]]).astype(dtype)
     for reduction, shape in (("per_example", (2, 2, B)), ("none", (2, 2, B, T))):
-        loss, per_pass = _loss(params, stacked_inputs, stacked_targets, n=2,
-                               reduction=reduction)
-        assert per_pass.shape == shape and loss.shape == shape[1:]
-        flat = _loss(params, inputs, targets, n=2, reduction=reduction)[1]
-        np.testing.assert_allclose(per_pass[:, 0], flat, rtol=1e-6)
-        np.testing.assert_allclose(per_pass[:, 1], flat[:, ::-1], rtol=1e-6)
+        loss_fn = jax.jit(functools.partial(_loss, n=2, reduction=reduction))
+        flat = loss_fn(params, inputs, targets)[1]
+        for dtype in (np.int8, np.uint8, np.int16):
+            stacked_targets = jnp.stack([targets, targets[::-1]]).astype(dtype)
+            loss, per_pass = loss_fn(params, stacked_inputs, stacked_targets)
+            assert per_pass.shape == shape and loss.shape == shape[1:]
+            np.testing.assert_allclose(per_pass[:, 0], flat, rtol=1e-6, err_msg=str(dtype))
+            np.testing.assert_allclose(per_pass[:, 1], flat[:, ::-1], rtol=1e-6)
 
 
 def test_nan_input_reaches_only_its_own_example_and_empty_batches_stay_empty():
     params, inputs, targets, _ = _problem()
     nan_inputs = inputs.at[1, 2, 0].set(jnp.nan)
-    _, per_example = _loss(params, nan_inputs, targets, n=2, reduction="per_example")
+    loss_fn = {reduction: jax.jit(functools.partial(_loss, n=2, reduction=reduction))
+               for reduction in ("per_example", "none")}
+    _, per_example = loss_fn["per_example"](params, nan_inputs, targets)
     assert np.isnan(per_example[:, 1]).all() and np.isfinite(per_example[:, [0, 2]]).all()
-    _, per_token = _loss(params, nan_inputs, targets, n=2, reduction="none")
+    _, per_token = loss_fn["none"](params, nan_inputs, targets)
     # Pass 1 reads e_2 from position 2 on; pass 2 replaces e_2 by h_1^(1) and reads the
     # NaN only through h_2^(1), fed at position 3.
     for p, first_nan in enumerate((2, 3)):
@@ -424,7 +431,7 @@ def test_nan_input_reaches_only_its_own_example_and_empty_batches_stay_empty():
         assert np.isfinite(per_token[p, 1, :first_nan]).all()
     assert np.isfinite(per_token[:, [0, 2]]).all()
     for reduction, shape in (("per_example", (2, 0)), ("none", (2, 0, T))):
-        loss, per_pass = _loss(params, inputs[:0], targets[:0], n=2, reduction=reduction)
+        loss, per_pass = loss_fn[reduction](params, inputs[:0], targets[:0])
         assert per_pass.shape == shape and loss.shape == shape[1:]
 
 
@@ -456,6 +463,7 @@ def _dropout_decoder(deterministic=False):
     return _DropoutBody(rngs, deterministic), nnx.Linear(D, V, rngs=rngs)
 
 
+@pytest.mark.slow
 def test_nnx_dropout_body_runs_unrolled_scanned_and_rematerialised():
     _, inputs, targets, _ = _problem()
     expected = _eager_teaforn(*_dropout_decoder(), inputs, targets, n=3)
@@ -476,6 +484,7 @@ def _dropout_after(draws):
     return body.dropout(jnp.ones((B, T, D)))
 
 
+@pytest.mark.slow
 def test_nnx_dropout_body_under_nnx_jit_and_grad_matches_the_eager_gradient():
     _, inputs, targets, _ = _problem()
 
@@ -536,14 +545,16 @@ def test_linen_body_with_dropout_rngs():
     def body(vectors):
         return module.apply(variables, vectors, rngs={"dropout": jax.random.key(5)})
 
-    expected = _eager_teaforn(body, lambda h: h @ table, inputs, targets, n=3)
+    expected = jax.jit(lambda x: _eager_teaforn(body, lambda h: h @ table, x, targets, n=3))(
+        inputs)
     for unroll in (True, False):
-        _, per_pass = teaforn_loss(body, lambda h: h @ table, inputs, targets, n=3,
-                                   unroll=unroll, remat=True)
+        _, per_pass = jax.jit(lambda x, unroll=unroll: teaforn_loss(
+            body, lambda h: h @ table, x, targets, n=3, unroll=unroll, remat=True))(inputs)
         np.testing.assert_allclose(per_pass, expected, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- transformations, NaN
+@pytest.mark.slow
 def test_forward_mode_derivatives_match_finite_differences():
     params, inputs, targets, embedding = _problem()
     with enable_x64():
@@ -568,18 +579,20 @@ def test_vmap_over_problems_and_lax_scan_over_steps_match_a_loop():
     def loss(params, inputs, targets):
         return _loss(params, inputs, targets, n=2, remat=True)[0]
 
-    expected = jnp.stack([loss(*p[:3]) for p in problems])
-    np.testing.assert_allclose(jax.vmap(loss)(*stacked), expected, rtol=1e-5)
-    _, scanned = jax.lax.scan(lambda c, problem: (c, loss(*problem)), None, stacked)
+    expected = jnp.stack([jax.jit(loss)(*p[:3]) for p in problems])
+    np.testing.assert_allclose(jax.jit(jax.vmap(loss))(*stacked), expected, rtol=1e-5)
+    _, scanned = jax.jit(lambda stacked: jax.lax.scan(
+        lambda c, problem: (c, loss(*problem)), None, stacked))(stacked)
     np.testing.assert_allclose(scanned, expected, rtol=1e-5)
 
 
 def test_nan_parameters_give_nan_losses_and_bfloat16_gradients_keep_their_dtype():
     params, inputs, targets, embedding = _problem()
     nan_params = {**params, "mix": params["mix"].at[0, 0].set(jnp.nan)}
-    loss, per_pass = _loss(nan_params, inputs, targets, n=2, feed="soft", embedding=embedding)
+    loss, per_pass = jax.jit(functools.partial(_loss, n=2, feed="soft"))(
+        nan_params, inputs, targets, embedding=embedding)
     assert np.isnan(loss) and np.isnan(per_pass).all()
     bf16_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-    grads = jax.grad(lambda p: _loss(p, inputs.astype(jnp.bfloat16), targets, n=2)[0])(
+    grads = jax.jit(jax.grad(lambda p: _loss(p, inputs.astype(jnp.bfloat16), targets, n=2)[0]))(
         bf16_params)
     assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))

@@ -429,6 +429,16 @@ ROWS = (
 IDS = [row.name for row in ROWS]
 GRAD_ROWS = [row for row in ROWS if row.grad]
 KEY_ROWS = [row for row in ROWS if row.key]
+# The rows that compile whole training loops or scans: CI's slow tier (`make test-slow`).
+SLOW_FUNCTIONS = {"validation.adversarial_validation", "estimators.policy_gradient",
+                  "estimators.categorical_policy", "teaforn.teaforn_loss",
+                  "losses.cross_entropy_weights", "rnn.jacobian_norms",
+                  "rnn.gradient_norms_over_time"}
+
+
+def _cases(rows):
+    return [pytest.param(row, id=row.name, marks=[pytest.mark.slow] * (
+        row.name.split("[")[0] in SLOW_FUNCTIONS)) for row in rows]
 
 
 # ------------------------------------------------------------------ helpers
@@ -519,18 +529,14 @@ def _stack(trees):
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _ids(rows):
-    return [row.name for row in rows]
-
-
 # ------------------------------------------------------------------ the tests
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
+@pytest.mark.parametrize("row", _cases(ROWS))
 def test_jit_matches_eager(row):
     _, args = _built(row.name, "float32")
     assert_trees_close(_jitted(row.name)(*args), _eager(row.name), row.rtol, row.rtol / 10)
 
 
-@pytest.mark.parametrize("row", GRAD_ROWS, ids=_ids(GRAD_ROWS))
+@pytest.mark.parametrize("row", _cases(GRAD_ROWS))
 def test_grad_matches_finite_differences_in_float64(row):
     with enable_x64():
         g, x = _flat(row.name, "float64")
@@ -557,7 +563,7 @@ def test_grad_matches_finite_differences_in_float64(row):
             np.testing.assert_allclose(grad, forward, rtol=rtol, atol=rtol / 100)
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
+@pytest.mark.parametrize("row", _cases(ROWS))
 def test_vmap_matches_a_loop(row):
     fn, args = _built(row.name, "float32")
     batch = [args, _scaled(args, 0.9), _scaled(args, 1.1)]
@@ -566,7 +572,7 @@ def test_vmap_matches_a_loop(row):
     assert_trees_close(got, loop, row.rtol, row.rtol / 10)
 
 
-@pytest.mark.parametrize("row", GRAD_ROWS, ids=_ids(GRAD_ROWS))
+@pytest.mark.parametrize("row", _cases(GRAD_ROWS))
 def test_jvp_jacfwd_linearize_match_reverse_mode(row):
     f, x = _flat_out(row.name)
     tangent = jnp.cos(jnp.arange(x.size, dtype=x.dtype))
@@ -587,7 +593,7 @@ def test_jvp_jacfwd_linearize_match_reverse_mode(row):
 SCALAR_ROWS = [row for row in GRAD_ROWS if row.scalar]
 
 
-@pytest.mark.parametrize("row", SCALAR_ROWS, ids=_ids(SCALAR_ROWS))
+@pytest.mark.parametrize("row", _cases(SCALAR_ROWS))
 def test_hessian_matches_reverse_over_reverse(row):
     fn, args = _built(row.name, "float32")
     assert jax.eval_shape(fn, *args).shape == ()
@@ -596,18 +602,22 @@ def test_hessian_matches_reverse_over_reverse(row):
     np.testing.assert_allclose(hessian, reverse, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
+@pytest.mark.parametrize("row", _cases(ROWS))
 def test_checkpoint_matches_the_plain_call(row):
     fn, args = _built(row.name, "float32")
-    remat = jax.jit(jax.checkpoint(fn))(*args)
+    f, x = _flat_out(row.name)
+
+    @jax.jit  # one compile for the value and, where defined, the Jacobian
+    def remat_value_and_jacobian(args, x):
+        return jax.checkpoint(fn)(*args), jax.jacrev(jax.checkpoint(f))(x) if row.grad else None
+
+    remat, jacobian = remat_value_and_jacobian(args, x)
     assert_trees_close(remat, _eager(row.name), row.rtol, row.rtol / 10)
     if row.grad:
-        f, x = _flat_out(row.name)
-        jacobian = jax.jit(jax.jacrev(jax.checkpoint(f)))(x)
         np.testing.assert_allclose(jacobian, _reverse_jacobian(row.name), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
+@pytest.mark.parametrize("row", _cases(ROWS))
 def test_inside_scan_matches_two_calls(row):
     fn, args = _built(row.name, "float32")
     steps = [args, _scaled(args, 0.9)]
@@ -621,10 +631,11 @@ def test_inside_scan_matches_two_calls(row):
     assert_trees_close(got, two_calls, row.rtol, row.rtol / 10)
 
 
-@pytest.mark.parametrize("row", KEY_ROWS, ids=_ids(KEY_ROWS))
+@pytest.mark.parametrize("row", _cases(KEY_ROWS))
 def test_typed_and_legacy_keys_give_identical_outputs(row):
     fn, args = row.build(jnp.float32)
-    assert_trees_close(fn(jax.random.PRNGKey(0), *args), fn(jax.random.key(0), *args), 0, 0)
+    # `_eager` is the row's eager call with the typed key(0).
+    assert_trees_close(fn(jax.random.PRNGKey(0), *args), _eager(row.name), 0, 0)
     typed_batch = jax.random.split(jax.random.key(3), 2)
     legacy_batch = jax.random.split(jax.random.PRNGKey(3), 2)
     batched = jax.jit(jax.vmap(lambda key: fn(key, *args)))
@@ -657,12 +668,12 @@ def _check_dtype(row, dtype_name):
 
 
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
+@pytest.mark.parametrize("row", _cases(ROWS))
 def test_output_is_finite_with_the_documented_dtype(row, dtype_name):
     _check_dtype(row, dtype_name)
 
 
-@pytest.mark.parametrize("row", ROWS, ids=IDS)
+@pytest.mark.parametrize("row", _cases(ROWS))
 def test_output_is_finite_with_the_documented_dtype_in_float64(row):
     with enable_x64():
         _check_dtype(row, "float64")

@@ -19,10 +19,12 @@ from jaxtricks import (
     decoupled_weight_decay,
     l2_penalty,
     l2_regularization,
+    weissi_penalty,
 )
 
 
 @pytest.mark.parametrize("scheduled", [False, True])
+@pytest.mark.slow
 def test_decoupled_weight_decay_after_adam_equals_optax_adamw(scheduled):
     learning_rate = optax.linear_schedule(1e-1, 1e-2, 6) if scheduled else 3e-2
     params = make_params()
@@ -56,6 +58,14 @@ def test_l2_penalty_is_half_the_squared_norm_of_the_kernels():
         for layer in ("dense1", "dense2")
     )
     np.testing.assert_allclose(l2_penalty(params), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("params", [{"bias": jnp.ones(3)}, {}], ids=["no-kernel", "empty"])
+def test_l2_penalty_of_no_selected_leaf_is_a_float32_zero_array_like_weissi_penalty(params):
+    penalty = l2_penalty(params)
+    assert isinstance(penalty, jax.Array) and penalty.shape == () and penalty.dtype == jnp.float32
+    assert float(penalty) == 0.0
+    assert jax.jit(l2_penalty)(params).dtype == weissi_penalty(params).dtype
 
 
 def test_l2_regularization_adds_weight_decay_times_gradient_of_l2_penalty():

@@ -9,6 +9,9 @@ import pytest
 from benchmarks import _harness, _zo_memory, zo_finetune
 from jaxtricks import estimators
 
+# Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
+pytestmark = pytest.mark.benchmarks
+
 
 def _row(rows, computation):
     (row,) = [r for r in rows if r["computation"] == computation]
@@ -51,14 +54,15 @@ def test_the_decoder_loss_is_next_token_cross_entropy():
     params = jax.tree.map(lambda s: 0.1 * jax.random.normal(jax.random.key(1), s.shape),
                           problem.params)
     tokens = jax.random.randint(jax.random.key(2), (3, 5), 0, 11)
-    loss = problem.loss(params, tokens)
+    loss_fn = jax.jit(problem.loss)  # one compile for both calls
+    loss = loss_fn(params, tokens)
     # Uniform logits give log(vocab): zero the embedding and check the baseline.
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     zeroed = jax.tree_util.tree_unflatten(
         jax.tree.structure(params),
         [v * 0 if "embedding" in jax.tree_util.keystr(p) and "Embed_0" in
          jax.tree_util.keystr(p) else v for p, v in flat])
-    assert float(problem.loss(zeroed, tokens)) == pytest.approx(math.log(11), rel=1e-6)
+    assert float(loss_fn(zeroed, tokens)) == pytest.approx(math.log(11), rel=1e-6)
     assert np.isfinite(float(loss)) and float(loss) != pytest.approx(math.log(11))
 
 
@@ -69,11 +73,16 @@ def test_the_zo_update_of_the_benchmark_is_the_explicit_update():
     batch = tuple(jax.random.normal(jax.random.key(i), s.shape)
                   for i, s in enumerate(problem.batch))
     loss = lambda p: problem.loss(p, batch)  # noqa: E731
-    for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+
+    @jax.jit
+    def update_and_explicit_update(key):
         new, _ = _zo_memory.zeroth_order_update(loss, params, key, learning_rate=0.1,
                                                 num_samples=4, sigma=1e-2)
         grad = estimators.zeroth_order_grad(loss, params, key, num_samples=4, sigma=1e-2)
-        expected = jax.tree.map(lambda p, g: p - 0.1 * g, params, grad)
+        return new, jax.tree.map(lambda p, g: p - 0.1 * g, params, grad)
+
+    for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+        new, expected = update_and_explicit_update(key)
         # float32 values of f differ by an ulp between programs (fusion order); the
         # estimate divides them by 2 sigma = 0.02 and the update scales by 0.1.
         for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(expected), strict=True):
@@ -90,9 +99,9 @@ def test_fine_tuning_runs_follow_their_learning_rates():
     assert curve.shape == (size.segments,)
     # Backprop SGD's curve is an optax.sgd run: its last point matches a plain loop.
     loss = zo_finetune._loss(model, data.x_train, data.y_train)
+    grad = jax.jit(jax.grad(loss))  # one compile, reused by every step of the loop
     p = params
     for _ in range(size.steps):
-        p = jax.tree.map(lambda w, g: w - zo_finetune.METHODS["backprop SGD"] * g, p,
-                         jax.grad(loss)(p))
+        p = jax.tree.map(lambda w, g: w - zo_finetune.METHODS["backprop SGD"] * g, p, grad(p))
     expected = float(np.mean(np.argmax(model.apply(p, data.x_test), -1) == data.y_test))
     assert float(curve[-1]) == pytest.approx(expected)

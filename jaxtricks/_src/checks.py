@@ -9,12 +9,13 @@ until run time; shape checks always run, since shapes are static.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
 
-def concrete_value(value) -> np.ndarray | None:
+def concrete_value(value: Any) -> np.ndarray | None:
     """Returns `value` as a numpy array, or None when it is traced (no value yet)."""
     if isinstance(value, jax.core.Tracer):
         return None
@@ -26,7 +27,7 @@ def concrete_value(value) -> np.ndarray | None:
 
 def check_scalar(
     name: str,
-    value,
+    value: Any,
     *,
     low: float | None = None,
     high: float | None = None,
@@ -61,7 +62,7 @@ def check_scalar(
         raise ValueError(f"{name} must lie in {left}{lo}, {hi}{right}, got {_show(array)}.")
 
 
-def check_positive_int(name: str, value, *, minimum: int = 1) -> None:
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
     """Checks that `value` is a Python integer >= `minimum` (a static size or count)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
@@ -77,16 +78,17 @@ def check_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> Non
         )
 
 
-def check_choice(name: str, value, choices: Sequence) -> None:
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Checks that `value` is one of `choices`."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
 
 
-def check_same_structure(name_a: str, tree_a, name_b: str, tree_b) -> None:
+def check_same_structure(name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:
     """Checks that two pytrees have the same structure (e.g. params and a mask)."""
-    structure_a = jax.tree.structure(tree_a)
-    structure_b = jax.tree.structure(tree_b)
+    # object: mypy cannot resolve jax's PyTreeDef annotation (a jaxlib extension type).
+    structure_a: object = jax.tree.structure(tree_a)
+    structure_b: object = jax.tree.structure(tree_b)
     if structure_a != structure_b:
         raise ValueError(
             f"{name_a} and {name_b} must have the same tree structure, got "

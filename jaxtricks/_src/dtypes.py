@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxtricks._src.typing import DTypeLike
 
-def compute_dtype(dtype) -> jnp.dtype:
+
+def compute_dtype(dtype: DTypeLike) -> jnp.dtype:
     """`dtype` promoted to at least float32: bfloat16 and float16 are upcast, float64 kept.
 
     Losses, norms and perturbed points are computed in it and, where a function promises

@@ -13,13 +13,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxtricks._src.typing import KeyLike
 
-def is_typed_key(key) -> bool:
+
+def is_typed_key(key: object) -> bool:
     """Whether `key` is a typed key array (`jax.random.key`)."""
     return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
 
 
-def as_key(key, name: str = "key", *, shape: tuple[int, ...] = ()) -> jax.Array:
+def as_key(key: KeyLike, name: str = "key", *, shape: tuple[int, ...] = ()) -> jax.Array:
     """Returns `key` as a typed key array of batch shape `shape`.
 
     Args:

@@ -23,15 +23,24 @@ other samples only. A baseline is named by one of `BASELINES` or given as a scal
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtricks._src.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+Baseline: TypeAlias = str | ArrayLike | None
+"""A baseline: a name of `BASELINES` (None included) or a scalar."""
+
 
 class _Rule(NamedTuple):
-    value: Callable  # (rewards [n], sq_norms [n] | None, unperturbed thunk | None) -> b
+    # (rewards [n], sq_norms [n] | None, unperturbed thunk | None) -> b
+    value: Callable[..., ArrayLike]
     min_samples: int = 1
     needs_sq_norms: bool = False
 
@@ -67,11 +76,13 @@ POLICY_BASELINES = tuple(name for name in BASELINES if name != "unperturbed")
 """The named baselines of `policy_gradient` (no unperturbed sample there)."""
 
 
-def _accepted(names) -> str:
+def _accepted(names: tuple[str | None, ...]) -> str:
     return f"one of {names} or a scalar array"
 
 
-def check_baseline(baseline, num_samples: int, accepted: tuple = BASELINES) -> None:
+def check_baseline(
+    baseline: Baseline, num_samples: int, accepted: tuple[str | None, ...] = BASELINES
+) -> None:
     """Checks a baseline: a name of `accepted` or a scalar array.
 
     Raises:
@@ -114,7 +125,7 @@ def check_baseline(baseline, num_samples: int, accepted: tuple = BASELINES) -> N
         )
 
 
-def _boolean_error(baseline, accepted) -> ValueError:
+def _boolean_error(baseline: Baseline, accepted: tuple[str | None, ...]) -> ValueError:
     return ValueError(
         f"baseline must be {_accepted(accepted)}, got the boolean {baseline!r}. "
         "Booleans are ambiguous: zeroth_order_grad's former baseline=True is "
@@ -122,17 +133,22 @@ def _boolean_error(baseline, accepted) -> ValueError:
     )
 
 
-def is_named(baseline) -> bool:
+def is_named(baseline: Baseline) -> TypeIs[str | None]:
     """Whether `baseline` is a name (None or a string) rather than a scalar array."""
     return baseline is None or isinstance(baseline, str)
 
 
-def needs_sq_norms(baseline) -> bool:
+def needs_sq_norms(baseline: Baseline) -> bool:
     """Whether the baseline needs the squared norms of the scores (or directions)."""
     return is_named(baseline) and _RULES[baseline].needs_sq_norms
 
 
-def centred_rewards(rewards: jax.Array, baseline, sq_norms=None, unperturbed=None):
+def centred_rewards(
+    rewards: jax.Array,
+    baseline: Baseline,
+    sq_norms: jax.Array | None = None,
+    unperturbed: Callable[[], jax.Array | None] | None = None,
+) -> jax.Array:
     """`r_i - b_i` for every sample (see the module docstring for `b_i`).
 
     Args:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxtricks._src import checks, dtypes
+from jaxtricks._src.typing import ArrayLike, PyTree
 from jaxtricks.estimators import _baselines, _sampling
 
 
 class Plan:
     """The arithmetic shared by `zeroth_order_grad` and `zeroth_order_update`."""
 
-    def __init__(self, fn, params, num_samples, sigma, antithetic, directions, baseline,
-                 chunk_size, sample_sharding):
+    def __init__(self, fn: Callable[[PyTree], jax.Array], params: PyTree, num_samples: int,
+                 sigma: ArrayLike, antithetic: bool, directions: str,
+                 baseline: _baselines.Baseline, chunk_size: int | None,
+                 sample_sharding: jax.sharding.Sharding | None) -> None:
         self.fn, self.params, self.antithetic = fn, params, antithetic
         self.directions, self.baseline, self.sample_sharding = (
             directions, baseline, sample_sharding
@@ -28,7 +33,9 @@ class Plan:
             fn(params) if not antithetic and baseline == "unperturbed" else None
         )
 
-    def values(self, perturbation, weight, key=None):
+    def values(
+        self, perturbation: PyTree, weight: PyTree, key: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """`(f(x + sigma u), f(x - sigma u))` antithetic, else `(f(x + sigma u), ||w||^2)`.
 
         With `key` (chunked), what is needed after `f(x + sigma u)` is drawn again
@@ -43,7 +50,7 @@ class Plan:
             return plus, self.fn(_sampling.perturb(self.params, -self.sigma, perturbation))
         return plus, self.sq_norm(weight, key)
 
-    def sq_norm(self, weight, key=None):
+    def sq_norm(self, weight: PyTree, key: jax.Array | None = None) -> jax.Array:
         """`||w||^2` of a direction (drawn again from `key` if given), for "optimal"."""
         if not _baselines.needs_sq_norms(self.baseline):
             return jnp.zeros((), self.sigma.dtype)
@@ -51,22 +58,22 @@ class Plan:
             weight = self.draw(_sampling.regenerated(key))[1]
         return optax.tree.norm(weight, squared=True)
 
-    def draw(self, key):
+    def draw(self, key: jax.Array) -> tuple[PyTree, PyTree]:
         return _sampling.direction(key, self.params, self.directions)
 
-    def chunk_values(self, chunk_keys):
+    def chunk_values(self, chunk_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The values of a chunk of directions, each drawn from its key for each use."""
-        def one(one_key):
+        def one(one_key: jax.Array) -> tuple[jax.Array, jax.Array]:
             return self.values(*self.draw(one_key), one_key)
 
         return jax.vmap(one)(_sampling.constrain(chunk_keys, self.sample_sharding))
 
-    def chunk_weights(self, chunk_keys):
+    def chunk_weights(self, chunk_keys: jax.Array) -> PyTree:
         """The weights `w_i` of a chunk, drawn again from their keys."""
         chunk_keys = _sampling.constrain(_sampling.regenerated(chunk_keys), self.sample_sharding)
         return jax.vmap(lambda k: self.draw(k)[1])(chunk_keys)
 
-    def coefficients(self, plus, second):
+    def coefficients(self, plus: jax.Array, second: jax.Array) -> jax.Array:
         """`c_i` of the estimate `(1/n) sum_i c_i w_i`."""
         if self.antithetic:
             return (plus - second) / (2 * self.sigma)
@@ -74,7 +81,7 @@ class Plan:
             plus, self.baseline, sq_norms=second, unperturbed=lambda: self.unperturbed
         ) / self.sigma
 
-    def zeros(self):
+    def zeros(self) -> PyTree:
         """The accumulator of `sum_i c_i w_i`, in `compute_dtype` of each leaf."""
         return jax.tree.map(
             lambda p: jnp.zeros(
@@ -83,14 +90,15 @@ class Plan:
             self.params,
         )
 
-    def mean(self, total):
+    def mean(self, total: PyTree) -> PyTree:
         """`total / n`, in the params' dtypes."""
         return jax.tree.map(
             lambda t, p: (t / self.num_directions).astype(p.dtype), total, self.params
         )
 
 
-def check_arguments(num_samples, sigma, antithetic, directions, baseline, chunk_size) -> None:
+def check_arguments(num_samples: int, sigma: ArrayLike, antithetic: bool, directions: str,
+                    baseline: _baselines.Baseline, chunk_size: int | None) -> None:
     checks.check_positive_int("num_samples", num_samples)
     if antithetic and num_samples % 2:
         raise ValueError(

@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeAlias
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxtricks._src import checks, dtypes, keys
+from jaxtricks._src.typing import KeyLike, PyTree
 from jaxtricks.estimators import _baselines, _sampling
+
+SampleFn: TypeAlias = Callable[[PyTree, KeyLike], PyTree]
+"""`sample_fn(params, key) -> sample`, a draw of the policy."""
+LogProbFn: TypeAlias = Callable[[PyTree, PyTree], jax.Array]
+"""`log_prob_fn(params, sample) -> scalar`, the log-probability of a sample."""
 
 
 def policy_gradient(
-    sample_fn: Callable,
-    log_prob_fn: Callable,
-    reward_fn: Callable,
-    params,
-    key: jax.Array,
+    sample_fn: SampleFn,
+    log_prob_fn: LogProbFn,
+    reward_fn: Callable[[PyTree], jax.Array],
+    params: PyTree,
+    key: KeyLike,
     *,
     num_samples: int,
     baseline: str | jax.typing.ArrayLike | None = "leave_one_out",
     return_samples: bool = False,
     sample_sharding: jax.sharding.Sharding | None = None,
-):
+) -> PyTree:
     r"""Score-function estimate of `grad_params E_{y ~ p_params}[reward(y)]`.
 
     With `y_i = sample_fn(params, key_i)`, `r_i = reward_fn(y_i)` and the scores
@@ -110,14 +117,14 @@ def policy_gradient(
 
     # The coefficients are constants of `surrogate` (a closure, not a function of `p`):
     # no stop_gradient, so that the estimate's own derivative in `params` is right.
-    def surrogate(p):
+    def surrogate(p: PyTree) -> jax.Array:
         log_probs = jax.vmap(log_prob_fn, in_axes=(None, 0))(p, samples)
         return jnp.sum(coefficients * log_probs) / num_samples
 
     return jax.grad(surrogate)(params)
 
 
-def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
+def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[SampleFn, LogProbFn]:
     r"""The Gaussian policy `N(params, sigma^2 I)` over the parameters themselves.
 
     `sample_fn(params, key) = params + sigma u`, `u ~ N(0, I)` drawn exactly as
@@ -167,13 +174,13 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
     """
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
 
-    def sample_fn(params, key):
+    def sample_fn(params: PyTree, key: KeyLike) -> PyTree:
         perturbation, _ = _sampling.direction(keys.as_key(key, "key"), params, "gaussian")
         return _sampling.perturb(
             params, _sampling.resolved_sigma(sigma, params, "gaussian"), perturbation
         )
 
-    def log_prob_fn(params, sample):
+    def log_prob_fn(params: PyTree, sample: PyTree) -> jax.Array:
         scale = _sampling.resolved_sigma(sigma, params, "gaussian")
         standardised = jax.tree.map(
             lambda w, p: (
@@ -189,7 +196,9 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[Callable, Callable]:
     return sample_fn, log_prob_fn
 
 
-def categorical_policy(logits_fn: Callable) -> tuple[Callable, Callable]:
+def categorical_policy(
+    logits_fn: Callable[[PyTree], jax.Array]
+) -> tuple[SampleFn, LogProbFn]:
     r"""Independent categorical draws from the logits of a model.
 
     `logits_fn(params) -> [..., K]` (e.g. a classifier's logits on a batch, the data
@@ -220,10 +229,10 @@ def categorical_policy(logits_fn: Callable) -> tuple[Callable, Callable]:
         -0.7985
     """
 
-    def sample_fn(params, key):
+    def sample_fn(params: PyTree, key: KeyLike) -> jax.Array:
         return jax.random.categorical(keys.as_key(key, "key"), logits_fn(params), axis=-1)
 
-    def log_prob_fn(params, actions):
+    def log_prob_fn(params: PyTree, actions: jax.Array) -> jax.Array:
         log_probs = jax.nn.log_softmax(logits_fn(params), axis=-1)
         return jnp.sum(jnp.take_along_axis(log_probs, actions[..., None], axis=-1))
 

@@ -102,6 +102,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks._src import checks
+from jaxtricks._src.typing import DTypeLike
 from jaxtricks.estimators import _sampling
 
 # E[(rounding error / y)^2] = LOG_UNIFORM_FACTOR * eps^2 for a log-uniform mantissa.
@@ -112,13 +113,13 @@ def rounding_variance(
     sigma: jax.typing.ArrayLike,
     value: jax.typing.ArrayLike,
     grad_norm: jax.typing.ArrayLike,
-    dtype,
+    dtype: DTypeLike,
     *,
     num_params: int,
     num_directions: int = 1,
     antithetic: bool = True,
     directions: str = "gaussian",
-    value_dtype=None,
+    value_dtype: DTypeLike | None = None,
     num_roundings: jax.typing.ArrayLike = 1.0,
     param_scale: jax.typing.ArrayLike = 0.0,
 ) -> jax.Array:
@@ -172,11 +173,12 @@ def rounding_variance(
         Higham, "Accuracy and Stability of Numerical Algorithms" (SIAM, 2002), ch. 2.
         Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333.
 
-    >>> import jax.numpy as jnp
-    >>> from jaxtricks.estimators import rounding_variance
-    >>> v = rounding_variance(0.01, 768.0, 1.0, jnp.bfloat16, num_params=10)
-    >>> round(float(v), 1)  # 10 (16 / 12) / 2 / 0.01^2: h = 4 at 768 in bfloat16
-    66666.7
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks.estimators import rounding_variance
+        >>> v = rounding_variance(0.01, 768.0, 1.0, jnp.bfloat16, num_params=10)
+        >>> round(float(v), 1)  # 10 (16 / 12) / 2 / 0.01^2: h = 4 at 768 in bfloat16
+        66666.7
     """
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
     return _rounding_terms(value, grad_norm, dtype, num_params, antithetic, directions,
@@ -187,13 +189,13 @@ def rounding_variance(
 def rounding_floor_sigma(
     value: jax.typing.ArrayLike,
     grad_norm: jax.typing.ArrayLike,
-    dtype,
+    dtype: DTypeLike,
     *,
     num_params: int,
     antithetic: bool = True,
     directions: str = "gaussian",
     ratio: jax.typing.ArrayLike = 1.0,
-    value_dtype=None,
+    value_dtype: DTypeLike | None = None,
     num_roundings: jax.typing.ArrayLike = 1.0,
     param_scale: jax.typing.ArrayLike = 0.0,
 ) -> jax.Array:
@@ -215,8 +217,8 @@ def rounding_floor_sigma(
     Args:
         value: the typical value of `f` near `x`.
         grad_norm: `||grad f(x)|| > 0` (an estimate will do: the floor scales as `1/it`).
-        dtype, num_params, antithetic, directions, value_dtype, num_roundings,
-        param_scale: as in `rounding_variance`.
+        dtype, num_params, antithetic, directions: as in `rounding_variance`.
+        value_dtype, num_roundings, param_scale: as in `rounding_variance`.
         ratio: `> 0`, the allowed rounding variance relative to the intrinsic one.
 
     Returns:
@@ -231,11 +233,12 @@ def rounding_floor_sigma(
         Higham, "Accuracy and Stability of Numerical Algorithms" (SIAM, 2002), ch. 2.
         Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333 (`sigma = 1e-3`).
 
-    >>> import jax.numpy as jnp
-    >>> from jaxtricks.estimators import rounding_floor_sigma
-    >>> # a bfloat16 loss near 2.3 with ||g|| = 1 and 10^6 params: above MeZO's 1e-3
-    >>> round(float(rounding_floor_sigma(2.3, 1.0, jnp.bfloat16, num_params=10**6)), 4)
-    0.0032
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks.estimators import rounding_floor_sigma
+        >>> # a bfloat16 loss near 2.3 with ||g|| = 1 and 10^6 params: above MeZO's 1e-3
+        >>> round(float(rounding_floor_sigma(2.3, 1.0, jnp.bfloat16, num_params=10**6)), 4)
+        0.0032
     """
     checks.check_scalar("grad_norm", grad_norm, low=0.0, low_inclusive=False)
     checks.check_scalar("ratio", ratio, low=0.0, low_inclusive=False)
@@ -250,8 +253,12 @@ def rounding_floor_sigma(
     return jnp.sqrt(total / (ratio * intrinsic)) / grad_norm
 
 
-def _rounding_terms(value, grad_norm, dtype, num_params, antithetic, directions,
-                    value_dtype, num_roundings, param_scale, num_directions):
+def _rounding_terms(
+    value: jax.typing.ArrayLike, grad_norm: jax.typing.ArrayLike, dtype: DTypeLike,
+    num_params: int, antithetic: bool, directions: str, value_dtype: DTypeLike | None,
+    num_roundings: jax.typing.ArrayLike, param_scale: jax.typing.ArrayLike,
+    num_directions: int,
+) -> tuple[jax.Array, int]:
     """`(sigma^2 V_round, c_I)` of the module docstring."""
     checks.check_scalar("value", value)
     checks.check_scalar("grad_norm", grad_norm, low=0.0)
@@ -265,7 +272,7 @@ def _rounding_terms(value, grad_norm, dtype, num_params, antithetic, directions,
     value = jnp.asarray(value, jnp.result_type(value, jnp.float32))
     _, exponent = jnp.frexp(value)  # |value| = m 2^exponent, m in [0.5, 1)
     spacing = eps_value * jnp.ldexp(jnp.ones_like(value), exponent - 1)
-    tau_out = num_roundings * jnp.square(spacing) / 12.0
+    tau_out = jnp.square(spacing) * num_roundings / 12.0
     tau_in = LOG_UNIFORM_FACTOR * (eps_params * param_scale * grad_norm) ** 2
     weight = num_params**2 if directions == "sphere" else num_params
     total = tau_out / 2 + tau_in if antithetic else 2 * tau_out + tau_in
@@ -273,7 +280,7 @@ def _rounding_terms(value, grad_norm, dtype, num_params, antithetic, directions,
     return weight * total / num_directions, intrinsic
 
 
-def _float_eps(name: str, dtype) -> float:
+def _float_eps(name: str, dtype: DTypeLike) -> float:
     try:
         floating = jnp.issubdtype(dtype, jnp.floating)
     except TypeError:

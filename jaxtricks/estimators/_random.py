@@ -27,23 +27,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtricks._src.typing import DTypeLike
+
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
-def _fusible(key, dtype, size: int) -> bool:
+def _fusible(key: jax.Array, dtype: DTypeLike, size: int) -> bool:
     return (
         str(jax.random.key_impl(key)) == "threefry2x32"
-        and jax.config.jax_threefry_partitionable
+        and jax.config.jax_threefry_partitionable  # type: ignore[attr-defined]
         and jnp.dtype(dtype) == jnp.float32
         and size < 2**32
     )
 
 
-def _rotate_left(x, bits: int):
+def _rotate_left(x: jax.Array, bits: int) -> jax.Array:
     return (x << np.uint32(bits)) | (x >> np.uint32(32 - bits))
 
 
-def _bits(key, shape) -> jax.Array:
+def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """`jax.random.bits(key, shape, jnp.uint32)` for a threefry key, unrolled."""
     # The barrier hides that `zero` is 0, so that the counters below depend on the key:
     # loop-invariant, XLA would hoist them out of the estimators' loops and keep them.
@@ -64,14 +66,14 @@ def _bits(key, shape) -> jax.Array:
     return x[0] ^ x[1]
 
 
-def _unit_interval(bits) -> jax.Array:
+def _unit_interval(bits: jax.Array) -> jax.Array:
     """`[0, 1)` floats from the 23 high bits, as `jax.random.uniform` makes them."""
     one = np.array(1.0, np.float32).view(np.uint32)
     return jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, np.float32) - np.float32(1)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))  # one dispatch when called eagerly
-def normal(key, shape, dtype) -> jax.Array:
+def normal(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike) -> jax.Array:
     """`jax.random.normal(key, shape, dtype)`, fusible into its consumer."""
     if not _fusible(key, dtype, math.prod(shape)):
         return jax.random.normal(key, shape, dtype)
@@ -82,9 +84,10 @@ def normal(key, shape, dtype) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def rademacher(key, shape, dtype) -> jax.Array:
+def rademacher(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike) -> jax.Array:
     """`jax.random.rademacher(key, shape, dtype)`, fusible into its consumer."""
-    if jax.config.jax_enable_x64 or not _fusible(key, dtype, math.prod(shape)):
+    x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]
+    if x64 or not _fusible(key, dtype, math.prod(shape)):
         return jax.random.rademacher(key, shape, dtype)
     heads = _unit_interval(_bits(key, shape)) < np.float32(0.5)
     return (2 * heads.astype(dtype) - 1).astype(dtype)

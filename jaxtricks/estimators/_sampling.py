@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxtricks._src import checks, dtypes, keys
+from jaxtricks._src.typing import DTypeLike, KeyLike, PyTree
 from jaxtricks.estimators import _random
+
+Sampler: TypeAlias = Callable[[jax.Array, tuple[int, ...], DTypeLike], jax.Array]
 
 # The perturbation is at least this many spacings of the dtype at the largest |x_j|.
 RESOLVED_SPACINGS = 4
 
 
-def sample_keys(key, num_samples: int, sample_sharding=None) -> jax.Array:
+def sample_keys(
+    key: KeyLike, num_samples: int, sample_sharding: jax.sharding.Sharding | None = None
+) -> jax.Array:
     """The `[num_samples]` typed keys of the samples, sharded by `sample_sharding` if given.
 
     `key` is a typed key or a legacy `PRNGKey` (the same numbers for both).
@@ -35,7 +40,7 @@ def sample_keys(key, num_samples: int, sample_sharding=None) -> jax.Array:
     return constrain(samples, sample_sharding)
 
 
-def constrain(samples, sample_sharding):
+def constrain(samples: PyTree, sample_sharding: jax.sharding.Sharding | None) -> PyTree:
     """Shards the leading (sample) axis of every leaf as `sample_sharding` says.
 
     The constraint is a hint to XLA's partitioner, so a mesh with explicit axes (the
@@ -47,7 +52,7 @@ def constrain(samples, sample_sharding):
     return jax.lax.with_sharding_constraint(samples, _with_auto_axes(sample_sharding))
 
 
-def _with_auto_axes(sharding):
+def _with_auto_axes(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
     mesh = getattr(sharding, "mesh", None)
     axis_types = getattr(mesh, "axis_types", ())
     if not isinstance(mesh, jax.sharding.Mesh) or all(
@@ -58,10 +63,11 @@ def _with_auto_axes(sharding):
         mesh.devices, mesh.axis_names,
         axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
     )
-    return jax.sharding.NamedSharding(auto, sharding.spec)
+    # A sharding over a `Mesh` is a `NamedSharding`.
+    return jax.sharding.NamedSharding(auto, sharding.spec)  # type: ignore[attr-defined]
 
 
-def _random_like(key, like, sampler):
+def _random_like(key: jax.Array, like: PyTree, sampler: Sampler) -> PyTree:
     """`optax.tree.random_like(key, like, sampler)` with the fusible samplers of `_random`."""
     return jax.tree.map(
         lambda leaf, leaf_key: sampler(leaf_key, leaf.shape, leaf.dtype),
@@ -69,7 +75,7 @@ def _random_like(key, like, sampler):
     )
 
 
-def _sphere_scales(draw, size: int):
+def _sphere_scales(draw: PyTree, size: int) -> tuple[jax.Array, jax.Array]:
     inverse_norm = 1.0 / optax.tree.norm(draw)
     return inverse_norm, size * inverse_norm
 
@@ -85,8 +91,8 @@ class DirectionKind(NamedTuple):
         parameters (it scales the smallest resolved `sigma`, see `resolved_sigma`).
     """
 
-    sampler: Callable
-    scales: Callable | None
+    sampler: Sampler
+    scales: Callable[[PyTree, int], tuple[jax.Array, jax.Array]] | None
     inverse_step: Callable[[int], float]
 
 
@@ -98,7 +104,7 @@ DIRECTIONS: dict[str, DirectionKind] = {
 """Every direction kind by name; adding one is one entry here (and its tests)."""
 
 
-def direction(key: jax.Array, params, kind: str):
+def direction(key: jax.Array, params: PyTree, kind: str) -> tuple[PyTree, PyTree]:
     """One random direction shaped like `params`: `(perturbation, weight)`.
 
     The perturbed point is `params + sigma * perturbation` and the direction's
@@ -118,10 +124,12 @@ def direction(key: jax.Array, params, kind: str):
     draw, scales = scaled_draw(key, params, kind)
     if scales is None:
         return draw, draw
-    return tuple(optax.tree.scale(scale, draw) for scale in scales)
+    return optax.tree.scale(scales[0], draw), optax.tree.scale(scales[1], draw)
 
 
-def scaled_draw(key, params, kind: str):
+def scaled_draw(
+    key: jax.Array, params: PyTree, kind: str
+) -> tuple[PyTree, tuple[jax.Array, jax.Array] | None]:
     """`(z, (a, b))` of the direction of `key`: its draw and scales (None for `a = b = 1`)."""
     like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
     draw = _random_like(key, like, DIRECTIONS[kind].sampler)
@@ -129,23 +137,23 @@ def scaled_draw(key, params, kind: str):
     return draw, None if scales is None else scales(draw, optax.tree.size(params))
 
 
-def weight_scale(key: jax.Array, params, kind: str):
+def weight_scale(key: jax.Array, params: PyTree, kind: str) -> jax.Array | None:
     """`b` of the direction of `key` (weight = `b` times its draw); None where it is 1."""
     scales = scaled_draw(key, params, kind)[1]
     return None if scales is None else scales[1]
 
 
-def leaf_keys(key: jax.Array, params) -> list:
+def leaf_keys(key: jax.Array, params: PyTree) -> list[jax.Array]:
     """The keys of the leaves of a direction, in the order of `jax.tree.leaves(params)`."""
     return jax.tree.leaves(optax.tree.split_key_like(key, params))
 
 
-def draw_leaf(leaf_key: jax.Array, leaf, kind: str) -> jax.Array:
+def draw_leaf(leaf_key: jax.Array, leaf: jax.Array, kind: str) -> jax.Array:
     """One leaf of the draw of a direction (see `direction`), from its own key alone."""
     return DIRECTIONS[kind].sampler(leaf_key, leaf.shape, dtypes.compute_dtype(leaf.dtype))
 
 
-def regenerated(key: jax.Array, after=None) -> jax.Array:
+def regenerated(key: jax.Array, after: jax.Array | None = None) -> jax.Array:
     """`key` behind an optimisation barrier: what is drawn from it is drawn again.
 
     XLA would otherwise merge two draws from one key (common subexpressions) and keep
@@ -163,7 +171,7 @@ def regenerated(key: jax.Array, after=None) -> jax.Array:
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
-def resolved_sigma(sigma, params, kind: str) -> jax.Array:
+def resolved_sigma(sigma: jax.typing.ArrayLike, params: PyTree, kind: str) -> jax.Array:
     r"""`max(sigma, sigma_min)`: the smallest perturbation scale the params' dtype resolves.
 
     `x + sigma u` is rounded to the dtype of `x`, whose numbers near `x_j` are spaced
@@ -196,7 +204,7 @@ def resolved_sigma(sigma, params, kind: str) -> jax.Array:
     return jnp.maximum(sigma, jax.lax.stop_gradient(floor))
 
 
-def _max_abs(leaf) -> jax.Array:
+def _max_abs(leaf: jax.Array) -> jax.Array:
     """`max_j |x_j|` (0 if empty) in `compute_dtype`, as two reductions of `leaf` itself.
 
     Not `max(abs(leaf))`: some XLA CPU versions materialise `abs(leaf)`, a copy.
@@ -205,7 +213,7 @@ def _max_abs(leaf) -> jax.Array:
     return jnp.maximum(largest, -smallest).astype(dtypes.compute_dtype(leaf.dtype))
 
 
-def perturb(params, sigma, perturbation):
+def perturb(params: PyTree, sigma: jax.typing.ArrayLike, perturbation: PyTree) -> PyTree:
     """`params + sigma * perturbation`, added in at least float32, rounded once per leaf."""
     return jax.tree.map(
         lambda leaf, step: (leaf.astype(step.dtype) + sigma * step).astype(leaf.dtype),
@@ -219,19 +227,19 @@ def check_direction_kind(directions: str) -> None:
     checks.check_choice("directions", directions, tuple(DIRECTIONS))
 
 
-def weighted_sum(coefficients: jax.Array, stacked):
+def weighted_sum(coefficients: jax.Array, stacked: PyTree) -> PyTree:
     """`sum_i coefficients[i] * stacked[i]` for every leaf of a stacked pytree."""
     return jax.tree.map(lambda leaf: jnp.tensordot(coefficients, leaf, axes=1), stacked)
 
 
-def scale_samples(coefficients: jax.Array, stacked):
+def scale_samples(coefficients: jax.Array, stacked: PyTree) -> PyTree:
     """`coefficients[i] * stacked[i]` for every leaf, keeping the leading sample axis."""
     return jax.tree.map(
         lambda leaf: coefficients.reshape((-1,) + (1,) * (leaf.ndim - 1)) * leaf, stacked
     )
 
 
-def check_scalar_output(name: str, output) -> None:
+def check_scalar_output(name: str, output: object) -> None:
     """Checks that a function's output (a value, a tracer or a `jax.eval_shape`) is a scalar.
 
     Raises:

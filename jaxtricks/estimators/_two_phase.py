@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtricks.estimators import _sampling
+from jaxtricks._src.typing import PyTree
+from jaxtricks.estimators import _plan, _sampling
 
 
-def estimate(plan, sample_keys, chunk_size: int):
+def estimate(plan: _plan.Plan, sample_keys: jax.Array, chunk_size: int) -> PyTree:
     """The estimate of `plan` from the `[n]` keys of its directions, `chunk_size` evaluations
     at a time (one at a time, in the output's buffers, for one direction per chunk)."""
     params, num_directions = plan.params, plan.num_directions
@@ -34,7 +35,9 @@ def estimate(plan, sample_keys, chunk_size: int):
     signs = np.tile(np.array([1.0, -1.0], np.float32)[:per_direction], num_directions)
     evaluation_keys = sample_keys[np.arange(num_samples) // per_direction]
 
-    def evaluate(one_key, sign):
+    def evaluate(
+        one_key: jax.Array, sign: jax.typing.ArrayLike
+    ) -> tuple[PyTree, tuple[jax.Array, jax.Array, jax.Array | None]]:
         point = _sampling.perturb(params, sign * plan.sigma, plan.draw(one_key)[0])
         value = plan.fn(point)
         _sampling.check_scalar_output("fn", value)
@@ -48,7 +51,9 @@ def estimate(plan, sample_keys, chunk_size: int):
             jax.tree.map(jnp.zeros_like, params), (evaluation_keys, signs),
         )
     else:
-        def evaluate_chunk(chunk):
+        def evaluate_chunk(
+            chunk: tuple[jax.Array, jax.Array]
+        ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
             chunk_keys = _sampling.constrain(chunk[0], plan.sample_sharding)
             return jax.vmap(lambda k, sign: evaluate(k, sign)[1])(chunk_keys, chunk[1])
 
@@ -64,12 +69,18 @@ def estimate(plan, sample_keys, chunk_size: int):
     return leaf_by_leaf(plan, sample_keys, coefficients, points)
 
 
-def leaf_by_leaf(plan, sample_keys, coefficients, points):
+def leaf_by_leaf(
+    plan: _plan.Plan, sample_keys: jax.Array, coefficients: jax.Array, points: PyTree
+) -> PyTree:
     """`(1/n) sum_i c_i w_i`, one leaf at a time, each leaf's loop starting from `points`'."""
     params, num_directions = plan.params, plan.num_directions
 
-    def leaf_estimate(point, leaf, accumulator, leaf_keys):
-        def add(total, direction):
+    def leaf_estimate(
+        point: jax.Array, leaf: jax.Array, accumulator: jax.Array, leaf_keys: jax.Array
+    ) -> jax.Array:
+        def add(
+            total: jax.Array, direction: tuple[jax.Array, jax.Array, jax.Array]
+        ) -> tuple[jax.Array, None]:
             index, leaf_key, coefficient = direction
             total = jnp.where(index == 0, 0, total) + coefficient * _sampling.draw_leaf(
                 leaf_key, leaf, plan.directions)

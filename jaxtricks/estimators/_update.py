@@ -11,13 +11,14 @@ import numpy as np
 import optax
 
 from jaxtricks._src import checks, keys
+from jaxtricks._src.typing import KeyLike, PyTree
 from jaxtricks.estimators import _plan, _sampling
 
 
 def zeroth_order_update(
-    fn: Callable,
-    params,
-    key: jax.Array,
+    fn: Callable[[PyTree], jax.Array],
+    params: PyTree,
+    key: KeyLike,
     *,
     learning_rate: jax.typing.ArrayLike,
     num_samples: int,
@@ -26,7 +27,7 @@ def zeroth_order_update(
     directions: str = "gaussian",
     baseline: str | jax.typing.ArrayLike | None = "unperturbed",
     chunk_size: int | None = None,
-):
+) -> tuple[PyTree, jax.Array]:
     r"""One zeroth-order SGD step, `params - learning_rate * g`, without storing `g`.
 
     `g = (1/n) sum_i c_i w_i` is the estimate of `zeroth_order_grad` with the same
@@ -126,26 +127,36 @@ def zeroth_order_update(
     return params, values[:-1]
 
 
-def _schedule(num_directions: int, antithetic: bool, in_place: bool):
+def _schedule(num_directions: int, antithetic: bool, in_place: bool) -> tuple[np.ndarray, ...]:
     """The steps `x <- x + a_t w_t` of the loop: `(direction, a_t / sigma or 0 for an
     update step, slot of the value of f after the step or -1 for none)`, as arrays.
 
     In place: per direction `+sigma` and (antithetic) `-2 sigma`, each followed by an
     evaluation, and the restoring step; then (in place or not) one update step each."""
     directions = np.arange(num_directions)
-    update = (directions, np.zeros(num_directions, np.float32), np.full(num_directions, -1))
+    update: tuple[np.ndarray, ...] = (
+        directions, np.zeros(num_directions, np.float32), np.full(num_directions, -1)
+    )
     if not in_place:
         return update
     per_direction = 2 if antithetic else 1
     multiples = np.array([1.0, -2.0, 1.0] if antithetic else [1.0, -1.0], np.float32)
     slots = per_direction * directions[:, None] + np.arange(per_direction + 1)
     slots[:, -1] = -1  # no evaluation after restoring
-    steps = (np.repeat(directions, per_direction + 1), np.tile(multiples, num_directions),
-             slots.reshape(-1))
+    steps: tuple[np.ndarray, ...] = (
+        np.repeat(directions, per_direction + 1), np.tile(multiples, num_directions),
+        slots.reshape(-1),
+    )
     return tuple(np.concatenate(parts) for parts in zip(steps, update, strict=True))
 
 
-def _operation(plan, learning_rate, evaluates, carry, operation):
+def _operation(
+    plan: _plan.Plan,
+    learning_rate: jax.typing.ArrayLike,
+    evaluates: bool,
+    carry: tuple[PyTree, jax.Array, jax.Array],
+    operation: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+) -> tuple[tuple[PyTree, jax.Array, jax.Array], None]:
     """One step `x <- x + a_t w_t`, its direction drawn here, then `f` if it has a slot."""
     params, values, seconds = carry
     one_key, direction, multiple, slot = operation
@@ -170,7 +181,9 @@ def _operation(plan, learning_rate, evaluates, carry, operation):
     return (params, values, seconds), None
 
 
-def _evaluate(plan, params, one_key):
+def _evaluate(
+    plan: _plan.Plan, params: PyTree, one_key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """`(f(x), ||w||^2)` at the perturbed point (the squared norm for "optimal", else 0)."""
     value = plan.fn(params)
     _sampling.check_scalar_output("fn", value)

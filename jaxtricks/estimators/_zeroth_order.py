@@ -7,13 +7,14 @@ from collections.abc import Callable
 import jax
 
 from jaxtricks._src import keys
+from jaxtricks._src.typing import KeyLike, PyTree
 from jaxtricks.estimators import _plan, _sampling, _two_phase
 
 
 def zeroth_order_grad(
-    fn: Callable,
-    params,
-    key: jax.Array,
+    fn: Callable[[PyTree], jax.Array],
+    params: PyTree,
+    key: KeyLike,
     *,
     num_samples: int,
     sigma: jax.typing.ArrayLike = 1e-3,
@@ -23,7 +24,7 @@ def zeroth_order_grad(
     chunk_size: int | None = None,
     return_samples: bool = False,
     sample_sharding: jax.sharding.Sharding | None = None,
-):
+) -> PyTree:
     r"""Estimates the gradient of the smoothed `fn` at `params` from values of `fn` alone.
 
     With directions `u_1..u_n` (shaped like `params`) and `sigma > 0`:

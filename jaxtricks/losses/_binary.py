@@ -33,7 +33,9 @@ def binary_inputs(
     return logits.astype(dtype), labels.astype(dtype)
 
 
-def elementwise_mask(where: jax.typing.ArrayLike | None, shape) -> jax.Array | None:
+def elementwise_mask(
+    where: jax.typing.ArrayLike | None, shape: tuple[int, ...]
+) -> jax.Array | None:
     """None, or `where` as a boolean mask checked to have the logits' shape."""
     if where is None:
         return None
@@ -66,7 +68,7 @@ def binary_loss(
     return loss.astype(logits.dtype)
 
 
-def cross_entropy_terms(logits):
+def cross_entropy_terms(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`(-log sigma(z), -log sigma(-z))`: the losses of a positive and a negative."""
     return -jax.nn.log_sigmoid(logits), -jax.nn.log_sigmoid(-logits)
 
@@ -105,7 +107,7 @@ def binary_smoothed_accuracy_loss(
         Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019 (section on accuracy)
     """
 
-    def formula(z, y, mask):
+    def formula(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
         return -(y * jax.nn.sigmoid(z) + (1 - y) * jax.nn.sigmoid(-z))
 
     return binary_loss(formula, logits, labels, where)

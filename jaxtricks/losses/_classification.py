@@ -15,6 +15,8 @@ padding than a class counted from the end: mask padding with `where`.)
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -45,13 +47,15 @@ def _focal_term(log_prob: jax.Array, gamma: jax.Array) -> jax.Array:
     return -_modulating_factor(log_prob, gamma) * log_prob
 
 
-def _modulating_factor(log_prob, gamma):
+def _modulating_factor(log_prob: jax.Array, gamma: jax.Array) -> jax.Array:
     """`(1 - p)^gamma`, with `0^0 = 1`."""
     return jnp.power(-jnp.expm1(log_prob), gamma)
 
 
 @_focal_term.defjvp
-def _focal_term_jvp(primals, tangents):
+def _focal_term_jvp(
+    primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[jax.Array, jax.Array]:
     log_prob, gamma = primals
     log_prob_dot, gamma_dot = tangents
     one_minus_p = -jnp.expm1(log_prob)
@@ -123,7 +127,7 @@ def softmax_focal_loss(
     """
     checks.check_scalar("gamma", gamma, low=0.0)
 
-    def formula(scores, labels, mask):
+    def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
         log_prob = _kernel.log_target_probability(scores, labels, mask)
         loss = _focal_term(log_prob, jnp.asarray(gamma, log_prob.dtype))
         if alpha is None:
@@ -175,7 +179,7 @@ def weighted_softmax_cross_entropy(
         <https://arxiv.org/abs/2007.07314>`_, ICLR 2021 (eq. 4)
     """
 
-    def formula(scores, labels, mask):
+    def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
         weights = _per_class("class_weights", class_weights, scores.shape[-1])
         return -_gather(weights, labels) * _kernel.log_target_probability(scores, labels, mask)
 
@@ -222,7 +226,7 @@ def smoothed_accuracy_loss(
         Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020
     """
 
-    def formula(scores, labels, mask):
+    def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
         return -jnp.exp(_kernel.log_target_probability(scores, labels, mask))
 
     return _common.softmax_loss(formula, logits, labels, axis, where)

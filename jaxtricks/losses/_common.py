@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtricks._src import checks
-from jaxtricks._src.dtypes import compute_dtype
+from jaxtricks._src.dtypes import compute_dtype as compute_dtype
+from jaxtricks._src.typing import DTypeLike
 
 Axis = int | tuple[int, ...]
 
@@ -205,7 +206,7 @@ def class_indices(
     return jnp.where(valid, indices, num_classes), valid
 
 
-def label_one_hot(indices: jax.Array, num_classes: int, dtype) -> jax.Array:
+def label_one_hot(indices: jax.Array, num_classes: int, dtype: DTypeLike) -> jax.Array:
     """One-hot rows of `class_indices`' indices; a row of NaN for the index `K` (a traced
     label outside `[0, K)`), so that it reaches every sum it enters."""
     one_hot = jax.nn.one_hot(indices, num_classes, dtype=dtype)

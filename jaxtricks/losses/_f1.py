@@ -86,7 +86,7 @@ def smoothed_f1_loss(
     """
     checks.check_choice("average", average, _AVERAGES)
 
-    def formula(scores, class_indices, mask):
+    def formula(scores: jax.Array, class_indices: jax.Array, mask: jax.Array | None) -> jax.Array:
         probs = _kernel.probabilities(scores, mask)
         one_hot = _common.label_one_hot(class_indices, scores.shape[-1], scores.dtype)
         if mask is not None:
@@ -103,7 +103,7 @@ def smoothed_f1_loss(
     return _common.softmax_loss(formula, logits, labels, axis, where, per_example=False)
 
 
-def _binary_soft_f1(z, y, mask):
+def _binary_soft_f1(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
     probs = jax.nn.sigmoid(z)
     true_positives, totals = probs * y, probs + y
     if mask is not None:
@@ -151,7 +151,7 @@ def binary_smoothed_f1_loss(
         Su, `函数光滑化杂谈 <https://kexue.fm/archives/6620>`_, 2019 (section on F1)
     """
 
-    def formula(z, y, mask):
+    def formula(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
         return 1.0 - _binary_soft_f1(z, y, mask)
 
     return _binary.binary_loss(formula, logits, labels, where, elementwise=False)
@@ -197,7 +197,7 @@ def binary_f1_weighted_cross_entropy(
         Su, `再谈类别不平衡问题 <https://kexue.fm/archives/7708>`_, 2020
     """
 
-    def formula(z, y, mask):
+    def formula(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
         half_f1 = jax.lax.stop_gradient(_binary_soft_f1(z, y, mask)) / 2
         positive, negative = _binary.cross_entropy_terms(z)
         return (1 - half_f1) * y * positive + half_f1 * (1 - y) * negative

@@ -12,6 +12,8 @@ is a re-weighted cross-entropy with weight `w = -l'(log p_y)`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -63,7 +65,9 @@ def probabilities(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
     return probs if mask is None else jnp.where(mask, probs, 0.0)
 
 
-def _target_terms(logits, labels, mask, scale=None):
+def _target_terms(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None, scale: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """`(log p_y, exp(a - max a), 1 / sum, e_y)` of `a = scale * s` (`s` for None), NaN
     for a label outside `[0, K)`.
 
@@ -83,7 +87,9 @@ def _target_terms(logits, labels, mask, scale=None):
     return out, exps, 1.0 / total, hit
 
 
-def _target_linear_map(terms, tangent):
+def _target_linear_map(
+    terms: tuple[jax.Array, jax.Array, jax.Array, jax.Array], tangent: jax.Array
+) -> jax.Array:
     """`t -> t_y - sum_i p_i t_i`, linear in `t`, from `_target_terms`' exponentials."""
     _, exps, inverse_total, hit = terms
     return jnp.sum(jnp.where(hit, tangent, 0.0), axis=-1) - inverse_total * jnp.sum(
@@ -116,7 +122,9 @@ def log_target_probability(
 
 
 @log_target_probability.defjvp
-def _log_target_probability_jvp(primals, tangents):
+def _log_target_probability_jvp(
+    primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[jax.Array, jax.Array]:
     # Linear in the tangent (so JAX can transpose it for reverse mode); the
     # exponentials are those of the forward pass, not recomputed from a softmax.
     terms = _target_terms(*primals)
@@ -137,7 +145,9 @@ def scaled_log_target_probability(
 
 
 @scaled_log_target_probability.defjvp
-def _scaled_log_target_probability_jvp(primals, tangents):
+def _scaled_log_target_probability_jvp(
+    primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[jax.Array, jax.Array]:
     logits, scale, labels, mask = primals
     terms = _target_terms(logits, labels, mask, scale)
     unscaled = logits if mask is None else jnp.where(mask, logits, 0.0)  # no NaN * 0

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtricks._src import checks
+from jaxtricks._src.typing import DTypeLike
 from jaxtricks.losses import _common, _kernel
 
 
@@ -26,7 +27,7 @@ def _check_priors(priors: jax.typing.ArrayLike, num_classes: int) -> jax.Array:
     return priors
 
 
-def _log_priors(priors: jax.Array, dtype) -> jax.Array:
+def _log_priors(priors: jax.Array, dtype: DTypeLike) -> jax.Array:
     """`log(pi / sum(pi))`, floored at log(1e-12) as the reference code does."""
     priors = priors.astype(dtype)
     normalised = priors / jnp.sum(priors)
@@ -88,7 +89,7 @@ def logit_adjusted_softmax_cross_entropy(
     """
     checks.check_scalar("tau", tau)
 
-    def formula(scores, labels, mask):
+    def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
         priors = _check_priors(class_priors, scores.shape[-1])
         shift = jnp.asarray(tau, scores.dtype) * _log_priors(priors, scores.dtype)
         return -_kernel.log_target_probability(scores + shift, labels, mask)

@@ -95,7 +95,7 @@ def balanced_accuracy(
     if from_logits and jnp.issubdtype(scores.dtype, jnp.inexact):
         valid &= ~(counted & jnp.any(jnp.isnan(scores), axis=-1))
 
-    def per_class_count(selected):
+    def per_class_count(selected: jax.Array) -> jax.Array:
         return jnp.bincount(labels.ravel(), selected.ravel().astype(jnp.int32),
                             length=num_classes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ _KINDS = ("softmax", "sigmoid")
 
 
 def cross_entropy_weights(
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    loss_fn: Callable[[jax.Array, Any], jax.Array],
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,

@@ -17,7 +17,7 @@ from jaxtricks._src import checks
 from jaxtricks.losses import _binary, _common, _kernel
 
 
-def _check_margin(margin) -> None:
+def _check_margin(margin: jax.typing.ArrayLike) -> None:
     checks.check_scalar("margin", margin, low=0.0, high=1.0, low_inclusive=False,
                         high_inclusive=False)
 
@@ -73,7 +73,7 @@ def hard_truncated_cross_entropy(
     """
     _check_margin(margin)
 
-    def formula(z, y, mask):
+    def formula(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
         m = jnp.asarray(margin, z.dtype)
         threshold = jnp.log(m) - jnp.log1p(-m)
         weight = jnp.where(y == 1, jnp.heaviside(threshold - z, 0.5),
@@ -99,9 +99,10 @@ def soft_truncated_cross_entropy(
         \ell = -y\,\sigma(-K z) \log \sigma(z) - (1 - y)\,\sigma(K z) \log \sigma(-z).
 
     The step of `hard_truncated_cross_entropy` at `m = 1/2` becomes a sigmoid. At
-    `K = 1` it is exactly the focal loss with `gamma = 1` and no `alpha`
-    (`optax.sigmoid_focal_loss(z, y, gamma=1)`); larger `K` plays the role of larger
-    `gamma`. Soft labels in `[0, 1]` interpolate the two terms.
+    `K = 1` and labels in `{0, 1}` it is exactly the focal loss with `gamma = 1` and no
+    `alpha` (`optax.sigmoid_focal_loss(z, y, gamma=1)`); larger `K` plays the role of
+    larger `gamma`. Soft labels in `[0, 1]` interpolate the two terms linearly (optax's
+    focal factor is not linear in the label, so the two differ there).
 
     Args:
         logits: binary logits `z`, any shape.
@@ -130,7 +131,7 @@ def soft_truncated_cross_entropy(
     """
     checks.check_scalar("steepness", steepness, low=0.0)
 
-    def formula(z, y, mask):
+    def formula(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.Array:
         steep_z = jnp.asarray(steepness, z.dtype) * z
         positive, negative = _binary.cross_entropy_terms(z)
         return (y * jax.nn.sigmoid(-steep_z) * positive
@@ -192,7 +193,7 @@ def softmax_hard_truncated_cross_entropy(
     """
     _check_margin(margin)
 
-    def formula(scores, labels, mask):
+    def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
         log_prob = _kernel.log_target_probability(scores, labels, mask)
         step = jnp.heaviside(jnp.log(jnp.asarray(margin, log_prob.dtype)) - log_prob, 0.5)
         return -step * log_prob  # a NaN log p_y gives a NaN step: it propagates
@@ -254,7 +255,7 @@ def softmax_soft_truncated_cross_entropy(
     """
     checks.check_scalar("steepness", steepness, low=0.0)
 
-    def formula(scores, labels, mask):
+    def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
         sharpness = jnp.asarray(steepness, scores.dtype)
         log_prob = _kernel.log_target_probability(scores, labels, mask)
         log_weight = _kernel.scaled_log_target_probability(scores, -sharpness, labels, mask)

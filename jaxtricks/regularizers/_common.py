@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ class CountState(NamedTuple):
         (True, 0)
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count
 
 
 def init_count(params: optax.Params) -> CountState:
@@ -55,7 +55,7 @@ def init_count(params: optax.Params) -> CountState:
 
 def next_count(state: CountState) -> CountState:
     """The state after one more update (saturating at the int32 maximum)."""
-    return CountState(count=optax.safe_increment(state.count))
+    return CountState(count=cast(jax.Array, optax.safe_increment(state.count)))
 
 
 def require_params(params: optax.Params | None) -> optax.Params:
@@ -75,12 +75,13 @@ def is_default_selected(leaf: jax.typing.ArrayLike) -> bool:
     return jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
 
 
-def value_at(rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
+def value_at(rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array | float:
     """A rate at step `count`: the schedule's value, or the constant itself."""
-    return rate(count) if callable(rate) else rate
+    # A schedule returns a scalar (optax types it as any array-like).
+    return cast(jax.Array | float, rate(count)) if callable(rate) else rate
 
 
-def check_rate(name: str, rate: optax.ScalarOrSchedule) -> None:
+def check_rate(name: str, rate: optax.ScalarOrSchedule | jax.typing.ArrayLike) -> None:
     """Checks that a constant (non-schedule, concrete) rate is finite and >= 0."""
     if not callable(rate):
         checks.check_scalar(name, rate, low=0.0)

@@ -170,7 +170,7 @@ def gradient_norm_penalty(
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux, allow_int=True)
 
     @functools.wraps(loss_fn)
-    def penalised(params, *args, **kwargs):
+    def penalised(params: Any, *args: Any, **kwargs: Any) -> Any:
         holds_module = any(
             nnx.graph.is_graph_node(node)
             for node in jax.tree.leaves(params, is_leaf=nnx.graph.is_graph_node)

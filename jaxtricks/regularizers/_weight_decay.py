@@ -11,11 +11,14 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxtricks.regularizers._common import (
+    CountState,
     Mask,
     add_scaled_params,
     check_rate,
@@ -42,7 +45,8 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
             `ndim >= 2`.
 
     Returns:
-        A scalar (summed in at least float32).
+        A scalar array (summed in at least float32; a float32 zero when the mask
+        selects no leaf).
 
     Raises:
         ValueError: for a mask whose structure differs from the params'.
@@ -54,7 +58,8 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
         >>> float(jaxtricks.l2_penalty(params))  # 0.5 * 4 * 2^2; the bias is not selected
         8.0
     """
-    return 0.5 * sum(squared_norm(leaf) for leaf in selected_leaves(params, mask))
+    zero = jnp.zeros([], jnp.float32)
+    return 0.5 * sum((squared_norm(leaf) for leaf in selected_leaves(params, mask)), zero)
 
 
 def _add_scaled_params_transform(
@@ -62,7 +67,9 @@ def _add_scaled_params_transform(
 ) -> optax.GradientTransformation:
     """`updates + coefficient_at(count) * params` (dtype-preserving, with a step count)."""
 
-    def update_fn(updates, state, params=None):
+    def update_fn(
+        updates: optax.Updates, state: Any, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, CountState]:
         params = require_params(params)
         coefficient = coefficient_at(state.count)
         return add_scaled_params(updates, params, coefficient), next_count(state)

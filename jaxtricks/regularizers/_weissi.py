@@ -31,6 +31,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,7 @@ import optax
 
 from jaxtricks._src import checks
 from jaxtricks.regularizers._common import (
+    CountState,
     Mask,
     accumulation_dtype,
     check_rate,
@@ -53,7 +55,9 @@ from jaxtricks.regularizers._common import (
 FORMS = ("log", "product", "geometric_mean")
 
 
-def _check_arguments(form: str, eps: jax.typing.ArrayLike, **rates) -> None:
+def _check_arguments(
+    form: str, eps: jax.typing.ArrayLike, **rates: optax.ScalarOrSchedule | jax.typing.ArrayLike
+) -> None:
     checks.check_choice("form", form, FORMS)
     checks.check_scalar("eps", eps, low=0.0, low_inclusive=False)
     for name, rate in rates.items():
@@ -157,7 +161,7 @@ def weissi_penalty(
         _l1_norm(leaf) / jnp.sqrt(norm2 + eps)
         for leaf, norm2 in zip(leaves, squared_norms, strict=True)
     )
-    return weight_decay * scale + direction_weight * direction
+    return scale * weight_decay + direction_weight * direction
 
 
 def _is_zero(rate: optax.ScalarOrSchedule) -> bool:
@@ -288,7 +292,9 @@ def weissi(
         learning_rate=0.0 if learning_rate is None else learning_rate,
     )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(
+        updates: optax.Updates, state: Any, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, CountState]:
         params = require_params(params)
         decay = value_at(weight_decay, state.count)
         direction = None if _is_zero(direction_weight) else value_at(

@@ -90,14 +90,15 @@ def gradient_norms_over_time(
     leaves, treedef = jax.tree.flatten(inputs)
     floating = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
 
-    def perturbed_loss(perturbations, float_leaves):
+    def perturbed_loss(perturbations: Carry, float_leaves: list[jax.Array]) -> jax.Array:
         remaining = iter(float_leaves)
-        xs = treedef.unflatten(
+        xs = jax.tree.unflatten(
+            treedef,
             [next(remaining) if is_float else leaf
              for leaf, is_float in zip(leaves, floating, strict=True)]
         )
 
-        def body(state, slice_t):
+        def body(state: Carry, slice_t: tuple[Carry, Any]) -> tuple[Carry, Any]:
             perturbation, x = slice_t
             return step_fn(jax.tree.map(jnp.add, state, perturbation), x)
 
@@ -115,7 +116,7 @@ def gradient_norms_over_time(
     return GradientNorms(inputs=_norms_over_time(input_grads, length), carry=carry_norms)
 
 
-def _norms_over_time(tree, length: int) -> jax.Array:
+def _norms_over_time(tree: Any, length: int) -> jax.Array:
     """`[T]` Euclidean norms of a pytree of `[T, ...]` arrays, all leaves together."""
     leaves = jax.tree.leaves(tree)
     dtype = jnp.result_type(*leaves, jnp.float32)

@@ -153,8 +153,8 @@ def step_jacobian_norms(
     every `f_t < 1`.
 
     Args:
-        step_fn, carry, inputs, key, ord, per_leaf, method, tol, max_iterations,
-            log_space: as in `jacobian_norms`.
+        step_fn, carry, inputs, key, ord: as in `jacobian_norms`.
+        per_leaf, method, tol, max_iterations, log_space: as in `jacobian_norms`.
 
     Returns:
         `[T]` norms (or a pytree of them with `per_leaf=True`), dtype as in
@@ -181,9 +181,19 @@ def step_jacobian_norms(
 
 
 def _jacobian_scan(
-    step_fn, carry, inputs, *, cumulative, key, ord, per_leaf, method, tol, max_iterations,
-    log_space,
-):
+    step_fn: StepFn,
+    carry: Carry,
+    inputs: Any,
+    *,
+    cumulative: bool,
+    key: jax.Array | None,
+    ord: str,
+    per_leaf: bool,
+    method: str,
+    tol: jax.typing.ArrayLike,
+    max_iterations: int,
+    log_space: bool,
+) -> Any:
     """Norms (or log norms) of `d carry_t/d carry_0` (cumulative) or of each `J_t`."""
     checks.check_choice("ord", ord, _ORDS)
     checks.check_choice("method", method, _METHODS)
@@ -208,18 +218,20 @@ def _jacobian_scan(
     if key is not None:
         key = keys.as_key(key, "key")
 
-    def flat_step(flat, x):
+    def flat_step(flat: jax.Array, x: Any) -> jax.Array:
         return ravel_pytree(step_fn(unravel(flat), x)[0])[0]
 
     identity = jnp.eye(flat_carry.size, dtype=flat_carry.dtype)
-    bases = (
+    bases: list[Any] = (
         [_spectral.initial_basis(k, size, dtype)
          for k, size in zip(jax.random.split(key, len(sizes)), sizes, strict=True)]
-        if use_power else [None] * len(sizes)
+        if use_power and key is not None else [None] * len(sizes)
     )
     tol = jnp.asarray(tol, dtype)
 
-    def body(state, x):
+    def body(
+        state: tuple[jax.Array, jax.Array, jax.Array, list[Any]], x: Any
+    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array, list[Any]], list[jax.Array]]:
         flat, tangents, log_scale, bases = state
         flat, linear = jax.linearize(lambda f: flat_step(f, x), flat)
         tangents = jax.vmap(linear)(tangents if cumulative else identity)
@@ -248,7 +260,7 @@ def _jacobian_scan(
     return jax.tree.unflatten(jax.tree.structure(carry), norms)
 
 
-def _leaf_blocks(carry) -> list[slice]:
+def _leaf_blocks(carry: Carry) -> list[slice]:
     """The slice of each carry leaf in the flattened carry (`ravel_pytree` order)."""
     sizes = [math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]

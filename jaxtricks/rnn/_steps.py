@@ -7,17 +7,20 @@ checks of a step function and of an input sequence.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+if TYPE_CHECKING:
+    import flax.linen as nn
+
 Carry = Any
 StepFn = Callable[[Carry, Any], tuple[Carry, Any]]
 
 
-def linen_step(cell, params) -> StepFn:
+def linen_step(cell: nn.Module, params: Any) -> StepFn:
     """A flax linen cell with its parameters, as a step function `(carry, x) -> (carry, y)`.
 
     Args:
@@ -37,7 +40,7 @@ def linen_step(cell, params) -> StepFn:
         ((3,), (3,))
     """
 
-    def step(carry, x):
+    def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
         return cell.apply({"params": params}, carry, x)
 
     return step
@@ -66,13 +69,14 @@ def nnx_step(cell: nnx.Module) -> StepFn:
     """
     graphdef, state = nnx.split(cell)
 
-    def step(carry, x):
-        return nnx.merge(graphdef, state)(carry, x)
+    def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
+        # flax 0.11 does not type nnx.Module as callable.
+        return nnx.merge(graphdef, state)(carry, x)  # type: ignore[operator, unused-ignore]
 
     return step
 
 
-def check_sequence(inputs) -> int:
+def check_sequence(inputs: Any) -> int:
     """Checks that every leaf of `inputs` has the same leading time axis; returns T."""
     shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(inputs)]
     if not shapes or any(len(shape) == 0 for shape in shapes):
@@ -87,7 +91,7 @@ def check_sequence(inputs) -> int:
     return lengths.pop()
 
 
-def check_step(step_fn, carry, inputs) -> None:
+def check_step(step_fn: StepFn, carry: Carry, inputs: Any) -> None:
     """Checks that `step_fn` maps a floating carry to one of the same structure and shapes."""
     for leaf in jax.tree.leaves(carry):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -104,7 +108,9 @@ def check_step(step_fn, carry, inputs) -> None:
         )
     expected = [(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in jax.tree.leaves(carry)]
     actual = [(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(result[0])]
-    if jax.tree.structure(carry) != jax.tree.structure(result[0]) or expected != actual:
+    # object: mypy cannot resolve jax's PyTreeDef annotation (a jaxlib extension type).
+    structure: object = jax.tree.structure(carry)
+    if structure != jax.tree.structure(result[0]) or expected != actual:
         raise ValueError(
             "step_fn must return a new carry of the same structure, shapes and dtypes as "
             f"carry: expected {jax.tree.structure(carry)} with {expected}, got "

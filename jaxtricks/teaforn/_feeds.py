@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,9 @@ FEEDS = ("hidden", "soft", "topk", "argmax")
 NEEDS_EMBEDDING = ("soft", "topk", "argmax")
 
 
-def feed_vectors(feed, hidden, logits, embedding, top_k) -> jax.Array:
+def feed_vectors(
+    feed: str, hidden: jax.Array, logits: jax.Array, embedding: Any, top_k: Any
+) -> jax.Array:
     """The vectors `v_t` a pass hands to the next (before the right shift)."""
     if feed == "hidden":
         return hidden
@@ -42,7 +46,9 @@ def shift_in(vectors: jax.Array, input_embeddings: jax.Array, valid: jax.Array) 
     return jnp.where(previous_valid[..., None], shifted, input_embeddings)
 
 
-def checked_embedding(embedding, feed: str, input_embeddings, vocab_size: int):
+def checked_embedding(
+    embedding: jax.typing.ArrayLike | None, feed: str, input_embeddings: jax.Array, vocab_size: int
+) -> jax.Array | None:
     """The embedding table `[V, D]` a feed needs (None for "hidden"), checked."""
     if feed == "hidden":
         if embedding is not None:
@@ -56,7 +62,7 @@ def checked_embedding(embedding, feed: str, input_embeddings, vocab_size: int):
     return jnp.asarray(embedding)
 
 
-def check_top_k(top_k, feed: str, vocab_size: int) -> None:
+def check_top_k(top_k: int | None, feed: str, vocab_size: int) -> None:
     if feed != "topk":
         if top_k is not None:
             raise ValueError(f"top_k is only used with feed='topk', got feed={feed!r}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ def teaforn_loss(
 
     - `"hidden"`: `v = h` itself (the paper's main variant). Needs `h` and `e` in one
       space, e.g. an output projection tied to the input embedding.
-    - `"soft"`: `v_t = p_t^T E`, the probability-weighted embedding (top-k with k = |V|).
+    - `"soft"`: `v_t = p_t^T E`, the probability-weighted embedding (top-k with `k = |V|`).
     - `"topk"`: `v_t = sum_{w in top_k(p_t)} p_t[w] e_w / sum_{w in top_k(p_t)} p_t[w]`.
     - `"argmax"`: `v_t = e_{argmax p_t}` forward, with the gradient of `p_t^T E`
       (straight-through). An extension beyond the paper, which feeds only `h` or
@@ -165,7 +166,9 @@ def teaforn_loss(
     embedding = _feeds.checked_embedding(embedding, feed, input_embeddings, vocab_size)
     _feeds.check_top_k(top_k, feed, vocab_size)
 
-    def one_pass(inputs, state, pass_index):
+    def one_pass(
+        inputs: jax.Array, state: Any, pass_index: int | jax.Array
+    ) -> tuple[jax.Array, jax.Array, Any]:
         hidden, logits, state = apply(state, inputs)
         scored = valid
         if mask_repeated:
@@ -176,7 +179,8 @@ def teaforn_loss(
         return pass_loss, _feeds.shift_in(vectors, input_embeddings, valid), state
 
     if remat:
-        one_pass = jax.checkpoint(one_pass)
+        # jax 0.7 does not re-export jax.checkpoint for the type checker.
+        one_pass = jax.checkpoint(one_pass)  # type: ignore[attr-defined, unused-ignore]
     if unroll:
         per_pass, inputs = [], input_embeddings
         for pass_index in range(n):
@@ -184,9 +188,11 @@ def teaforn_loss(
             per_pass.append(pass_loss)
         per_pass_losses = jnp.stack(per_pass)
     else:
-        def scan_step(carry, pass_index):
-            pass_loss, *carry = one_pass(*carry, pass_index)
-            return tuple(carry), pass_loss
+        def scan_step(
+            carry: tuple[jax.Array, Any], pass_index: jax.Array
+        ) -> tuple[tuple[jax.Array, Any], jax.Array]:
+            pass_loss, next_inputs, next_state = one_pass(*carry, pass_index)
+            return (next_inputs, next_state), pass_loss
 
         (_, state), per_pass_losses = jax.lax.scan(
             scan_step, (input_embeddings, state), jnp.arange(n)
@@ -197,7 +203,7 @@ def teaforn_loss(
     return jnp.sum(pass_weights * per_pass_losses, axis=0), per_pass_losses
 
 
-def _token_cross_entropy(logits: jax.Array, targets: jax.Array, scored: jax.Array):
+def _token_cross_entropy(logits: jax.Array, targets: jax.Array, scored: jax.Array) -> jax.Array:
     """The CE at every position in float32, 0 where not scored (any label there)."""
     safe_targets = jnp.where(scored, targets, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_targets)
@@ -212,7 +218,9 @@ def _reduced(token_ce: jax.Array, scored: jax.Array, reduction: str) -> jax.Arra
     return jnp.sum(token_ce, axis=axis) / jnp.maximum(jnp.sum(scored, axis=axis), 1)
 
 
-def _checked_weights(weights, n: int) -> jax.Array:
+def _checked_weights(
+    weights: Sequence[float] | jax.typing.ArrayLike | None, n: int
+) -> jax.Array:
     if weights is None:
         return jnp.ones((n,), jnp.float32)
     checks.check_shape("weights", np.shape(weights), (n,))
@@ -220,7 +228,9 @@ def _checked_weights(weights, n: int) -> jax.Array:
     return jnp.asarray(weights, jnp.float32)
 
 
-def _checked_where(where, targets: jax.Array, input_embeddings: jax.Array) -> jax.Array:
+def _checked_where(
+    where: jax.typing.ArrayLike | None, targets: jax.Array, input_embeddings: jax.Array
+) -> jax.Array:
     if input_embeddings.ndim < 2:
         raise ValueError(
             "input_embeddings must have shape [B, T, D], got shape "

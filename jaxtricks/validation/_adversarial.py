@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxtricks._src import checks, keys
+from jaxtricks._src.typing import KeyLike, PyTree
 from jaxtricks.validation import _auc, _discriminator
 
 _MODELS = ("logistic", "mlp")
@@ -69,7 +70,7 @@ class AdversarialValidation(NamedTuple):
     test_folds: jax.Array
 
 
-def _flatten_rows(name: str, features) -> jax.Array:
+def _flatten_rows(name: str, features: PyTree) -> jax.Array:
     """A pytree of `(n, ...)` arrays as one `(n, d)` float matrix (leaves in tree order)."""
     leaves = [jnp.asarray(leaf) for leaf in jax.tree.leaves(features)]
     if not leaves:
@@ -86,7 +87,7 @@ def _flatten_rows(name: str, features) -> jax.Array:
     return jnp.concatenate([leaf.reshape(leaf.shape[0], -1).astype(dtype) for leaf in leaves], 1)
 
 
-def _check_features(train_x, test_x, num_folds: int) -> None:
+def _check_features(train_x: PyTree, test_x: PyTree, num_folds: int) -> None:
     checks.check_same_structure("train_x", train_x, "test_x", test_x)
     for train_leaf, test_leaf in zip(jax.tree.leaves(train_x), jax.tree.leaves(test_x),
                                      strict=True):
@@ -105,7 +106,7 @@ def _check_features(train_x, test_x, num_folds: int) -> None:
         for leaf in jax.tree.leaves(tree):
             value = checks.concrete_value(leaf)
             inexact = value is not None and jnp.issubdtype(value.dtype, jnp.inexact)
-            if inexact and not np.all(np.isfinite(value)):
+            if value is not None and inexact and not np.all(np.isfinite(value)):
                 raise ValueError(f"{name} must be finite, got NaN or inf entries.")
 
 
@@ -122,9 +123,18 @@ def _fold_ids(key: jax.Array, num_rows: int, num_folds: int) -> jax.Array:
     static_argnames=("num_folds", "hidden_sizes", "steps", "num_train", "optimizer", "fit"),
 )
 def _cross_fit(
-    key, features, *, num_train, num_folds, hidden_sizes, steps, learning_rate, weight_decay,
-    optimizer, fit,
-):
+    key: jax.Array,
+    features: jax.Array,
+    *,
+    num_train: int,
+    num_folds: int,
+    hidden_sizes: tuple[int, ...],
+    steps: int,
+    learning_rate: float,
+    weight_decay: float,
+    optimizer: optax.GradientTransformation | None,
+    fit: _discriminator.Fit | None,
+) -> AdversarialValidation:
     """K-fold cross-fitting on `features` (train rows first): out-of-fold logits and AUC."""
     num_rows = features.shape[0]
     is_test = jnp.arange(num_rows) >= num_train
@@ -165,9 +175,9 @@ def _cross_fit(
 
 
 def adversarial_validation(
-    train_x,
-    test_x,
-    key: jax.Array,
+    train_x: PyTree,
+    test_x: PyTree,
+    key: KeyLike,
     *,
     num_folds: int = 5,
     model: str = "logistic",
@@ -291,7 +301,13 @@ def adversarial_validation(
     )
 
 
-def _check_loop(*, steps, learning_rate, optimizer, fit) -> None:
+def _check_loop(
+    *,
+    steps: int | None,
+    learning_rate: float | None,
+    optimizer: optax.GradientTransformation | None,
+    fit: _discriminator.Fit | None,
+) -> None:
     """Checks the loop arguments: each belongs to one loop, none given twice."""
     if fit is not None:
         if not callable(fit):

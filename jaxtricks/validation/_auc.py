@@ -54,7 +54,9 @@ def roc_auc(
     return auc_and_variance(scores, labels, where)[0]
 
 
-def auc_and_variance(scores, labels, where) -> tuple[jax.Array, jax.Array]:
+def auc_and_variance(
+    scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, where: jax.typing.ArrayLike | None
+) -> tuple[jax.Array, jax.Array]:
     """The Mann-Whitney AUC and DeLong's estimate of its variance.
 
     With placement values `V10_i` (share of negatives below positive i, ties 1/2) and

@@ -8,6 +8,7 @@ optimiser) and scores every row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -44,7 +45,9 @@ def optimizer_steps(
 ) -> optax.Params:
     """The default `Fit`: `steps` full-batch steps of `optimizer` in a `jax.lax.scan`."""
 
-    def step(carry, _):
+    def step(
+        carry: tuple[optax.Params, optax.OptState], _: None
+    ) -> tuple[tuple[optax.Params, optax.OptState], None]:
         params, opt_state = carry
         grads = jax.grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -80,10 +83,12 @@ def fit_and_score(
     model = Discriminator(hidden_sizes)
     params = model.init(key, jnp.zeros((1, inputs.shape[1]), inputs.dtype))
 
-    def loss_fn(params):
-        logits = model.apply(params, inputs)
+    def loss_fn(params: Any) -> jax.Array:
+        # flax types `apply` as returning the output or (output, mutated state).
+        logits = cast(jax.Array, model.apply(params, inputs))
         cross_entropy = optax.sigmoid_binary_cross_entropy(logits, is_test.astype(logits.dtype))
         # The default mask selects exactly the Dense kernels (the only leaves with ndim 2).
         return class_weight @ cross_entropy + weight_decay * l2_penalty(params)
 
-    return model.apply(fit(loss_fn, params), inputs)
+    trained: Any = fit(loss_fn, params)
+    return cast(jax.Array, model.apply(trained, inputs))

@@ -134,7 +134,7 @@ def importance_weights(
             f"both None (balanced), got num_train={num_train}, num_test={num_test}."
         )
     log_weights = logits
-    if num_train is not None:
+    if num_train is not None and num_test is not None:
         checks.check_scalar("num_train", num_train, low=0.0, low_inclusive=False)
         checks.check_scalar("num_test", num_test, low=0.0, low_inclusive=False)
         log_weights = log_weights + jnp.log(num_train / num_test).astype(logits.dtype)

@@ -1,5 +1,6 @@
-"""Test configuration: four host devices, so sharding tests run on any machine, and
-cheap compilation.
+"""Test configuration for the suite (tests/) and the docstring examples (jaxtricks/, run
+as doctests): four host devices, so sharding tests run on any machine, and cheap
+compilation.
 
 XLA reads `XLA_FLAGS` when the backend starts, so this must run before JAX is used (it
 does: pytest imports conftest first, in every xdist worker too). The suite compiles
