@@ -1,16 +1,14 @@
 """Run from outside the source tree by .ci/check-dist: the installed wheel has the whole API."""
 
-import importlib
 import importlib.metadata
 import importlib.resources
 import pathlib
 import sys
+import types
 
 import jax.numpy as jnp
 
 import jaxtricks
-
-SUBPACKAGES = ("losses", "regularizers", "estimators", "teaforn", "validation", "rnn")
 
 source = pathlib.Path(jaxtricks.__file__).resolve()
 if "site-packages" not in source.parts:
@@ -20,14 +18,13 @@ if importlib.metadata.version("jaxtricks") != jaxtricks.__version__:
 if not importlib.resources.files("jaxtricks").joinpath("py.typed").is_file():
     sys.exit("the wheel lacks jaxtricks/py.typed")
 
-names = [f"jaxtricks.{name}" for name in jaxtricks.__all__]
-for package in SUBPACKAGES:
-    module = importlib.import_module(f"jaxtricks.{package}")
-    names += [f"jaxtricks.{package}.{name}" for name in module.__all__]
+exported = [getattr(jaxtricks, name) for name in jaxtricks.__all__]
+modules = [jaxtricks, *(value for value in exported if isinstance(value, types.ModuleType))]
+names = []
+for module in modules:
     for name in module.__all__:
-        getattr(module, name)
-for name in jaxtricks.__all__:
-    getattr(jaxtricks, name)
+        getattr(module, name)  # AttributeError for a listed name that the wheel lacks
+        names.append(f"{module.__name__}.{name}")
 
 loss = jaxtricks.losses.softmax_focal_loss(jnp.zeros((2, 3)), jnp.array([0, 1]), gamma=2.0)
 assert loss.shape == (2,), loss.shape

@@ -78,7 +78,7 @@ nb_kernel_rgx_aliases = {".*": "python3"}
 
 html_theme = "sphinx_book_theme"
 html_title = f"jaxtricks {release}"
-html_static_path = ["_static"] if (DOCS / "_static").is_dir() else []
+html_static_path = ["_static"]
 html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,

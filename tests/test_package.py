@@ -44,15 +44,13 @@ def test_top_level_reexports_the_regularizers():
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOOR_CONSTRAINTS = ROOT / ".ci" / "constraints-floor.txt"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def _declared_floor() -> dict[str, str]:
     """`{name: version}` from pyproject's runtime `name>=version` requirements."""
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "dependencies"
-    ]
     floor = {}
-    for requirement in map(Requirement, dependencies):
+    for requirement in map(Requirement, PYPROJECT["project"]["dependencies"]):
         (specifier,) = requirement.specifier
         assert specifier.operator == ">=", f"{requirement} must declare a floor with >="
         floor[requirement.name] = specifier.version
@@ -83,10 +81,9 @@ def test_the_floor_run_uses_the_pinned_versions():
 
 
 def test_the_version_is_written_once_and_the_changelog_names_it():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "version" not in pyproject["project"]
-    assert pyproject["project"]["dynamic"] == ["version"]
-    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+    assert "version" not in PYPROJECT["project"]
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {
         "attr": "jaxtricks.__version__"
     }
     assert metadata.version("jaxtricks") == jaxtricks.__version__
@@ -95,8 +92,7 @@ def test_the_version_is_written_once_and_the_changelog_names_it():
 
 
 def test_the_license_file_is_the_declared_apache_license():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["license"] == "Apache-2.0"
-    assert project["license-files"] == ["LICENSE"]
+    assert PYPROJECT["project"]["license"] == "Apache-2.0"
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text

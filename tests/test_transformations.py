@@ -437,8 +437,8 @@ SLOW_FUNCTIONS = {"validation.adversarial_validation", "estimators.policy_gradie
 
 
 def _cases(rows):
-    return [pytest.param(row, id=row.name, marks=[pytest.mark.slow] * (
-        row.name.split("[")[0] in SLOW_FUNCTIONS)) for row in rows]
+    return [pytest.param(row, id=row.name, marks=pytest.mark.slow
+                         if row.name.split("[")[0] in SLOW_FUNCTIONS else ()) for row in rows]
 
 
 # ------------------------------------------------------------------ helpers
