@@ -39,6 +39,8 @@ class Timing:
         runs: number of timed calls.
         peak_bytes: XLA's estimate of the peak memory of one call (arguments,
             outputs and temporaries, from `compiled.memory_analysis()`), or None.
+        round_s: the seconds per call of each round, in order (rounds of candidates
+            compared together pair up: the same load hit them).
     """
 
     compile_s: float
@@ -46,6 +48,7 @@ class Timing:
     min_s: float
     runs: int
     peak_bytes: int | None
+    round_s: tuple[float, ...] = ()
 
 
 def environment() -> dict[str, Any]:
@@ -161,6 +164,7 @@ def compare(
             min_s=float(np.min(per_call[name])),
             runs=calls[name],
             peak_bytes=peak_bytes(compiled[name]),
+            round_s=tuple(per_call[name]),
         )
         for name in candidates
     }

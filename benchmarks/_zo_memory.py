@@ -108,19 +108,6 @@ def decoder(*, layers: int, d_model: int, heads: int, ffn: int, vocab: int, seq:
     return Problem(label, loss, params, tokens)
 
 
-def zeroth_order_update(fn, params, key, *, learning_rate, num_samples, sigma):
-    """`estimators.zeroth_order_update` (one direction per chunk, its default), or, where
-    it does not exist yet, the explicit antithetic update from a one-direction chunked
-    `zeroth_order_grad` (values None)."""
-    update = getattr(estimators, "zeroth_order_update", None)
-    if update is not None:
-        return update(fn, params, key, learning_rate=learning_rate, num_samples=num_samples,
-                      sigma=sigma)
-    grad = estimators.zeroth_order_grad(fn, params, key, num_samples=num_samples,
-                                        sigma=sigma, chunk_size=2)
-    return jax.tree.map(lambda p, g: p - learning_rate * g, params, grad), None
-
-
 def computations(problem: Problem, zo_grads: tuple[tuple[int, int | None], ...],
                  update_samples: int, *, grad: bool = True):
     """name -> (function, args, donated argnums, (num_samples, chunk_size))."""
@@ -145,8 +132,9 @@ def computations(problem: Problem, zo_grads: tuple[tuple[int, int | None], ...],
                                                           (n, chunk))
 
     def zo_update(p, data, k):
-        return zeroth_order_update(lambda q: loss(q, data), p, k, learning_rate=LEARNING_RATE,
-                                   num_samples=update_samples, sigma=SIGMA)
+        return estimators.zeroth_order_update(
+            lambda q: loss(q, data), p, k, learning_rate=LEARNING_RATE,
+            num_samples=update_samples, sigma=SIGMA)
 
     rows[f"zeroth_order_update n={update_samples} (donated)"] = (
         zo_update, (params, batch, key), (0,), (update_samples, None))

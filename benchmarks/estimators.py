@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import _data, _harness, _plots, _zo_memory
+from benchmarks import _data, _harness, _plots, _stats, _zo_memory
 from jaxtricks import estimators
 
 
@@ -414,7 +414,8 @@ def _memory(report, size, key):
         rows.append(row)
     report.table("memory: antithetic ZO, XLA's planned peak (compiled.memory_analysis)", rows)
     if rows[0]["peak_MiB"] and rows[1]["peak_MiB"]:
-        report.note("memory: unchunked / chunked peak", rows[0]["peak_MiB"] / rows[1]["peak_MiB"])
+        report.note("memory: default (blocks) / chunk_size=8 peak",
+                    rows[0]["peak_MiB"] / rows[1]["peak_MiB"])
 
 
 # ------------------------------------------------------- digits, accuracy objective
@@ -521,12 +522,16 @@ def _versus_evosax(report, size, key):
             "evosax_ms": 1e3 * theirs.median_s,
             "throughput ours/evosax": theirs.median_s / ours.median_s,
             "goal >= 1.1": theirs.median_s / ours.median_s >= 1.1,
+            # paired over the interleaved rounds: log(evosax time / ours) per round
+            **_stats.paired_columns(np.log(theirs.round_s), np.log(ours.round_s), "parity",
+                                    digits=3),
             "ours_peak_MiB": None if ours.peak_bytes is None else ours.peak_bytes / 2**20,
             "evosax_peak_MiB": None if theirs.peak_bytes is None else
             theirs.peak_bytes / 2**20,
         })
     report.table("speed vs evosax Open_ES: antithetic estimate of a quadratic, sigma = 0.5, "
-                 "same process, interleaved rounds (throughput ratio = evosax time / ours)",
+                 "same process, interleaved rounds (throughput ratio = evosax time / ours; "
+                 "diff = mean log ratio over the rounds, paired tests against parity)",
                  rows)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from benchmarks import _data, _harness, _models, _plots, _stats, _train, _zo_memory
+from jaxtricks import estimators
 
 ZO = "ZO-SGD (zeroth_order_update)"
 METHODS = {  # name -> learning rate; ZO's the best of {2e-3, 5e-3, 1e-2, 2e-2} on seed 0
@@ -95,7 +96,7 @@ def _runs(model, size: Size):
         loss = _loss(model, x, y)
 
         def step(p, k):
-            return _zo_memory.zeroth_order_update(
+            return estimators.zeroth_order_update(
                 loss, p, k, learning_rate=METHODS[ZO], num_samples=size.num_samples,
                 sigma=SIGMA)[0], None
 
@@ -124,7 +125,7 @@ def _planned_step_peaks(model, size: Size, params, data):
     """method -> planned peak (MiB) of one jitted step, the parameters (and state) donated."""
     loss = _loss(model, data.x_train, data.y_train)
     peaks = {ZO: _zo_memory.planned_peak(
-        lambda p, k: _zo_memory.zeroth_order_update(
+        lambda p, k: estimators.zeroth_order_update(
             loss, p, k, learning_rate=1.0, num_samples=size.num_samples, sigma=SIGMA)[0],
         (params, jax.random.key(0)), (0,))[0]}
     for name in ("backprop SGD", "backprop Adam"):

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from jaxtricks import estimators
-from jaxtricks.estimators import _sampling
+from jaxtricks.estimators import _one_pass, _sampling
 
 _RNG = np.random.default_rng(0)
 pytestmark = pytest.mark.optimized  # planned memory of optimised programs
@@ -127,6 +127,82 @@ def test_chunked_estimate_equals_the_stored_directions_reference_for_the_same_ke
     coefficient_rounding = 8 * float(jnp.finfo(jnp.float32).eps) * np.max(np.abs(values)) / sigma
     _assert_trees_close(estimate, _reference_grad(coefficients, weights), 1e-5,
                         coefficient_rounding * largest_weight)
+
+
+ONE_PASS = [  # (options, legacy key): every coefficient known from its own direction
+    ({"antithetic": True, "directions": "gaussian"}, False),
+    ({"antithetic": True, "directions": "sphere"}, True),
+    ({"antithetic": False, "baseline": "unperturbed", "directions": "rademacher"}, False),
+    ({"antithetic": False, "baseline": None}, True),
+]
+
+
+@pytest.mark.parametrize(("options", "legacy_key"), ONE_PASS, ids=str)
+def test_blocks_of_directions_give_the_stored_directions_reference(monkeypatch, options,
+                                                                    legacy_key):
+    # Blocks of 2 directions, 6 steps of the scan; the reference stores all 12.
+    num_params = optax.tree.size(PARAMS)
+    monkeypatch.setattr(_one_pass, "CPU_BLOCK_ELEMENTS", 2 * num_params)
+    num_samples, sigma = (24, 0.05) if options["antithetic"] else (12, 0.05)
+    assert _one_pass.directions_per_block(12, num_params) == 2
+    key = jax.random.PRNGKey(5) if legacy_key else jax.random.key(5)
+    values, coefficients, weights = _reference(
+        _loss, PARAMS, jax.random.wrap_key_data(key) if legacy_key else key,
+        num_samples=num_samples, sigma=sigma, **options)
+    estimate = jax.jit(lambda k: estimators.zeroth_order_grad(
+        _loss, PARAMS, k, num_samples=num_samples, sigma=sigma, **options))(key)
+    largest_weight = max(float(np.max(np.abs(w))) for w in jax.tree.leaves(weights))
+    coefficient_rounding = 8 * float(jnp.finfo(jnp.float32).eps) * np.max(np.abs(values)) / sigma
+    _assert_trees_close(estimate, _reference_grad(coefficients, weights), 1e-5,
+                        coefficient_rounding * largest_weight)
+
+
+@pytest.mark.parametrize(
+    ("num_directions", "num_params", "expected"),
+    [(128, 1000, 128), (16, 10**5, 8), (128, 10**5, 8), (32, 3 * 10**5, 2),
+     (32, 10**6, 2), (9, 3 * 10**5, 3), (7, 10**6, 1), (5, 0, 5)],
+)
+def test_a_block_is_the_largest_divisor_within_the_bound_and_at_least_two(
+        num_directions, num_params, expected):
+    assert _one_pass.directions_per_block(num_directions, num_params) == expected
+
+
+def test_default_estimate_plans_one_block_whatever_the_number_of_samples(monkeypatch):
+    # Stored, 64 directions of WIDE would plan 64 copies of it; in blocks of 2, a few.
+    params_bytes, _ = _sizes()
+    monkeypatch.setattr(_one_pass, "CPU_BLOCK_ELEMENTS", 2 * params_bytes // 4)  # float32
+
+    def peak(num_samples):
+        return _planned_peak(lambda p, k: estimators.zeroth_order_grad(
+            _wide_loss, p, k, num_samples=num_samples), WIDE, jax.random.key(0))
+
+    assert peak(128) <= peak(8) + 0.05 * params_bytes
+    assert peak(128) <= 12 * params_bytes
+
+
+def _hash_fusions(fn, *args) -> int:
+    """Computations of the compiled program holding a threefry hash (20 rounds of xor)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return sum(computation.count(" xor(") >= 20 for computation in text.split("\n\n"))
+
+
+@pytest.mark.skipif(
+    tuple(int(part) for part in jax.__version__.split(".")[:2]) < (0, 10),
+    reason="the XLA of jax 0.7 recomputes the hash in every consumer regardless",
+)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"antithetic": False}, {"directions": "rademacher"}, {"directions": "sphere"},
+     {"antithetic": False, "baseline": "mean"}],
+    ids=str,
+)
+def test_each_direction_is_hashed_once_per_leaf(options):
+    # The draw feeds the perturbed points and the weighted sum; XLA fuses cheap integer
+    # work into every consumer, so without the hidden division each leaf was hashed in
+    # 2-4 places (15 hashes for these 4 leaves).
+    hashes = _hash_fusions(lambda p, k: estimators.zeroth_order_grad(
+        _loss, p, k, num_samples=8, **options), PARAMS, jax.random.key(0))
+    assert hashes == len(PARAMS)
 
 
 def _update(params, key, learning_rate=0.1, **options):

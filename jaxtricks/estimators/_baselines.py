@@ -43,6 +43,7 @@ class _Rule(NamedTuple):
     value: Callable[..., ArrayLike]
     min_samples: int = 1
     needs_sq_norms: bool = False
+    pools_samples: bool = False  # b_i depends on the other samples' rewards
 
 
 def leave_one_out_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -55,17 +56,19 @@ def leave_one_out_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 _RULES: dict[str | None, _Rule] = {
     None: _Rule(lambda rewards, sq_norms, unperturbed: 0),
     "unperturbed": _Rule(lambda rewards, sq_norms, unperturbed: unperturbed()),
-    "mean": _Rule(lambda rewards, sq_norms, unperturbed: jnp.mean(rewards)),
+    "mean": _Rule(lambda rewards, sq_norms, unperturbed: jnp.mean(rewards), pools_samples=True),
     "leave_one_out": _Rule(
         lambda rewards, sq_norms, unperturbed: leave_one_out_mean(
             rewards, jnp.ones_like(rewards)
         ),
         min_samples=2,
+        pools_samples=True,
     ),
     "optimal": _Rule(
         lambda rewards, sq_norms, unperturbed: leave_one_out_mean(rewards, sq_norms),
         min_samples=2,
         needs_sq_norms=True,
+        pools_samples=True,
     ),
 }
 
@@ -164,3 +167,9 @@ def centred_rewards(
     if is_named(baseline):
         return rewards - _RULES[baseline].value(rewards, sq_norms, unperturbed)
     return rewards - baseline
+
+
+def pools_samples(baseline: Baseline) -> bool:
+    """Whether `b_i` depends on the other samples' rewards ("mean", "leave_one_out",
+    "optimal"), so that no coefficient is known before every sample is evaluated."""
+    return is_named(baseline) and _RULES[baseline].pools_samples

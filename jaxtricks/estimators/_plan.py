@@ -58,8 +58,16 @@ class Plan:
             weight = self.draw(_sampling.regenerated(key))[1]
         return optax.tree.norm(weight, squared=True)
 
-    def draw(self, key: jax.Array) -> tuple[PyTree, PyTree]:
-        return _sampling.direction(key, self.params, self.directions)
+    def draw(self, key: jax.Array, stored: bool = False) -> tuple[PyTree, PyTree]:
+        return _sampling.direction(key, self.params, self.directions, stored)
+
+    def stored(self, sample_keys: jax.Array) -> tuple[jax.Array, PyTree]:
+        """`(c_i, w_i)` of the directions of `sample_keys`, each drawn once and kept for
+        its evaluations and its weight (coefficients `[k]`, weights stacked)."""
+        perturbations, weights = jax.vmap(lambda k: self.draw(k, stored=True))(
+            _sampling.constrain(sample_keys, self.sample_sharding)
+        )
+        return self.coefficients(*jax.vmap(self.values)(perturbations, weights)), weights
 
     def chunk_values(self, chunk_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The values of a chunk of directions, each drawn from its key for each use."""

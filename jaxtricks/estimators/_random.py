@@ -45,12 +45,13 @@ def _rotate_left(x: jax.Array, bits: int) -> jax.Array:
     return (x << np.uint32(bits)) | (x >> np.uint32(32 - bits))
 
 
-def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """`jax.random.bits(key, shape, jnp.uint32)` for a threefry key, unrolled."""
+def _bits(key: jax.Array, shape: tuple[int, ...], stored: bool) -> jax.Array:
+    """`jax.random.bits(key, shape, jnp.uint32)` for a threefry key, unrolled; computed
+    once and kept if `stored`, else recomputed in each consumer (see `normal`)."""
     # The barrier hides that `zero` is 0, so that the counters below depend on the key:
     # loop-invariant, XLA would hoist them out of the estimators' loops and keep them.
-    key1, key2, zero = jax.lax.optimization_barrier(
-        (*(jax.random.key_data(key)[i] for i in range(2)), np.uint32(0))
+    key1, key2, zero, one = jax.lax.optimization_barrier(
+        (*(jax.random.key_data(key)[i] for i in range(2)), np.uint32(0), np.uint32(1))
     )
     schedule = (key1, key2, key1 ^ key2 ^ np.uint32(0x1BD11BDA))
     counters = zero  # the row-major index, by Horner's rule over the axes
@@ -63,7 +64,12 @@ def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
             x[1] = x[0] ^ _rotate_left(x[1], rotation)
         x[0] = x[0] + schedule[(group + 1) % 3]
         x[1] = x[1] + schedule[(group + 2) % 3] + np.uint32(group + 1)
-    return x[0] ^ x[1]
+    bits = x[0] ^ x[1]
+    # The hash is all cheap integer work, which XLA fuses into (so recomputes in) every
+    # consumer of the draw: a stored direction perturbed both ways and weighted was
+    # hashed 4 times. A division by a variable (`one`, hidden by the barrier) counts as
+    # expensive, so XLA computes it, hence the hash, once and keeps the bits.
+    return bits // one if stored else bits
 
 
 def _unit_interval(bits: jax.Array) -> jax.Array:
@@ -72,22 +78,34 @@ def _unit_interval(bits: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, np.float32) - np.float32(1)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))  # one dispatch when called eagerly
-def normal(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike) -> jax.Array:
-    """`jax.random.normal(key, shape, dtype)`, fusible into its consumer."""
+# jitted: one dispatch when called eagerly
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "stored"))
+def normal(
+    key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike, stored: bool = False
+) -> jax.Array:
+    """`jax.random.normal(key, shape, dtype)`, fusible into its consumer.
+
+    With `stored=False` a draw costs no memory beyond its output, or none where it is
+    fused into its one consumer (the seed trick); a draw with several consumers then
+    recomputes the hash in each. With `stored=True` (the draw is kept for several uses)
+    the hash is computed once, its bits a temporary of the draw's size.
+    """
     if not _fusible(key, dtype, math.prod(shape)):
         return jax.random.normal(key, shape, dtype)
     low = np.nextafter(np.float32(-1), np.float32(0))
     high = np.float32(1)
-    uniform = jnp.maximum(low, _unit_interval(_bits(key, shape)) * (high - low) + low)
+    uniform = jnp.maximum(low, _unit_interval(_bits(key, shape, stored)) * (high - low) + low)
     return np.float32(np.sqrt(2)) * jax.lax.erf_inv(uniform)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def rademacher(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike) -> jax.Array:
-    """`jax.random.rademacher(key, shape, dtype)`, fusible into its consumer."""
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "stored"))
+def rademacher(
+    key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike, stored: bool = False
+) -> jax.Array:
+    """`jax.random.rademacher(key, shape, dtype)`, fusible into its consumer (`stored`
+    as in `normal`)."""
     x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]
     if x64 or not _fusible(key, dtype, math.prod(shape)):
         return jax.random.rademacher(key, shape, dtype)
-    heads = _unit_interval(_bits(key, shape)) < np.float32(0.5)
+    heads = _unit_interval(_bits(key, shape, stored)) < np.float32(0.5)
     return (2 * heads.astype(dtype) - 1).astype(dtype)

@@ -20,7 +20,7 @@ from jaxtricks._src import checks, dtypes, keys
 from jaxtricks._src.typing import DTypeLike, KeyLike, PyTree
 from jaxtricks.estimators import _random
 
-Sampler: TypeAlias = Callable[[jax.Array, tuple[int, ...], DTypeLike], jax.Array]
+Sampler: TypeAlias = Callable[[jax.Array, tuple[int, ...], DTypeLike, bool], jax.Array]
 
 # The perturbation is at least this many spacings of the dtype at the largest |x_j|.
 RESOLVED_SPACINGS = 4
@@ -67,10 +67,10 @@ def _with_auto_axes(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
     return jax.sharding.NamedSharding(auto, sharding.spec)  # type: ignore[attr-defined]
 
 
-def _random_like(key: jax.Array, like: PyTree, sampler: Sampler) -> PyTree:
+def _random_like(key: jax.Array, like: PyTree, sampler: Sampler, stored: bool) -> PyTree:
     """`optax.tree.random_like(key, like, sampler)` with the fusible samplers of `_random`."""
     return jax.tree.map(
-        lambda leaf, leaf_key: sampler(leaf_key, leaf.shape, leaf.dtype),
+        lambda leaf, leaf_key: sampler(leaf_key, leaf.shape, leaf.dtype, stored),
         like, optax.tree.split_key_like(key, like),
     )
 
@@ -83,8 +83,8 @@ def _sphere_scales(draw: PyTree, size: int) -> tuple[jax.Array, jax.Array]:
 class DirectionKind(NamedTuple):
     """A kind of random direction: a draw `z` scaled, `perturbation = a z`, `weight = b z`.
 
-    sampler: `sampler(key, shape, dtype)`, one leaf of `z` (each leaf from its own key),
-        a fusible sampler of `_random`.
+    sampler: `sampler(key, shape, dtype, stored)`, one leaf of `z` (each leaf from its
+        own key), a fusible sampler of `_random`.
     scales: `scales(z, d) -> (a, b)`, scalars of the whole draw and of the number of
         parameters `d`; None for `a = b = 1`.
     inverse_step: `inverse_step(d)`, one over the typical `|perturbation_j|` for `d`
@@ -104,7 +104,9 @@ DIRECTIONS: dict[str, DirectionKind] = {
 """Every direction kind by name; adding one is one entry here (and its tests)."""
 
 
-def direction(key: jax.Array, params: PyTree, kind: str) -> tuple[PyTree, PyTree]:
+def direction(
+    key: jax.Array, params: PyTree, kind: str, stored: bool = False
+) -> tuple[PyTree, PyTree]:
     """One random direction shaped like `params`: `(perturbation, weight)`.
 
     The perturbed point is `params + sigma * perturbation` and the direction's
@@ -120,19 +122,20 @@ def direction(key: jax.Array, params: PyTree, kind: str) -> tuple[PyTree, PyTree
     `optax.tree.random_like` draws it (the same numbers, by the fusible samplers of
     `_random`), in `dtypes.compute_dtype` of the leaf (float32 for bfloat16 params): a
     leaf can be regenerated alone (`draw_leaf`), its weight being `weight_scale` times it.
+    `stored`: the direction is kept for several uses (see `_random.normal`).
     """
-    draw, scales = scaled_draw(key, params, kind)
+    draw, scales = scaled_draw(key, params, kind, stored)
     if scales is None:
         return draw, draw
     return optax.tree.scale(scales[0], draw), optax.tree.scale(scales[1], draw)
 
 
 def scaled_draw(
-    key: jax.Array, params: PyTree, kind: str
+    key: jax.Array, params: PyTree, kind: str, stored: bool = False
 ) -> tuple[PyTree, tuple[jax.Array, jax.Array] | None]:
     """`(z, (a, b))` of the direction of `key`: its draw and scales (None for `a = b = 1`)."""
     like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
-    draw = _random_like(key, like, DIRECTIONS[kind].sampler)
+    draw = _random_like(key, like, DIRECTIONS[kind].sampler, stored)
     scales = DIRECTIONS[kind].scales
     return draw, None if scales is None else scales(draw, optax.tree.size(params))
 
@@ -150,7 +153,8 @@ def leaf_keys(key: jax.Array, params: PyTree) -> list[jax.Array]:
 
 def draw_leaf(leaf_key: jax.Array, leaf: jax.Array, kind: str) -> jax.Array:
     """One leaf of the draw of a direction (see `direction`), from its own key alone."""
-    return DIRECTIONS[kind].sampler(leaf_key, leaf.shape, dtypes.compute_dtype(leaf.dtype))
+    return DIRECTIONS[kind].sampler(
+        leaf_key, leaf.shape, dtypes.compute_dtype(leaf.dtype), False)
 
 
 def regenerated(key: jax.Array, after: jax.Array | None = None) -> jax.Array:

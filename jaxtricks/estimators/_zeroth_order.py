@@ -8,7 +8,7 @@ import jax
 
 from jaxtricks._src import keys
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _plan, _sampling, _two_phase
+from jaxtricks.estimators import _baselines, _one_pass, _plan, _sampling, _two_phase
 
 
 def zeroth_order_grad(
@@ -48,20 +48,26 @@ def zeroth_order_grad(
     sample, REINFORCE on the Gaussian policy `N(x, sigma^2 I)` over the parameters (an
     identity; see `gaussian_policy`, which also says how this differs from Su's post).
 
-    Sample `i` uses the key `jax.random.split(key, n)[i]` alone. Without `chunk_size`
-    all samples are evaluated in one `jax.vmap`, each direction drawn once and kept for
-    the weighted sum (memory `O(num_samples x params)`; XLA CPU plans 27.6x the params
-    for a 42M-parameter MLP at `num_samples=16`). With it, in two phases (MeZO's seed
-    trick): a loop evaluates `chunk_size` perturbed points at a time and keeps only the
-    values, then the estimate is built leaf by leaf, each direction's leaf drawn again
-    from its key, fused with its accumulation. Planned peak, in params `P` (float32):
+    Sample `i` uses the key `jax.random.split(key, n)[i]` alone. Without `chunk_size`,
+    where each coefficient needs its own direction only (antithetic, or the baseline
+    "unperturbed", None or a scalar), one `lax.scan` over blocks of directions draws
+    each block once, evaluates it and adds it to the estimate; a block's arrays hold at
+    most 2^20 numbers on CPU (2^27 on accelerators) and at least two directions, the
+    largest such divisor of their number: memory `O(params + block)`, and speed from
+    arrays that stay in cache. With a pooled baseline ("mean", "leave_one_out",
+    "optimal"), `return_samples` or `sample_sharding`, every direction is drawn once,
+    evaluated in one `jax.vmap` and kept (memory `O(num_samples x params)`). With
+    `chunk_size`, in two phases (MeZO's seed trick): a loop evaluates `chunk_size`
+    perturbed points at a time and keeps only the values, then the estimate is built
+    leaf by leaf, each direction's leaf drawn again from its key, fused with its
+    accumulation. Planned peak, in params `P` (float32):
     with one direction per chunk (`chunk_size` 2 antithetic, 1 forward) the perturbed
     points are built in the output's buffers, `2 P` plus one evaluation's activations,
     no more than `jax.grad` (`2 P` plus the backward pass' activations; "sphere" and
     "optimal", whose draws feed a reduction, may add up to `P`); with more, `(2 +
     chunk_size) P`. Every direction is drawn once per use (twice forward, three times
     antithetic), which costs no more time than one chunked pass. The numbers are those
-    of the unchunked estimate up to float32 summation order (a few ulps). For MeZO's
+    of the default estimate up to float32 summation order (a few ulps). For MeZO's
     memory (no gradient at all, inference plus a leaf), `zeroth_order_update`.
 
     Precision: the perturbed points are added in float32 (or wider) and rounded once
@@ -103,13 +109,14 @@ def zeroth_order_grad(
             only. Booleans are refused: the former True is "unperturbed", False None.
             `fn(params)` is evaluated (and traced) for "unperturbed" only.
         chunk_size: evaluations per chunk (a divisor of `num_samples`, even when
-            antithetic), or None for all at once (see above for the memory of each).
+            antithetic), or None for the blocks above (see above for the memory of each).
         return_samples: return the per-direction estimates `c_i w_i`, each leaf with a
             leading axis of the number of directions (`num_samples / 2` when antithetic,
             else `num_samples`); their mean over that axis is the estimate.
         sample_sharding: a `jax.sharding.Sharding` of the 1-D array of sample keys (e.g.
             `NamedSharding(mesh, P("samples"))`): the samples are then evaluated on
-            the mesh's devices, `params` replicated; same numbers as on one device.
+            the mesh's devices, all at once, `params` replicated; same numbers as on
+            one device.
             With `chunk_size`, the evaluations of a chunk are (one direction per
             chunk: nothing to shard).
 
@@ -146,13 +153,10 @@ def zeroth_order_grad(
                  chunk_size, sample_sharding)
     sample_keys = _sampling.sample_keys(key, plan.num_directions)
     if chunk_size is None:
-        # One vmap over every direction, each drawn once and kept for the weighted sum.
-        constrained = _sampling.constrain(sample_keys, sample_sharding)
-        perturbations, weights = jax.vmap(
-            lambda k: _sampling.direction(k, params, directions)
-        )(constrained)
-        values = jax.vmap(plan.values)(perturbations, weights)
-        coefficients = plan.coefficients(*values)
+        one_pass = antithetic or not _baselines.pools_samples(baseline)
+        if one_pass and not return_samples and sample_sharding is None:
+            return _one_pass.estimate(plan, sample_keys)
+        coefficients, weights = plan.stored(sample_keys)  # every direction at once
         if return_samples:
             return _sampling.scale_samples(coefficients, weights)
         return plan.mean(_sampling.weighted_sum(coefficients, weights))
