@@ -55,7 +55,7 @@ autodoc_class_signature = "separated"
 autodoc_preserve_defaults = True
 # Signatures name the aliases as the source writes them, not their expanded unions.
 autodoc_type_aliases = {
-    name: name for name in ("jax.typing.ArrayLike", "ArrayLike", "optax.ScalarOrSchedule",
+    name: name for name in ("jax.typing.ArrayLike", "optax.ScalarOrSchedule",
                             "optax.Params", "optax.Updates", "Mask", "Axis", "_common.Axis")
 }
 add_module_names = False

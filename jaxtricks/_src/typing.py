@@ -6,7 +6,6 @@ from typing import Any, TypeAlias
 
 import jax
 
-ArrayLike: TypeAlias = jax.typing.ArrayLike
 DTypeLike: TypeAlias = jax.typing.DTypeLike
 # A pytree of arrays (parameters, updates, a carry); JAX has no precise static type for it.
 PyTree: TypeAlias = Any

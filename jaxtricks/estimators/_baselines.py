@@ -29,18 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtricks._src.typing import ArrayLike
-
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-Baseline: TypeAlias = str | ArrayLike | None
+Baseline: TypeAlias = str | jax.typing.ArrayLike | None
 """A baseline: a name of `BASELINES` (None included) or a scalar."""
 
 
 class _Rule(NamedTuple):
     # (rewards [n], sq_norms [n] | None, unperturbed thunk | None) -> b
-    value: Callable[..., ArrayLike]
+    value: Callable[..., jax.typing.ArrayLike]
     min_samples: int = 1
     needs_sq_norms: bool = False
     pools_samples: bool = False  # b_i depends on the other samples' rewards

@@ -40,7 +40,7 @@ def directions_per_block(num_directions: int, num_params: int) -> int:
     """The largest divisor of `num_directions` of at most `max(2, block_elements() //
     num_params)` directions."""
     limit = min(num_directions, max(2, block_elements() // max(num_params, 1)))
-    return max(b for b in range(1, limit + 1) if num_directions % b == 0)
+    return next(b for b in range(limit, 0, -1) if num_directions % b == 0)
 
 
 def estimate(plan: _plan.Plan, sample_keys: jax.Array) -> PyTree:
@@ -50,9 +50,7 @@ def estimate(plan: _plan.Plan, sample_keys: jax.Array) -> PyTree:
 
     def add_block(total: PyTree, block_keys: jax.Array) -> tuple[PyTree, None]:
         coefficients, weights = plan.stored(block_keys)
-        return jax.tree.map(
-            lambda t, s: t + s, total, _sampling.weighted_sum(coefficients, weights)
-        ), None
+        return optax.tree.add(total, _sampling.weighted_sum(coefficients, weights)), None
 
     total, _ = jax.lax.scan(add_block, plan.zeros(), sample_keys.reshape(-1, block))
     return plan.mean(total)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxtricks._src import checks, dtypes
-from jaxtricks._src.typing import ArrayLike, PyTree
+from jaxtricks._src.typing import PyTree
 from jaxtricks.estimators import _baselines, _sampling
 
 
@@ -17,7 +17,7 @@ class Plan:
     """The arithmetic shared by `zeroth_order_grad` and `zeroth_order_update`."""
 
     def __init__(self, fn: Callable[[PyTree], jax.Array], params: PyTree, num_samples: int,
-                 sigma: ArrayLike, antithetic: bool, directions: str,
+                 sigma: jax.typing.ArrayLike, antithetic: bool, directions: str,
                  baseline: _baselines.Baseline, chunk_size: int | None,
                  sample_sharding: jax.sharding.Sharding | None) -> None:
         self.fn, self.params, self.antithetic = fn, params, antithetic
@@ -105,8 +105,9 @@ class Plan:
         )
 
 
-def check_arguments(num_samples: int, sigma: ArrayLike, antithetic: bool, directions: str,
-                    baseline: _baselines.Baseline, chunk_size: int | None) -> None:
+def check_arguments(num_samples: int, sigma: jax.typing.ArrayLike, antithetic: bool,
+                    directions: str, baseline: _baselines.Baseline,
+                    chunk_size: int | None) -> None:
     checks.check_positive_int("num_samples", num_samples)
     if antithetic and num_samples % 2:
         raise ValueError(
