@@ -1,9 +1,10 @@
 # `make test` and `make bench` each create .venv when missing and install what they need.
-# `make test` runs lint, the type check, the suite with the docstring examples (doctests)
-# and the documentation build; `make docs` builds only the site, into docs/_build/html.
-# `make test-slow` runs the slow tier and the tests of benchmarks/ (every benchmark at its
-# smoke size). `make test-floor` runs the library's whole suite (both tiers and the
-# doctests) at the declared minimum versions, in .venv-floor.
+# `make test` runs lint, the type check, the fast tier of the suite with the docstring
+# examples (doctests) and the documentation build; `make docs` builds only the site, into
+# docs/_build/html. `make test-slow` runs the rest: the tests marked slow and the tests
+# of benchmarks/ (every benchmark at its smoke size). `make test-floor` runs the library's
+# whole suite (both tiers and the doctests) at the declared minimum versions, in
+# .venv-floor.
 # `make check-dist` builds the sdist and wheel, runs twine check and imports the installed
 # wheel in fresh venvs (.ci/check-dist).
 PYTHON ?= python3
@@ -61,9 +62,6 @@ typecheck: $(VENV)/.test-installed
 docs: $(VENV)/.test-installed
 	$(PY) -m sphinx -W --keep-going -q -j auto -b html docs docs/_build/html
 
-# `make test` runs the fast tier of the suite and the doctests; `make test-slow` the rest
-# (tests marked slow, and the tests of benchmarks/ with every benchmark at its smoke
-# size). CI runs both, and the whole suite at the floor.
 test: lint typecheck
 	$(PY) -m pytest -m "not slow and not benchmarks"
 	$(MAKE) docs

@@ -88,6 +88,17 @@ def _assert_trees_close(actual, expected, rtol, atol):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
 
 
+def _assert_close_to_reference(estimate, reference, sigma):
+    """`estimate` against `_reference_grad` of `reference = _reference(...)`."""
+    values, coefficients, weights = reference
+    # float32 values, rounded differently by the two programs (a few spacings); the
+    # coefficients divide that by sigma and the weights multiply it.
+    largest_weight = max(float(np.max(np.abs(w))) for w in jax.tree.leaves(weights))
+    coefficient_rounding = 8 * float(jnp.finfo(jnp.float32).eps) * np.max(np.abs(values)) / sigma
+    _assert_trees_close(estimate, _reference_grad(coefficients, weights), 1e-5,
+                        coefficient_rounding * largest_weight)
+
+
 # Unchunked (one vmap), one direction per chunk (in the output's buffers) and larger
 # chunks, every direction kind and pooled and per-sample baselines.
 CHUNKINGS = [
@@ -112,21 +123,14 @@ def test_chunked_estimate_equals_the_stored_directions_reference_for_the_same_ke
     options = dict(options)
     chunk_size = options.pop("chunk_size", None)
     key, sigma, num_samples = jax.random.key(3), 0.05, 8
-    values, coefficients, weights = _reference(
-        _loss, PARAMS, key, num_samples=num_samples, sigma=sigma, **options
-    )
+    reference = _reference(_loss, PARAMS, key, num_samples=num_samples, sigma=sigma, **options)
     estimate = jax.jit(
         lambda k: estimators.zeroth_order_grad(
             _loss, PARAMS, k, num_samples=num_samples, sigma=sigma, chunk_size=chunk_size,
             **options,
         )
     )(key)
-    # float32 values, rounded differently by the two programs (a few spacings); the
-    # coefficients divide that by sigma and the weights multiply it.
-    largest_weight = max(float(np.max(np.abs(w))) for w in jax.tree.leaves(weights))
-    coefficient_rounding = 8 * float(jnp.finfo(jnp.float32).eps) * np.max(np.abs(values)) / sigma
-    _assert_trees_close(estimate, _reference_grad(coefficients, weights), 1e-5,
-                        coefficient_rounding * largest_weight)
+    _assert_close_to_reference(estimate, reference, sigma)
 
 
 ONE_PASS = [  # (options, legacy key): every coefficient known from its own direction
@@ -146,15 +150,12 @@ def test_blocks_of_directions_give_the_stored_directions_reference(monkeypatch, 
     num_samples, sigma = (24, 0.05) if options["antithetic"] else (12, 0.05)
     assert _one_pass.directions_per_block(12, num_params) == 2
     key = jax.random.PRNGKey(5) if legacy_key else jax.random.key(5)
-    values, coefficients, weights = _reference(
+    reference = _reference(
         _loss, PARAMS, jax.random.wrap_key_data(key) if legacy_key else key,
         num_samples=num_samples, sigma=sigma, **options)
     estimate = jax.jit(lambda k: estimators.zeroth_order_grad(
         _loss, PARAMS, k, num_samples=num_samples, sigma=sigma, **options))(key)
-    largest_weight = max(float(np.max(np.abs(w))) for w in jax.tree.leaves(weights))
-    coefficient_rounding = 8 * float(jnp.finfo(jnp.float32).eps) * np.max(np.abs(values)) / sigma
-    _assert_trees_close(estimate, _reference_grad(coefficients, weights), 1e-5,
-                        coefficient_rounding * largest_weight)
+    _assert_close_to_reference(estimate, reference, sigma)
 
 
 @pytest.mark.parametrize(

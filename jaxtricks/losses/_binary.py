@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, dtypes
 from jaxtricks.losses import _common
 
 
@@ -29,7 +29,7 @@ def binary_inputs(
     labels = jnp.asarray(labels)
     _common.check_floating("logits", logits)
     checks.check_shape("labels", labels.shape, logits.shape)
-    dtype = _common.compute_dtype(logits.dtype)
+    dtype = dtypes.compute_dtype(logits.dtype)
     return logits.astype(dtype), labels.astype(dtype)
 
 

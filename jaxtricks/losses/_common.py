@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtricks._src import checks
-from jaxtricks._src.dtypes import compute_dtype as compute_dtype
+from jaxtricks._src import checks, dtypes
 from jaxtricks._src.typing import DTypeLike
 
 Axis = int | tuple[int, ...]
@@ -126,7 +125,7 @@ def prepare(
         checks.check_shape("labels", labels.shape, logits.shape)
         labels = layout.classes_last(labels)
     scores = layout.classes_last(logits)
-    return Prepared(scores.astype(compute_dtype(scores.dtype)), labels, mask, layout)
+    return Prepared(scores.astype(dtypes.compute_dtype(scores.dtype)), labels, mask, layout)
 
 
 def softmax_loss(

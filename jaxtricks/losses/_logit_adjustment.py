@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, dtypes
 from jaxtricks._src.typing import DTypeLike
 from jaxtricks.losses import _common, _kernel
 
@@ -145,7 +145,7 @@ def adjust_logits(
     class_axes = _common.canonical_axes(axis, logits.ndim)
     class_shape = tuple(logits.shape[i] for i in class_axes)
     priors = _check_priors(class_priors, math.prod(class_shape))
-    dtype = _common.compute_dtype(logits.dtype)
+    dtype = dtypes.compute_dtype(logits.dtype)
     shift = jnp.asarray(tau, dtype) * _log_priors(priors, dtype)
     broadcast_shape = [1] * logits.ndim
     for i, size in zip(class_axes, class_shape, strict=True):
