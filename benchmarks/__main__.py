@@ -1,6 +1,10 @@
 """Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick | --size SIZE]
 [--tag T] [--list]`.
 
+A benchmark that fails does not stop the others: its traceback is printed, the others
+run and write their results, and the run ends with the list of failures and exit
+status 1 (Ctrl-C still stops it at once).
+
 `python -m benchmarks compare FILE...` merges result files of several runs instead
 (see `benchmarks/_compare.py`).
 """
@@ -11,9 +15,11 @@ import argparse
 import importlib
 import importlib.util
 import os
+import pathlib
 import pkgutil
 import sys
 import time
+import traceback
 
 import benchmarks
 from benchmarks import _harness
@@ -114,21 +120,57 @@ def main(argv: list[str] | None = None) -> int:
         f"{env['machine']}, {env['cpu_count']} CPUs; results *.{label}.json"
         + ("" if args.size == "full" else f" [{args.size}]")
     )
+    return run_all(selected, size=args.size, label=label)
+
+
+def run_all(
+    names: list[str], *, size: str, label: str,
+    results_dir: pathlib.Path = _harness.RESULTS_DIR,
+) -> int:
+    """Runs the benchmarks `names` in turn, whatever the ones before did.
+
+    Returns the exit status: 0, or 1 when a benchmark failed (each failure's traceback
+    is printed when it happens, and all of them are listed at the end).
+    """
     try:
         from tqdm.auto import tqdm
     except ImportError:
         def tqdm(iterable, **_):
             return iterable
-    for name in tqdm(selected, desc="benchmarks", unit="benchmark"):
-        report = _harness.Report(name, size=args.size, label=label)
-        start = time.perf_counter()
-        with _harness.fast_compiles(args.size == "smoke"):
+    failures = {}
+    for name in tqdm(names, desc="benchmarks", unit="benchmark"):
+        error = _run_one(name, size=size, label=label, results_dir=results_dir)
+        if error:
+            failures[name] = error
+    if not failures:
+        return 0
+    _harness.echo(
+        f"\n{len(failures)} of {len(names)} benchmark(s) failed (tracebacks above):\n"
+        + "\n".join(f"  {name}: {error}" for name, error in failures.items())
+    )
+    return 1
+
+
+def _run_one(name: str, *, size: str, label: str, results_dir: pathlib.Path) -> str | None:
+    """Runs one benchmark and writes its results; returns its error in one line, if any.
+
+    An `Exception` is caught and its traceback printed; a `KeyboardInterrupt` stops the
+    whole run.
+    """
+    report = _harness.Report(name, size=size, label=label, results_dir=results_dir)
+    start = time.perf_counter()
+    try:
+        with _harness.fast_compiles(size == "smoke"):
             importlib.import_module(f"benchmarks.{name}").run(report)
         path = report.write()
+    except Exception as error:
         _harness.echo(
-            f"{name}: done in {time.perf_counter() - start:.1f} s -> {path}"
+            f"{name}: FAILED after {time.perf_counter() - start:.1f} s\n"
+            f"{traceback.format_exc()}"
         )
-    return 0
+        return traceback.format_exception_only(error)[0].splitlines()[0]
+    _harness.echo(f"{name}: done in {time.perf_counter() - start:.1f} s -> {path}")
+    return None
 
 
 if __name__ == "__main__":

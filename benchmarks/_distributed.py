@@ -4,9 +4,12 @@
 processes, each with `devices_per_process` host devices, that join one JAX run on
 127.0.0.1 (CPU collectives through gloo) and build one mesh over all their devices.
 Each process runs this module as a script; process 0 writes the task's result to
-`out`. Used by `tests/test_distributed.py` (equality with one process) and by the
-`scaling` benchmark (throughput against the number of devices). With one process no
-distributed runtime is started: it is the single-process baseline at that device count.
+`out`. It fails fast: as soon as one process fails, the others are killed and its
+output raised; past the time limit, every process is killed and the error shows where
+each one waited (its Python stack). Used by `tests/test_distributed.py` (equality with
+one process) and by the `scaling` benchmark (throughput against the number of devices).
+With one process no distributed runtime is started: it is the single-process baseline
+at that device count.
 
 Tasks:
 - "estimates": `zeroth_order_grad` and `policy_gradient` of a small non-smooth
@@ -18,17 +21,26 @@ Tasks:
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 SCALING_DIM = 100_000
 SCALING_SAMPLES = 64
+# The signal on which a process prints its Python stack (POSIX only): sent to the
+# processes still running when a launch times out, before they are killed.
+STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
+POLL_S = 0.05
 
 # numpy, not jax: JAX must not start its backend before `jax.distributed.initialize`.
 PARAMS = {
@@ -72,7 +84,10 @@ def estimates(sample_sharding=None):
 
 
 def throughput(sample_sharding, rounds: int = 5) -> float:
-    """Median estimates per second of antithetic `zeroth_order_grad` (compiled, warm)."""
+    """Median estimates per second of antithetic `zeroth_order_grad` (compiled, warm).
+
+    Every round makes the same number of calls on every process (`_calls_per_round`).
+    """
     import jax
     import jax.numpy as jnp
 
@@ -88,15 +103,34 @@ def throughput(sample_sharding, rounds: int = 5) -> float:
 
     point, key = jnp.full((SCALING_DIM,), 0.1), jax.random.key(0)
     compiled = jax.jit(estimate).lower(point, key).compile()
-    jax.block_until_ready(compiled(point, key))
+
+    def call():
+        jax.block_until_ready(compiled(point, key))
+
+    call()  # warm-up
+    calls = _calls_per_round(call, min_round_s=0.2)
     per_call = []
     for _ in range(rounds):
-        count, start = 0, time.perf_counter()
-        while count < 3 or time.perf_counter() - start < 0.2:
-            jax.block_until_ready(compiled(point, key))
-            count += 1
-        per_call.append((time.perf_counter() - start) / count)
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        per_call.append((time.perf_counter() - start) / calls)
     return 1.0 / float(np.median(per_call))
+
+
+def _calls_per_round(call, min_round_s: float) -> int:
+    """Calls that fill `min_round_s` (at least 3) on process 0, sent to every process.
+
+    Each call of a sharded computation is a collective that every process must join:
+    were the count decided by each process's own clock, one process could make one call
+    more than another and wait for its peers forever (the hang of the 2-process layout).
+    """
+    from jax.experimental import multihost_utils
+
+    start = time.perf_counter()
+    call()
+    calls = max(3, math.ceil(min_round_s / (time.perf_counter() - start)))
+    return int(multihost_utils.broadcast_one_to_all(np.int32(calls)))
 
 
 def _free_port() -> int:
@@ -110,7 +144,8 @@ def launch(
 ) -> None:
     """Runs `task` on `num_processes` local processes; raises with their logs on failure.
 
-    Every process is killed after `timeout_s` seconds, whatever happens.
+    Raises `RuntimeError` as soon as one process fails (the others are killed then), and
+    `TimeoutError` after `timeout_s` seconds, with the stack of each process still running.
     """
     port = _free_port()
     env = {
@@ -119,29 +154,82 @@ def launch(
         "JAX_PLATFORMS": "cpu",
     }
     command = [sys.executable, "-m", "benchmarks._distributed"]
-    workers = [
-        subprocess.Popen(
-            [*command, task, str(port), str(i), str(num_processes), str(out)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-        for i in range(num_processes)
-    ]
-    deadline = time.monotonic() + timeout_s
-    try:
-        logs = [
-            worker.communicate(timeout=max(1.0, deadline - time.monotonic()))[0]
-            for worker in workers
-        ]
-    finally:
-        for worker in workers:
-            worker.kill()
-    failed = [log for worker, log in zip(workers, logs, strict=True) if worker.returncode]
-    if failed:
-        raise RuntimeError(f"a {task!r} process failed:\n{failed[0][-3000:]}")
+    layout = f"{task!r} on {num_processes} process(es) x {devices_per_process} device(s)"
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(num_processes)]
+        workers = []
+        for i, log in enumerate(logs):
+            workers.append(subprocess.Popen(
+                [*command, task, str(port), str(i), str(num_processes), str(out)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            ))
+            stack.callback(_stop, workers[-1])
+        _wait_all(workers, logs, layout, timeout_s)
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    """Kills a process unless it has ended, and reaps it."""
+    worker.kill()
+    worker.wait()
+
+
+def _wait_all(workers, logs, layout: str, timeout_s: float) -> None:
+    """Waits until every process of `workers` (writing to the files `logs`) succeeds.
+
+    Raises:
+        RuntimeError: as soon as one exits with an error: its exit code and its log.
+        TimeoutError: after `timeout_s` seconds: the log of each process still running,
+            ending with its Python stack.
+    """
+    start = time.monotonic()
+    while True:
+        codes = [worker.poll() for worker in workers]
+        for i, code in enumerate(codes):
+            if code:
+                raise RuntimeError(
+                    f"{layout}: process {i} {_exit_reason(code)} after "
+                    f"{time.monotonic() - start:.1f} s (the others were killed); its "
+                    f"output:\n{_tail(logs[i])}"
+                )
+        if all(code == 0 for code in codes):
+            return
+        if time.monotonic() - start > timeout_s:
+            running = [i for i, code in enumerate(codes) if code is None]
+            _dump_stacks([workers[i] for i in running])
+            raise TimeoutError(
+                f"{layout}: timed out after {timeout_s:.0f} s, process(es) {running} still "
+                "running (the stack at the end of each output shows where it waited):\n"
+                + "\n".join(f"--- process {i}:\n{_tail(logs[i])}" for i in running)
+            )
+        time.sleep(POLL_S)
+
+
+def _exit_reason(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code < 0:
+        return f"was killed by signal {-code} ({signal.strsignal(-code)})"
+    return f"exited with code {code}"
+
+
+def _dump_stacks(workers) -> None:
+    """Makes each running process print its Python stack to its log (POSIX only)."""
+    if STACK_SIGNAL is None:
+        return
+    for worker in workers:
+        worker.send_signal(STACK_SIGNAL)
+    time.sleep(1.0)
+
+
+def _tail(log, chars: int = 3000) -> str:
+    """The end of what a process wrote to the file `log`."""
+    log.seek(0)
+    return log.read()[-chars:]
 
 
 def _worker(task: str, port: str, process_id: str, num_processes: str, out: str) -> None:
+    if STACK_SIGNAL is not None:
+        faulthandler.register(STACK_SIGNAL)
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -152,6 +240,7 @@ def _worker(task: str, port: str, process_id: str, num_processes: str, out: str)
             num_processes=int(num_processes),
             process_id=int(process_id),
             initialization_timeout=30,
+            coordinator_bind_address=f"127.0.0.1:{port}",  # where _free_port found it free
         )
     mesh = Mesh(np.array(jax.devices()), ("samples",))
     sharding = NamedSharding(mesh, PartitionSpec("samples"))

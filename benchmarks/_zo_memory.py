@@ -1,4 +1,5 @@
-"""Planned memory of zeroth-order training beside inference and backprop (MeZO's table).
+"""Planned memory of zeroth-order training beside inference and backprop (MeZO's table),
+and of the forward gradient.
 
 Every figure is XLA's plan for one call, `_harness.peak_bytes` of
 `jax.jit(f).lower(*args).compile()` (arguments + outputs + temporaries - aliased),
@@ -109,8 +110,13 @@ def decoder(*, layers: int, d_model: int, heads: int, ffn: int, vocab: int, seq:
 
 
 def computations(problem: Problem, zo_grads: tuple[tuple[int, int | None], ...],
-                 update_samples: int, *, grad: bool = True):
-    """name -> (function, args, donated argnums, (num_samples, chunk_size))."""
+                 update_samples: int, *, grad: bool = True,
+                 forward_grads: tuple[int, ...] = ()):
+    """name -> (function, args, donated argnums, (num_samples, chunk_size)).
+
+    `zo_grads` are `zeroth_order_grad`'s `(num_samples, chunk_size)`s (`chunk_size`
+    None: its default strategy), `forward_grads` the `num_samples` of `forward_gradient`
+    rows (its other arguments left at their defaults)."""
     loss, params, batch = problem.loss, problem.params, problem.batch
     key = jax.random.key(0)
     adam = optax.adam(1e-4)
@@ -130,6 +136,10 @@ def computations(problem: Problem, zo_grads: tuple[tuple[int, int | None], ...],
                                                 sigma=SIGMA, chunk_size=chunk)
         rows[f"zeroth_order_grad n={n} chunk={chunk}"] = (zo_grad, (params, batch, key), (),
                                                           (n, chunk))
+    for n in forward_grads:
+        def forward(p, data, k, n=n):
+            return estimators.forward_gradient(lambda q: loss(q, data), p, k, num_samples=n)
+        rows[f"forward_gradient n={n}"] = (forward, (params, batch, key), (), (n, None))
 
     def zo_update(p, data, k):
         return estimators.zeroth_order_update(
@@ -148,27 +158,45 @@ def planned_peak(fn, args, donate):
     return _harness.peak_bytes(compiled), time.perf_counter() - start
 
 
+def random_values(tree, key: jax.Array, scale: float = 0.1):
+    """Arrays for a pytree of float `ShapeDtypeStruct`s (the params or batch of an MLP
+    `Problem`, to run it): `scale * N(0, 1)` draws."""
+    return jax.tree.map(lambda s, k: scale * jax.random.normal(k, s.shape, s.dtype), tree,
+                        optax.tree.split_key_like(key, tree))
+
+
 def nbytes(tree) -> int:
     """Bytes of a pytree of arrays or `ShapeDtypeStruct`s."""
     return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
                for x in jax.tree.leaves(tree))
 
 
-def table(problem: Problem, zo_grads, update_samples, *, grad: bool = True):
-    """Rows of the memory table of one problem (MiB, and ratios to inference)."""
+def table(problem: Problem, zo_grads, update_samples, *, grad: bool = True,
+          forward_grads: tuple[int, ...] = ()):
+    """Rows of the memory table of one problem (MiB, and ratios to inference and, where
+    planned, to `jax.grad`)."""
     params_mib = nbytes(problem.params) / 2**20
     largest_mib = max(nbytes(leaf) for leaf in jax.tree.leaves(problem.params)) / 2**20
-    rows, inference = [], None
+    rows = []
     for name, (fn, args, donate, (n, chunk)) in computations(
-            problem, zo_grads, update_samples, grad=grad).items():
+            problem, zo_grads, update_samples, grad=grad, forward_grads=forward_grads).items():
         peak, compile_s = planned_peak(fn, args, donate)
-        peak_mib = None if peak is None else peak / 2**20
-        inference = peak_mib if inference is None else inference
         rows.append({
             "model": problem.name, "computation": name, "num_samples": n, "chunk_size": chunk,
-            "params_MiB": params_mib, "largest_leaf_MiB": largest_mib, "peak_MiB": peak_mib,
-            "peak/inference": None if peak_mib is None or not inference else
-            peak_mib / inference,
-            "compile_s": compile_s,
+            "params_MiB": params_mib, "largest_leaf_MiB": largest_mib,
+            "peak_MiB": None if peak is None else peak / 2**20, "compile_s": compile_s,
         })
+    _add_ratios(rows, "inference loss(params)", "peak/inference")
+    _add_ratios(rows, "jax.grad(loss)", "peak/jax.grad")
     return rows
+
+
+def _add_ratios(rows, reference: str, column: str) -> None:
+    """Adds `column`, each row's peak over that of the row `reference`, if there is one
+    (None where a peak is unknown)."""
+    bases = [row["peak_MiB"] for row in rows if row["computation"] == reference]
+    if not bases:
+        return
+    for row in rows:
+        row[column] = (None if row["peak_MiB"] is None or not bases[0] else
+                       row["peak_MiB"] / bases[0])

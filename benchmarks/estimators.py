@@ -14,9 +14,11 @@ an MLP, a flax Transformer decoder and OPT-1.3B shapes
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import math
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -39,23 +41,31 @@ class Size:
     evosax_grid: tuple[tuple[int, int], ...]  # (d, num_samples)
     timing_rounds: int
     memory_d: int
-    memory_models: tuple  # (problem builder, zeroth_order_grad (n, chunk)s, update n, grad?)
+    # (problem builder, zeroth_order_grad (n, chunk)s, forward_gradient ns, update n, grad?)
+    memory_models: tuple
     digits_size: int
     digits_reference_samples: int
     digits_samples_repeats: tuple[int, int]
     digits_all_estimators: bool
+    kinds_rows: int  # the direction kinds' quadratic: a [rows, rows] leaf and a [rows] one
+    kinds_directions: tuple[int, ...]  # numbers of directions n
+    kinds_repeats: int  # estimates per (kind, n)
+    speed_mlp: tuple[tuple[int, ...], int]  # (widths, batch) of the forward-gradient speed
+    speed_directions: tuple[int, ...]
     # the variance and throughput sections' estimators (None: every one of `_estimators`)
     estimator_names: tuple[str, ...] | None = None
 
 
 def _models(mlp, decoder, opt, decoder_grads=((16, 2), (16, 8), (16, None))):
-    """The memory table's problems: (build, ZO-grad (n, chunk) pairs, update n, jax.grad?).
+    """The memory table's problems: (build, ZO-grad (n, chunk) pairs, forward-gradient
+    ns, update n, jax.grad?).
 
-    OPT-1.3B gets MeZO's three rows only (inference, backprop + Adam, the ZO update with
-    one direction), its blocks scanned (stacked leaves): compiled in under a minute."""
-    return ((lambda: _zo_memory.mlp(*mlp), ((16, 2), (16, 8), (16, None)), 2, True),
-            (lambda: _zo_memory.decoder(**decoder), decoder_grads, 2, True),
-            (lambda: _zo_memory.decoder(**opt), (), 2, False))
+    Every model gets inference, `jax.grad`, backprop + Adam, the default (no options)
+    `zeroth_order_grad` and `forward_gradient` with 16 directions' worth of samples and
+    the ZO update; OPT-1.3B (its blocks scanned: stacked leaves) no chunked ZO grads."""
+    return ((lambda: _zo_memory.mlp(*mlp), ((16, 2), (16, 8), (16, None)), (16,), 2, True),
+            (lambda: _zo_memory.decoder(**decoder), decoder_grads, (16,), 2, True),
+            (lambda: _zo_memory.decoder(**opt), ((16, None),), (16,), 2, True))
 
 
 OPT_1_3B = {"layers": 24, "d_model": 2048, "heads": 32, "ffn": 8192, "vocab": 50272,
@@ -72,7 +82,9 @@ SIZES = {
         _models(((1024, 4096, 4096, 4096, 1024), 64),
                 {"layers": 8, "d_model": 640, "heads": 10, "ffn": 2560, "vocab": 8192,
                  "seq": 128, "batch_size": 8}, OPT_1_3B),
-        512, 2**15, (128, 16), True),
+        512, 2**15, (128, 16), True,
+        kinds_rows=16, kinds_directions=(4, 17, 68, 272), kinds_repeats=2**12,
+        speed_mlp=((256, 1024, 1024, 256), 64), speed_directions=(4, 16, 64)),
     "quick": Size(
         (2.0,), 2**13, ((10, 16),), 2**11, 2**9, (0.1, 10.0), (1.0,), (1000,), False,
         ((1000, 32), (100_000, 64)), 3, 100_000,
@@ -81,16 +93,20 @@ SIZES = {
                  "seq": 32, "batch_size": 4},
                 {**OPT_1_3B, "layers": 2, "d_model": 256, "heads": 4, "ffn": 1024,
                  "seq": 64, "positions": 64, "name": "OPT-style, 2 layers"},
-                decoder_grads=((16, 2),)),
-        256, 2**11, (32, 4), False),
+                decoder_grads=((16, 2), (16, None))),
+        256, 2**11, (32, 4), False,
+        kinds_rows=16, kinds_directions=(4, 17, 68, 272), kinds_repeats=2**10,
+        speed_mlp=((256, 1024, 1024, 256), 16), speed_directions=(4, 16)),
     "smoke": Size(
         (2.0,), 2**8, ((10, 4),), 2**6, 2**5, (0.1,), (1.0,), (100,), False,
         ((100, 8),), 1, 1000,
         # the decoder's ZO programs take tens of seconds to compile: the MLP only
-        ((lambda: _zo_memory.mlp((16, 32, 8), 4), ((4, 2),), 2, True),),
+        ((lambda: _zo_memory.mlp((16, 32, 8), 4), ((4, 2), (4, None)), (2,), 2, True),),
         64, 2**6, (8, 2), False,
+        kinds_rows=4, kinds_directions=(5,), kinds_repeats=2**8,
+        speed_mlp=((16, 32, 8), 4), speed_directions=(2,),
         # one zeroth-order and one policy-gradient estimator, and the two peers
-        ("ZO antithetic", "PG none", "evosax Open_ES", "optax perturbed")),
+        estimator_names=("ZO antithetic", "PG none", "evosax Open_ES", "optax perturbed")),
 }
 
 
@@ -181,12 +197,23 @@ def _estimators(f, x, n, sigma, names=None):
     return rows if names is None else {name: rows[name] for name in names}
 
 
-def _error_statistics(estimate, x, g, repeats, key):
-    """Variance trace, MSE (+ relative s.e.) and mean cosine of `repeats` estimates."""
+def _error_statistics(estimates, x, g, repeats, key):
+    """name -> `_statistics` of `repeats` estimates of each of `estimates` (name ->
+    estimate(x, key)), the same keys for each, drawn in one compiled program (one
+    compile, not one per estimator: most of a small run's time)."""
     keys = jax.random.split(key, repeats)
-    batch = max(1, min(repeats, 2**22 // max(1, x.size * 64)))
-    samples = jax.jit(lambda ks: jax.lax.map(lambda k: estimate(x, k), ks, batch_size=batch))
-    values = np.asarray(samples(keys), np.float64)
+    batch = max(1, min(repeats, 2**22 // max(1, x.size * 64 * len(estimates))))
+    samples = jax.jit(lambda ks: jax.lax.map(
+        lambda k: {name: estimate(x, k) for name, estimate in estimates.items()}, ks,
+        batch_size=batch))
+    return {name: _statistics(np.asarray(values, np.float64), g)
+            for name, values in samples(keys).items()}
+
+
+def _statistics(values, g):
+    """Variance trace (+ s.e.), MSE (+ relative s.e.) and mean cosine of the estimates
+    `values` (`[repeats, d]`) of the gradient `g`."""
+    repeats = len(values)
     errors = np.sum((values - g) ** 2, axis=1)
     cosine = values @ g / (np.linalg.norm(values, axis=1) * np.linalg.norm(g) + 1e-30)
     # The trace is the mean of ||v_r - mean||^2 (times R/(R-1)): its s.e. is theirs.
@@ -205,9 +232,11 @@ def _variance_sweep(report, size, key):
     for d, n in report.progress(size.variance_cases, "quadratic variance"):
         f, x, g, traces = _quadratic(d)
         repeats = size.variance_repeats // (1 if d <= 10 else 8)
-        for name, (estimate, theory_key, directions) in _estimators(
-                f, x, n, sigma, size.estimator_names).items():
-            stats = _error_statistics(estimate, x, g, repeats, key)
+        candidates = _estimators(f, x, n, sigma, size.estimator_names)
+        statistics = _error_statistics({name: estimate for name, (estimate, _, _)
+                                        in candidates.items()}, x, g, repeats, key)
+        for name, (_, theory_key, directions) in candidates.items():
+            stats = statistics[name]
             theory = None if theory_key is None else traces[theory_key](sigma) / directions
             rows.append({
                 "d": d, "num_samples": n, "estimator": name, "repeats": repeats,
@@ -237,6 +266,135 @@ def _plot_variance(report, rows, d):
     axis.set_title(f"quadratic, d = {d}: measured (dots) vs closed form (lines)")
     axis.legend(fontsize=7)
     report.save_figure(figure, "variance")
+
+
+# ------------------------------------------- direction kinds and the forward gradient
+KINDS = {
+    "gaussian": estimators.Gaussian(),
+    "orthogonal": estimators.Orthogonal(),
+    "low_rank r=1": estimators.LowRank(1),
+    "low_rank r=4": estimators.LowRank(4),
+    "sphere": estimators.Sphere(),
+    "rademacher": estimators.Rademacher(),
+}
+
+
+def _matrix_quadratic(rows: int):
+    """`_quadratic` of `d = rows^2 + rows` on the pytree `{"b": [rows], "w": [rows, rows]}`:
+    `(f of the pytree, f of the flat vector, flat x, flat g, unravel)`."""
+    d = rows * rows + rows
+    f, x, g, _ = _quadratic(d)
+    _, unravel = jax.flatten_util.ravel_pytree(
+        {"b": jnp.zeros(rows), "w": jnp.zeros((rows, rows))})
+    return lambda tree: f(_flat(tree)), f, x, g, unravel
+
+
+def _flat(tree) -> jax.Array:
+    """The leaves of `tree` flattened and concatenated, in `jax.tree.leaves` order."""
+    return jax.flatten_util.ravel_pytree(tree)[0]
+
+
+def _closed_form_trace(kind, leaf_grads, num_directions: int) -> float:
+    """Variance trace of the mean of `num_directions` central estimates `(g . p_i) w_i`
+    of `kind` (exact on a quadratic), `leaf_grads` the gradient's leaves (numpy).
+
+    Orthogonal: `((d + 2)/n - 1/k) ||g||^2`, `k` groups; low rank `r`: `(sum_L ||g_L||^2
+    (d + e_L) - ||g||^2) / n`, `e_L = 2 (m + n + r + 1) / r` on an `[m, n]` leaf, 2 on
+    others; else the kind's `variance_factor(d) ||g||^2 / n` (`d + 1` Gaussian, `d - 1`
+    sphere and Rademacher); see their docstrings."""
+    d = sum(leaf.size for leaf in leaf_grads)
+    norms = [float(np.sum(leaf**2)) for leaf in leaf_grads]
+    g2, n = sum(norms), num_directions
+    if isinstance(kind, estimators.Orthogonal):
+        return ((d + 2) / n - 1 / (n // kind.group_size(n, d))) * g2
+    if isinstance(kind, estimators.LowRank):
+        excess = [2 * (sum(leaf.shape) + kind.rank + 1) / kind.rank if leaf.ndim == 2 else 2.0
+                  for leaf in leaf_grads]
+        return (sum(s * (d + e) for s, e in zip(norms, excess, strict=True)) - g2) / n
+    return kind.variance_factor(d) * g2 / n
+
+
+def _kind_estimators(problem, num_directions: int, sigma: float):
+    """name -> (estimate(flat x, key) -> flat estimate, num_samples, kind of its closed
+    form) with `num_directions` directions each on `problem` (`_matrix_quadratic`'s):
+    antithetic `zeroth_order_grad` of every kind of `KINDS`, `forward_gradient` and
+    evosax's Open_ES (Gaussian directions)."""
+    f_tree, f_flat, x, _, unravel = problem
+    n, zo = num_directions, estimators.zeroth_order_grad
+    table = {
+        name: (lambda p, k, kind=kind: _flat(zo(f_tree, unravel(p), k, num_samples=2 * n,
+                                                sigma=sigma, directions=kind)), 2 * n, kind)
+        for name, kind in KINDS.items()
+    }
+    table["forward_gradient"] = (lambda p, k: _flat(estimators.forward_gradient(
+        f_tree, unravel(p), k, num_samples=n)), n, estimators.Gaussian())
+    table["evosax Open_ES"] = (_evosax_grad(f_flat, x, 2 * n, sigma), 2 * n,
+                               estimators.Gaussian())
+    return table
+
+
+def _direction_kinds(report, size, key):
+    """Variance trace of each direction kind, the forward gradient and evosax against
+    their closed forms, by number of directions."""
+    sigma, rows, repeats = 0.5, [], size.kinds_repeats
+    problem = _matrix_quadratic(size.kinds_rows)
+    _, _, x, g, unravel = problem
+    leaf_grads = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(unravel(g))]
+    for n in report.progress(size.kinds_directions, "direction kinds"):
+        candidates = _kind_estimators(problem, n, sigma)
+        statistics = _error_statistics({name: estimate for name, (estimate, _, _)
+                                        in candidates.items()}, x, g, repeats, key)
+        for name, (_, num_samples, kind) in candidates.items():
+            stats = statistics[name]
+            theory = _closed_form_trace(kind, leaf_grads, n)
+            rows.append({
+                "d": x.size, "num_directions": n, "estimator": name,
+                "num_samples": num_samples, "repeats": repeats,
+                "variance": stats["variance"], "variance_se": stats["variance_se"],
+                "closed_form": theory, "ratio": stats["variance"] / theory,
+                "ratio_se": stats["variance_se"] / theory,
+            })
+    shape = f"[{size.kinds_rows}, {size.kinds_rows}] + [{size.kinds_rows}]"
+    report.table(
+        f"direction kinds: variance trace of the antithetic estimate of a quadratic on "
+        f"{shape} (d = {x.size}, sigma = {sigma}) vs closed form, over {repeats} keys; "
+        f"forward_gradient: n jvps; evosax Open_ES: population 2n", rows)
+    report.note("direction kinds: evosax", _EVOSAX_NOTE.format(
+        version=importlib.metadata.version("evosax")))
+    worst = max(abs(r["ratio"] - 1) / r["ratio_se"] for r in rows)
+    report.note("direction kinds: worst |ratio - 1| / s.e.", worst)
+    _plot_kinds(report, rows)
+
+
+_EVOSAX_NOTE = (
+    "evosax {version} Open_ES draws i.i.d. Gaussian directions only (no orthogonal, "
+    "low-rank, sphere or Rademacher sampler): its rows stand beside the Gaussian ones")
+
+
+def _plot_kinds(report, rows):
+    """Variance trace against n, one log-log panel per estimator: measured (± s.e.), its
+    closed form dashed, and the i.i.d. Gaussian one dotted for reference."""
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    columns = math.ceil(len(names) / 2)
+    figure, axes = _plots.subplots(2, columns, figsize=(3.2 * columns, 6), sharex=True,
+                                   sharey=True, layout="constrained", squeeze=False)
+    gaussian = [r["closed_form"] for r in rows if r["estimator"] == "gaussian"]
+    for index, (axis, name) in enumerate(zip(axes.flat, names, strict=False)):
+        mine = [r for r in rows if r["estimator"] == name]
+        n = [r["num_directions"] for r in mine]
+        axis.plot(n, gaussian, ":", color="gray", label="Gaussian closed form")
+        axis.plot(n, [r["closed_form"] for r in mine], "--_", color=f"C{index}", ms=12,
+                  label="closed form")
+        axis.errorbar(n, [r["variance"] for r in mine], [r["variance_se"] for r in mine],
+                      fmt="o", ms=4, color=f"C{index}", label="measured")
+        axis.set(xscale="log", yscale="log", title=name)
+        axis.legend(fontsize=7)
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    figure.supxlabel("directions n")
+    figure.supylabel("trace of the covariance of one estimate")
+    figure.suptitle(f"quadratic, d = {rows[0]['d']}: measured (± s.e.) vs closed form")
+    report.save_figure(figure, "kinds_variance")
 
 
 # -------------------------------------------------- Mohamed et al. Gaussian costs
@@ -418,6 +576,43 @@ def _memory(report, size, key):
                     rows[0]["peak_MiB"] / rows[1]["peak_MiB"])
 
 
+def _forward_speed(report, size, key):
+    """`forward_gradient` against `jax.grad` and antithetic `zeroth_order_grad` with as
+    many directions (`2 n` evaluations), on an MLP, in interleaved rounds."""
+    widths, batch_size = size.speed_mlp
+    problem = _zo_memory.mlp(widths, batch_size)
+    params_key, batch_key = jax.random.split(key)
+    params = _zo_memory.random_values(problem.params, params_key)
+    batch = _zo_memory.random_values(problem.batch, batch_key)
+    loss = problem.loss
+    candidates = {"jax.grad": lambda p, data, k: jax.grad(loss)(p, data)}
+    for n in size.speed_directions:
+        candidates[f"forward_gradient n={n}"] = (
+            lambda p, data, k, n=n: estimators.forward_gradient(
+                lambda q: loss(q, data), p, k, num_samples=n))
+        candidates[f"zeroth_order_grad n={2 * n}"] = (
+            lambda p, data, k, n=n: estimators.zeroth_order_grad(
+                lambda q: loss(q, data), p, k, num_samples=2 * n))
+    timings = _harness.compare(candidates, params, batch, key, rounds=size.timing_rounds,
+                               min_round_s=0.02 if size.timing_rounds > 1 else 0.0)
+    grad_s = timings["jax.grad"].median_s
+    rows = []
+    for n in size.speed_directions:
+        forward = timings[f"forward_gradient n={n}"]
+        zo = timings[f"zeroth_order_grad n={2 * n}"]
+        rows.append({
+            "model": problem.name, "num_directions": n, "jax.grad_ms": 1e3 * grad_s,
+            "forward_ms": 1e3 * forward.median_s, "zo_antithetic_ms": 1e3 * zo.median_s,
+            "forward/jax.grad": forward.median_s / grad_s,
+            "zo/jax.grad": zo.median_s / grad_s,
+            "forward/zo": forward.median_s / zo.median_s,
+            "forward_compile_s": forward.compile_s, "zo_compile_s": zo.compile_s,
+        })
+    report.table("speed: forward_gradient (n jvps) vs jax.grad and antithetic "
+                 "zeroth_order_grad (n directions, 2n evaluations), default options, "
+                 "interleaved rounds (ratios of median times)", rows)
+
+
 # ------------------------------------------------------- digits, accuracy objective
 def _digits(report, size, key):
     x, y = _data.digits("centered")
@@ -537,10 +732,11 @@ def _versus_evosax(report, size, key):
 
 def _memory_table(report, size):
     """MeZO's memory table: planned peaks of inference, backprop, ZO grad and ZO update."""
-    for build, zo_grads, update_samples, grad in report.progress(size.memory_models,
-                                                                 "planned memory"):
+    for build, zo_grads, forward_grads, update_samples, grad in report.progress(
+            size.memory_models, "planned memory"):
         problem = build()
-        rows = _zo_memory.table(problem, zo_grads, update_samples, grad=grad)
+        rows = _zo_memory.table(problem, zo_grads, update_samples, grad=grad,
+                                forward_grads=forward_grads)
         report.table(f"planned peak vs inference: {problem.name}", rows)
         peaks = {row["computation"]: row["peak_MiB"] for row in rows}
         adam = peaks["backprop + Adam step (donated)"]
@@ -556,7 +752,9 @@ def run(report: _harness.Report) -> None:
     _gaussian_costs(report, size, key)
     _variance_sweep(report, size, key)
     _equal_budget(report, size, key)
+    _direction_kinds(report, size, key)
     _throughput(report, size, key)
+    _forward_speed(report, size, key)
     _versus_evosax(report, size, key)
     _memory(report, size, key)
     _memory_table(report, size)

@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks import _harness, _plots
 from benchmarks.estimators import _quadratic_traces
 from jaxtricks import estimators
-from jaxtricks.estimators import _sampling
+from jaxtricks.estimators import _directions, _sampling
 from jaxtricks.estimators._precision import rounding_floor_sigma, rounding_variance
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -79,7 +79,7 @@ def _variance_traces(f, x, sigmas, antithetic, repeats, directions="gaussian"):
         deviations = np.sum((values - values.mean(0)) ** 2, axis=1)
         out.append((deviations.mean() * repeats / (repeats - 1),
                     deviations.std() / math.sqrt(repeats),
-                    float(_sampling.resolved_sigma(sigma, x, directions))))
+                    float(_sampling.resolved_sigma(sigma, x, _directions.resolve(directions)))))
     return out
 
 

@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 
 from benchmarks import _distributed, _harness
 
 LAYOUTS = ((1, 1), (1, 2), (1, 4), (2, 2))  # (processes, devices per process)
 SIZES = {"full": LAYOUTS, "quick": LAYOUTS[:2], "smoke": LAYOUTS[:1]}
+# Time limits of a layout: the first (one process, one device) gets FIRST_TIMEOUT_S; each
+# later one TIMEOUT_FACTOR times what the first took, at least MIN_TIMEOUT_S. Measured on
+# 2 cores with one busy: 6-8 s for one process, 14-30 s for 2 processes x 2 devices.
+FIRST_TIMEOUT_S, TIMEOUT_FACTOR, MIN_TIMEOUT_S = 300.0, 10.0, 60.0
 
 
 def run(report: _harness.Report) -> None:
     layouts = report.sized(SIZES)
-    rows = []
+    rows, timeout_s = [], FIRST_TIMEOUT_S
     with tempfile.TemporaryDirectory() as folder:
         for processes, devices in report.progress(layouts, "layouts"):
             out = f"{folder}/{processes}x{devices}.json"
-            _distributed.launch(processes, devices, "throughput", out, timeout_s=300)
+            start = time.perf_counter()
+            _distributed.launch(processes, devices, "throughput", out, timeout_s=timeout_s)
+            if not rows:
+                timeout_s = max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * (time.perf_counter() - start))
             with open(out) as file:
                 rows.append(json.load(file))
     base = rows[0]["estimates_per_s"]

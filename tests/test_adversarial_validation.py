@@ -145,6 +145,38 @@ def test_adversarial_validation_under_jit_gives_nan_auc_for_a_non_finite_feature
         validation.adversarial_validation(train, test, KEY, num_folds=2, steps=3)
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_scores_do_not_depend_on_the_scale_of_the_features_near_the_float32_range(scale):
+    # The standardisation squared the raw features: NaN scores and AUC at 1e20 (the
+    # squares overflow float32), AUC 1/2 at 1e-30 (they underflow: a zero std, so the
+    # features went unscaled into the discriminator, ~1e-30 each).
+    # The sizes and steps of test_pytree_features_sharded_rows_...: one compilation.
+    train, test = gaussian_sets(100, 60, np.array([1.0, -0.5, 0.0]), seed=12)
+    run = functools.partial(validation.adversarial_validation, steps=50)
+    plain = run(train, test, KEY)
+    scaled = run(train * np.float32(scale), test * np.float32(scale), KEY)
+    assert float(plain.auc) > 0.6
+    for name in ("train_logits", "test_logits", "auc", "auc_stderr"):
+        np.testing.assert_allclose(getattr(scaled, name), getattr(plain, name), rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
+
+
+def test_a_constant_feature_of_any_value_gives_the_scores_of_a_zero_feature():
+    # A constant column is centred to exactly 0 whatever its value (1e20 included), so
+    # it is no spurious intercept.
+    train, test = gaussian_sets(100, 60, np.array([1.0, 0.0]), seed=13)
+    run = functools.partial(validation.adversarial_validation, steps=50)
+
+    def with_column(x, value):
+        return np.c_[x, np.full(len(x), value, np.float32)]
+
+    zero = run(with_column(train, 0.0), with_column(test, 0.0), KEY)
+    for value in (3.7, -1e20):
+        constant = run(with_column(train, value), with_column(test, value), KEY)
+        for got, want in zip(constant, zero, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.slow
 def test_adversarial_validation_in_scan_under_checkpoint_and_in_float64():
     train, test = gaussian_sets(8, 6, np.full(2, 0.5), seed=11)

@@ -1,8 +1,10 @@
-"""The benchmark suite: every benchmark at its smoke size, and the shared parts
+"""The benchmark suite: every benchmark at its smoke size, the runner, and the shared parts
 (backend detection, result labels, sizes, `compare`, data, training loop, statistics)."""
 
 import importlib
 import json
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,17 @@ import pytest
 from scipy import stats
 
 from benchmarks import __main__ as runner
-from benchmarks import _backend, _compare, _data, _harness, _models, _stats, _train
+from benchmarks import (
+    _backend,
+    _compare,
+    _data,
+    _distributed,
+    _harness,
+    _models,
+    _stats,
+    _train,
+    scaling,
+)
 
 # Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
 pytestmark = pytest.mark.benchmarks
@@ -27,6 +39,79 @@ def test_every_benchmark_runs_at_the_smoke_size(name, tmp_path):
     assert payload["size"] == "smoke"
     assert payload["tables"] or payload["notes"]
     assert all((tmp_path / figure).exists() for figure in payload["figures"])
+
+
+def _benchmark(monkeypatch, name, run):
+    """Registers `run` as the benchmark `name` (a module `benchmarks.<name>`)."""
+    module = types.ModuleType(f"benchmarks.{name}")
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+
+def _one_table(report):
+    report.table("t", [{"a": 1}])
+
+
+def _fails(report):
+    raise ValueError("planted failure")
+
+
+def _fails_to_write(report):
+    report.note("by layout", {(2, 2): 1.0})  # JSON keys must be strings: write() raises
+
+
+def test_a_failing_benchmark_does_not_stop_the_next_one(monkeypatch, tmp_path, capsys):
+    _benchmark(monkeypatch, "fails", _fails)
+    _benchmark(monkeypatch, "works", _one_table)
+    status = runner.run_all(["fails", "works"], size="smoke", label="t", results_dir=tmp_path)
+    output = capsys.readouterr().out
+    assert status == 1
+    assert (tmp_path / "works.t.json").exists() and not (tmp_path / "fails.t.json").exists()
+    assert "fails: FAILED" in output and 'raise ValueError("planted failure")' in output
+    summary = output[output.index("1 of 2 benchmark(s) failed"):]
+    assert summary.splitlines()[1:] == ["  fails: ValueError: planted failure"]
+    assert runner.run_all(["works"], size="smoke", label="t", results_dir=tmp_path) == 0
+
+
+def test_every_failure_is_listed_at_the_end_and_ctrl_c_stops_the_run(
+    monkeypatch, tmp_path, capsys
+):
+    _benchmark(monkeypatch, "unwritable", _fails_to_write)
+    _benchmark(monkeypatch, "fails", _fails)
+    _benchmark(monkeypatch, "works", _one_table)
+    status = runner.run_all(
+        ["unwritable", "works", "fails"], size="smoke", label="t", results_dir=tmp_path
+    )
+    output = capsys.readouterr().out
+    assert status == 1 and (tmp_path / "works.t.json").exists()
+    assert output[output.index("2 of 3 benchmark(s) failed"):].splitlines()[1:] == [
+        "  unwritable: TypeError: keys must be str, int, float, bool or None, not tuple",
+        "  fails: ValueError: planted failure",
+    ]
+
+    def interrupted(report):
+        raise KeyboardInterrupt
+
+    _benchmark(monkeypatch, "interrupted", interrupted)
+    (tmp_path / "works.t.json").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_all(["interrupted", "works"], size="smoke", label="t", results_dir=tmp_path)
+    assert not (tmp_path / "works.t.json").exists()
+
+
+def test_scaling_bounds_each_layout_by_the_time_of_the_first(monkeypatch, tmp_path):
+    limits = []
+
+    def launch(processes, devices, task, out, *, timeout_s):
+        limits.append(timeout_s)
+        row = {"devices": processes * devices, "processes": processes, "estimates_per_s": 1.0}
+        with open(out, "w") as file:
+            json.dump(row, file)
+
+    monkeypatch.setattr(_distributed, "launch", launch)
+    scaling.run(_harness.Report("scaling", label="t", results_dir=tmp_path))
+    # The first layout took no time here: the later ones get the floor.
+    assert limits == [scaling.FIRST_TIMEOUT_S] + [scaling.MIN_TIMEOUT_S] * 3
 
 
 def test_every_benchmark_declares_its_three_sizes():

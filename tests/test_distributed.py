@@ -2,9 +2,15 @@
 
 `jax.distributed.initialize` joins two local processes (CPU collectives via gloo) into
 one run of four devices (`benchmarks/_distributed.py`); the estimators, with their
-samples sharded over that global mesh, must give the numbers of one process. Bounded:
-the processes are killed after 60 s.
+samples sharded over that global mesh, must give the numbers of one process. A launch
+fails fast: a process that dies stops it at once, and one past its time limit raises
+with the stack of every process still running.
 """
+
+import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,3 +30,50 @@ def test_two_processes_give_the_single_process_estimates(tmp_path):
             np.testing.assert_allclose(
                 result[f"{name}_{leaf}"], value[leaf], rtol=1e-5, atol=1e-6
             )
+
+
+@pytest.mark.slow
+def test_two_processes_time_the_same_calls_and_finish(tmp_path):
+    # Each process used to stop a timing round by its own clock: one made a call more
+    # than the other and waited for it forever (in about a third of the runs).
+    out = tmp_path / "throughput.json"
+    _distributed.launch(2, 2, "throughput", out, timeout_s=60)
+    result = json.loads(out.read_text())
+    assert (result["devices"], result["processes"]) == (4, 2)
+    assert result["estimates_per_s"] > 0
+
+
+def _replace_process_1(monkeypatch, code):
+    """Makes `launch` start `python -c code` as process 1; returns the processes started."""
+    popen, started = subprocess.Popen, []
+
+    def start(command, **kwargs):
+        if command[-3] == "1":  # the process id, before the process count and `out`
+            command = [sys.executable, "-c", code]
+        started.append(popen(command, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", start)
+    return started
+
+
+def test_a_process_that_dies_fails_the_launch_at_once(monkeypatch, tmp_path):
+    started = _replace_process_1(monkeypatch, "print('planted death'); exit(3)")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"'estimates' on 2 process\(es\) x 1 device\(s\): "
+                       r"process 1 exited with code 3 after") as error:
+        _distributed.launch(2, 1, "estimates", tmp_path / "out.npz", timeout_s=60)
+    # Process 0 would have waited 30 s for it in jax.distributed.initialize.
+    assert time.monotonic() - start < 10
+    assert "planted death" in str(error.value)
+    assert all(process.poll() is not None for process in started)
+
+
+@pytest.mark.slow
+def test_a_launch_past_its_time_limit_shows_where_each_process_waited(monkeypatch, tmp_path):
+    started = _replace_process_1(monkeypatch, "import time; time.sleep(60)")
+    with pytest.raises(TimeoutError, match=r"timed out after 2 s, process\(es\) \[0, 1\]"
+                       ) as error:
+        _distributed.launch(2, 1, "estimates", tmp_path / "out.npz", timeout_s=2)
+    assert 'benchmarks/_distributed.py", line' in str(error.value)  # process 0's stack
+    assert all(process.poll() is not None for process in started)

@@ -20,6 +20,7 @@ import inspect
 import itertools
 import math
 
+import _moments as moments
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -27,14 +28,11 @@ import numpy as np
 import pytest
 from _compat import enable_x64
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from scipy import stats
 
 from benchmarks import _distributed
 from jaxtricks import estimators
 from jaxtricks.estimators import _baselines
 
-LEVEL = 0.999
-RANK_TOLERANCE = 1e-9  # relative eigenvalue below which a direction carries no variance
 NUM_ESTIMATES = 2**15
 D = 4
 SIGMA = 0.5
@@ -133,55 +131,17 @@ def _zeroth_order_samples(case):
     return np.asarray(sample(jax.random.key(7)), np.float64)
 
 
-def _hotelling(samples, mean, cov, *, estimated=False):
-    """`(T, critical value at LEVEL, rank)` of the mean of `samples` against `mean`.
-
-    `cov` is the exact covariance of one sample, or (`estimated=True`) its estimate
-    from `samples` themselves.
-    """
-    eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    kept = eigenvalues > RANK_TOLERANCE * eigenvalues.max()
-    basis, variances, rank = eigenvectors[:, kept], eigenvalues[kept], int(kept.sum())
-    count = len(samples)
-    diff = samples.mean(0) - mean
-    # Outside the span the estimator has no variance: only rounding may remain there,
-    # far below the standard error of the mean in the span.
-    outside = diff - basis @ (basis.T @ diff)
-    assert np.linalg.norm(outside) < 1e-3 * math.sqrt(variances.min() / count)
-    statistic = count * np.sum((basis.T @ diff) ** 2 / variances)
-    if estimated:
-        scale = rank * (count - 1) / (count - rank)
-        critical = scale * stats.f.ppf(LEVEL, rank, count - rank)
-    else:
-        critical = stats.chi2.ppf(LEVEL, rank)
-    return statistic, critical, rank
-
-
-def _assert_mean_is(samples, mean, cov=None):
-    """The mean of `samples` is `mean` (Hotelling; `cov` None: estimated)."""
-    estimated = cov is None
-    cov = np.cov(samples.T) if estimated else cov
-    statistic, critical, _ = _hotelling(samples, mean, cov, estimated=estimated)
-    assert statistic < critical
-
-
-def _trace_band(samples):
-    """Empirical variance trace and its standard error."""
-    squared = np.sum((samples - samples.mean(0)) ** 2, axis=1)
-    return squared.mean(), squared.std() / math.sqrt(len(samples))
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_zeroth_order_estimators_are_unbiased_on_a_quadratic(case):
     samples = _zeroth_order_samples(case)
-    statistic, critical, rank = _hotelling(samples, GRAD, CASES[case][1]())
+    statistic, critical, rank = moments.hotelling(samples, GRAD, CASES[case][1]())
     assert rank == D
     assert statistic < critical
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_zeroth_order_variance_matches_the_closed_form(case):
-    trace, standard_error = _trace_band(_zeroth_order_samples(case))
+    trace, standard_error = moments.trace_band(_zeroth_order_samples(case))
     assert abs(trace - np.trace(CASES[case][1]())) < 4 * standard_error
 
 
@@ -263,10 +223,10 @@ def test_policy_gradient_without_baseline_matches_the_closed_form():
     )
     second_moment = np.einsum("y,yi,yj->ij", PROBS * REWARDS**2, SCORES, SCORES)
     cov = second_moment - np.outer(PG_EXACT, PG_EXACT)
-    statistic, critical, rank = _hotelling(samples, PG_EXACT, cov)
+    statistic, critical, rank = moments.hotelling(samples, PG_EXACT, cov)
     assert rank == 4  # scores sum to zero: rank K - 1
     assert statistic < critical
-    trace, standard_error = _trace_band(samples)
+    trace, standard_error = moments.trace_band(samples)
     assert abs(trace - np.trace(cov)) < 4 * standard_error
 
 
@@ -283,20 +243,20 @@ def test_leave_one_out_is_unbiased_and_the_mean_baseline_is_shrunk():
     n = 4
     rloo, mean = _repeated_pg("leave_one_out"), _repeated_pg("mean")
     np.testing.assert_allclose(rloo, n / (n - 1) * mean, rtol=1e-4, atol=1e-5)
-    _assert_mean_is(rloo, PG_EXACT)
-    _assert_mean_is(mean, (1 - 1 / n) * PG_EXACT)
-    statistic, critical, rank = _hotelling(mean, PG_EXACT, np.cov(mean.T), estimated=True)
+    moments.assert_mean_is(rloo, PG_EXACT)
+    moments.assert_mean_is(mean, (1 - 1 / n) * PG_EXACT)
+    statistic, critical, rank = moments.hotelling(mean, PG_EXACT, np.cov(mean.T), estimated=True)
     assert rank == 4
     assert statistic > 10 * critical  # the bias is visible
 
 
 def test_baselines_reduce_the_policy_gradient_variance():
-    traces = {b: _trace_band(_repeated_pg(b)) for b in (None, "leave_one_out", "optimal")}
+    traces = {b: moments.trace_band(_repeated_pg(b)) for b in (None, "leave_one_out", "optimal")}
     no_baseline, no_baseline_se = traces[None]
     for baseline in ("leave_one_out", "optimal"):
         trace, standard_error = traces[baseline]
         assert trace + 4 * standard_error < (no_baseline - 4 * no_baseline_se) / 10
-    _assert_mean_is(_repeated_pg("optimal"), PG_EXACT)
+    moments.assert_mean_is(_repeated_pg("optimal"), PG_EXACT)
 
 
 def _non_smooth(params):
@@ -650,7 +610,7 @@ def test_low_precision_params_give_the_exact_gradient_not_zero(case):
     )(params)
     samples = np.asarray(samples, np.float64)
     assert np.all(np.abs(samples.mean(0)) > 0)
-    _assert_mean_is(samples, _exact_gradient(fn, params))
+    moments.assert_mean_is(samples, _exact_gradient(fn, params))
 
 
 def test_the_gaussian_policy_resolves_bfloat16_params_too():
@@ -661,7 +621,8 @@ def test_the_gaussian_policy_resolves_bfloat16_params_too():
             num_samples=2**13, return_samples=True,
         )
     )(params)
-    _assert_mean_is(np.asarray(samples, np.float64), _exact_gradient(_float32_quadratic, params))
+    moments.assert_mean_is(
+        np.asarray(samples, np.float64), _exact_gradient(_float32_quadratic, params))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from jaxtricks import estimators
-from jaxtricks.estimators import _one_pass, _sampling
+from jaxtricks.estimators import _one_pass
 
 _RNG = np.random.default_rng(0)
 pytestmark = pytest.mark.optimized  # planned memory of optimised programs
@@ -307,16 +307,6 @@ def test_fn_at_params_is_traced_only_for_the_unperturbed_baseline(options, trace
     assert len(calls) == 2 + unperturbed
 
 
-def test_a_direction_kind_is_one_entry_of_the_mapping(monkeypatch):
-    # "gaussian" again under another name: same numbers; an unknown name is refused.
-    monkeypatch.setitem(_sampling.DIRECTIONS, "gaussian copy", _sampling.DIRECTIONS["gaussian"])
-    estimate = functools.partial(estimators.zeroth_order_grad, _loss, PARAMS, jax.random.key(1),
-                                 num_samples=4)
-    _assert_trees_close(estimate(directions="gaussian copy"), estimate(), 1e-6, 1e-7)
-    with pytest.raises(ValueError, match="directions must be one of"):
-        estimate(directions="uniform")
-
-
 # ----------------------------------------------------------------------- planned memory
 WIDE = {  # 1.6 MB of float32 in six leaves, the largest 1 MB
     "w1": jax.ShapeDtypeStruct((256, 512), jnp.float32),
@@ -368,6 +358,24 @@ def test_one_direction_per_chunk_plans_no_more_than_jax_grad(options):
     backprop = _planned_peak(jax.grad(_wide_loss), WIDE)
     assert backprop <= 2.1 * params_bytes
     assert peak <= 1.05 * backprop  # a perturbed copy of its own would add half of it
+
+
+@pytest.mark.parametrize(
+    "estimate",
+    [lambda p, k: estimators.zeroth_order_grad(_wide_loss, p, k, num_samples=16),
+     lambda p, k: estimators.zeroth_order_grad(_wide_loss, p, k, num_samples=16,
+                                               antithetic=False, baseline="leave_one_out"),
+     lambda p, k: estimators.forward_gradient(_wide_loss, p, k, num_samples=16)],
+    ids=["default", "pooled baseline", "forward gradient"],
+)
+def test_default_plans_no_more_than_jax_grad_where_two_directions_outgrow_a_block(
+        monkeypatch, estimate):
+    # A block of two directions would hold two copies of the params and their bits.
+    params_bytes, _ = _sizes()
+    monkeypatch.setattr(_one_pass, "CPU_BLOCK_ELEMENTS", params_bytes // 4)  # float32
+    peak = _planned_peak(estimate, WIDE, jax.random.key(0))
+    backprop = _planned_peak(jax.grad(_wide_loss), WIDE)
+    assert peak <= 1.05 * backprop
 
 
 def test_larger_chunks_plan_params_output_and_one_copy_per_evaluation():

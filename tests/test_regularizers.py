@@ -218,6 +218,40 @@ def test_default_mask_leaves_integer_and_boolean_leaves_alone():
     np.testing.assert_allclose(l2_penalty(full_params), l2_penalty(params), rtol=1e-6)
 
 
+def test_an_explicit_mask_selecting_an_integer_or_boolean_leaf_raises_naming_it():
+    # Decaying an integer leaf used to be truncated silently (0.1 * 1 -> 0 in int32):
+    # every transform and penalty now raises at init, naming the mask, leaf and dtype.
+    params = {**make_params(), "table": jnp.ones((3, 2), jnp.int32)}
+    only_table = {**jax.tree.map(lambda _: False, params), "table": True}
+    factories = {
+        "l2": lambda mask: l2_regularization(0.1, mask=mask),
+        "decoupled": lambda mask: decoupled_weight_decay(0.1, learning_rate=0.5, mask=mask),
+        "weissi": lambda mask: weissi(0.1, direction_weight=0.05, mask=mask),
+        "weissi_decoupled": lambda mask: weissi(0.1, learning_rate=0.5, mask=mask),
+    }
+    table_error = r"mask must select floating-point leaves only .* \['table'\] of dtype int32"
+    for name, factory in factories.items():
+        with pytest.raises(ValueError, match=table_error):
+            jax.jit(factory(only_table).init)(params)
+        # Masking the table out keeps it untouched and the float leaves decayed.
+        kernels = {**jax.tree.map(lambda leaf: leaf.ndim >= 2, params), "table": False}
+        transform = factory(kernels)
+        updates, _ = transform.update(params, transform.init(params), params)
+        np.testing.assert_array_equal(updates["table"], params["table"], err_msg=name)
+    for penalty in (l2_penalty, weissi_penalty):
+        with pytest.raises(ValueError, match=table_error):
+            penalty(params, mask=only_table)
+    # A boolean leaf selected by a callable mask, under optax.masked and in a chain.
+    with_flags = {**make_params(), "flags": jnp.ones((2, 2), bool)}
+    every_matrix = functools.partial(jax.tree.map, lambda leaf: leaf.ndim >= 2)
+    everything = jax.tree.map(lambda _: True, with_flags)
+    for factory in factories.values():
+        for wrapped in (optax.masked(factory(every_matrix), everything),
+                        optax.chain(optax.sgd(0.1), factory(every_matrix))):
+            with pytest.raises(ValueError, match=r"\['flags'\] of dtype bool"):
+                wrapped.init(with_flags)
+
+
 def updates_as_function_of_params(transform, grads):
     def update(params):
         return transform.update(grads, transform.init(params), params)[0]

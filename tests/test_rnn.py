@@ -3,6 +3,7 @@
 import functools
 import inspect
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -276,6 +277,64 @@ def test_bad_arguments_raise_value_errors_naming_them():
         rnn.step_jacobian_norms(lambda h, x: ((h, h), h), carry, inputs)
     with pytest.raises(ValueError, match="carry"):
         rnn.gradient_norms_over_time(lambda c, y: 0.0, step, jnp.ones(3, int), inputs)
+
+
+class _DropoutCell(nnx.Module):
+    """A SimpleCell reading its inputs through dropout."""
+
+    def __init__(self, rngs, rate=0.5):
+        self.cell = nnx.SimpleCell(2, 3, rngs=rngs)
+        self.dropout = nnx.Dropout(rate, rngs=rngs)
+
+    def __call__(self, carry, x):
+        return self.cell(carry, self.dropout(x))
+
+
+def test_nnx_step_refuses_a_cell_that_draws_dropout_masks_naming_the_cell():
+    # It failed with flax's TraceContextError in jacobian_norms (and reused one mask per
+    # step when called eagerly).
+    with pytest.raises(ValueError, match=r"cell must not draw dropout masks.*\('dropout',\)"
+                                         r".*cell\.eval\(\)"):
+        rnn.nnx_step(_DropoutCell(nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"cell must not draw dropout masks.*path \(\)"):
+        rnn.nnx_step(nnx.Dropout(0.1, rngs=nnx.Rngs(0)))
+
+
+def test_nnx_step_accepts_dropout_that_draws_no_mask_and_equals_the_cell_without_it():
+    carry, x = jnp.full(3, 0.3), jax.random.normal(KEY, (2,))
+    expected = nnx.SimpleCell(2, 3, rngs=nnx.Rngs(0))(carry, x)
+    evaluated = _DropoutCell(nnx.Rngs(0))
+    evaluated.eval()
+    for cell in (evaluated, _DropoutCell(nnx.Rngs(0), rate=0.0)):
+        jax.tree.map(np.testing.assert_array_equal, rnn.nnx_step(cell)(carry, x), expected)
+
+
+def test_a_cell_carry_of_the_wrong_width_is_refused_naming_both_shapes():
+    # It failed inside flax ("dot_general requires contracting dimensions to have the same
+    # shape"), naming neither carry nor the width the cell expects.
+    step = rnn.nnx_step(nnx.SimpleCell(2, 3, rngs=nnx.Rngs(0)))
+    inputs = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"carry must have the shapes of the cell's carry "
+                                         r".*expected \(3,\), got \(4,\)") as error:
+        rnn.jacobian_norms(step, jnp.zeros(4), inputs)
+    assert isinstance(error.value.__cause__, TypeError)
+    with pytest.raises(ValueError, match=r"expected \(5, 3\), got \(5, 4\)"):  # a batch
+        rnn.jacobian_norms(step, jnp.zeros((5, 4)), jnp.zeros((4, 5, 2)))
+
+
+def test_a_linen_lstm_carry_of_the_wrong_width_is_refused_by_every_function():
+    cell = nn.LSTMCell(3)
+    carry, params = _linen_cell(cell, 2)
+    step, inputs = rnn.linen_step(cell, params), jnp.zeros((4, 2))
+    wide = (carry[0], jnp.zeros(4))
+    message = r"carry must have .*expected \(\(3,\), \(3,\)\), got \(\(3,\), \(4,\)\)"
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms,
+                     functools.partial(rnn.gradient_norms_over_time, lambda c, y: y.sum())):
+        with pytest.raises(ValueError, match=message):
+            norms_fn(step, wide, inputs)
+    # A failure that is not the carry's (inputs of the wrong width) stays flax's own.
+    with pytest.raises(flax.errors.ScopeParamShapeError):
+        rnn.jacobian_norms(step, carry, jnp.zeros((4, 5)))
 
 
 def _tanh_step(matrix):

@@ -1,5 +1,7 @@
 """Validation splits and importance weights (jaxtricks/validation/_splits.py)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +138,36 @@ def test_splits_work_under_vmap_and_scan():
     for key, got in zip(jax.random.split(KEY, 2), drawn, strict=True):
         np.testing.assert_array_equal(got, validation.resample_validation(key, jnp.ones(40),
                                                                           4)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int8])
+def test_integer_logits_give_the_weights_of_the_same_float_logits(dtype):
+    # log(clip) and log(num_train / num_test) used to be cast to the integer dtype of the
+    # logits: log 2.5 -> 0 and log(3/2) -> 0, silently wrong weights.
+    logits = np.array([-2, 0, 1, 3], dtype)
+    w = np.exp(logits.astype(np.float64))
+    for arguments, expected in (
+        ({"clip": 2.5}, np.minimum(w, 2.5)),
+        ({"num_train": 3, "num_test": 2, "clip": None}, 1.5 * w),
+    ):
+        got = jax.jit(functools.partial(validation.importance_weights, **arguments))(logits)
+        as_float = validation.importance_weights(logits.astype(np.float32), **arguments)
+        assert got.weights.dtype == jnp.float32
+        np.testing.assert_allclose(got.weights, expected, rtol=1e-6)
+        for got_field, float_field in zip(got, as_float, strict=True):
+            np.testing.assert_allclose(got_field, float_field, rtol=1e-6)
+
+
+def test_a_whole_result_instead_of_its_field_raises_a_value_error_naming_the_field():
+    result = validation.importance_weights(jnp.array([0.0, 1.0, 2.0]))
+    message = r"weights must be an array, got a whole ImportanceWeights result.*its \.weights"
+    with pytest.raises(ValueError, match=message):
+        validation.resample_validation(KEY, result, 2)
+    with pytest.raises(ValueError, match=message):  # a pytree of tracers under jit
+        jax.jit(validation.resample_validation, static_argnums=2)(KEY, result, 2)
+    # The adversarial-validation result given to the other two functions.
+    adversarial = validation.AdversarialValidation(*[jnp.zeros(4)] * 9)
+    with pytest.raises(ValueError, match=r"scores .* whole AdversarialValidation.*\.train_sc"):
+        validation.select_validation(adversarial, 2)
+    with pytest.raises(ValueError, match=r"logits .* whole AdversarialValidation.*\.train_lo"):
+        validation.importance_weights(adversarial)

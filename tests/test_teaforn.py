@@ -2,6 +2,7 @@
 
 import functools
 
+import flax
 import flax.linen as linen
 import jax
 import jax.numpy as jnp
@@ -319,6 +320,50 @@ def test_disagreeing_shapes_raise_value_errors():
         teaforn_loss(lambda x: x, lambda h: h[:, :-1], inputs, targets, n=2)
 
 
+
+@pytest.mark.parametrize("bad", [-1, V, -100])
+def test_targets_outside_the_vocabulary_are_refused_naming_them(bad):
+    # -1 was trained as token V - 1; V and -100 (padding passed without `where`) gave NaN.
+    params, inputs, targets, _ = _problem()
+    bad_targets = np.asarray(targets).copy()
+    bad_targets[1, 2] = bad
+    for unroll in (True, False):
+        with pytest.raises(ValueError, match=rf"targets must lie in \[0, {V}\).*got {bad} "
+                                             r"at index \(1, 2\).*where"):
+            _loss(params, inputs, bad_targets, n=2, unroll=unroll)
+
+
+def test_out_of_range_targets_masked_by_where_are_accepted_as_any_token():
+    params, inputs, targets, _ = _problem()
+    where = np.ones((B, T), bool)
+    where[1, 2] = where[2, 4:] = False
+    padded = np.where(where, targets, -100)  # concrete (closed over): checked at trace time
+    loss_fn = jax.jit(lambda x, y: _loss(params, x, y, n=2, where=where, reduction="none"))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6),
+                 jax.jit(lambda x: loss_fn(x, padded))(inputs), loss_fn(inputs, targets))
+
+
+def test_traced_out_of_range_targets_give_nan_value_and_gradient_at_their_position():
+    # As in jaxtricks.losses: a traced target cannot be checked, so it gives NaN.
+    params, inputs, targets, _ = _problem()
+
+    @jax.jit
+    def per_token_and_grads(targets):
+        def total(params):
+            _, per_token = _loss(params, inputs, targets, n=2, reduction="none")
+            return per_token.sum(), per_token
+        return jax.grad(total, has_aux=True)(params)
+
+    _, good = per_token_and_grads(targets)
+    for bad in (-1, V, -100):
+        grads, per_token = per_token_and_grads(targets.at[1, 2].set(bad))
+        per_token = np.array(per_token)
+        assert np.isnan(per_token[:, 1, 2]).all()
+        assert all(np.isnan(g).all() for g in jax.tree.leaves(grads))
+        per_token[:, 1, 2] = good[:, 1, 2]
+        np.testing.assert_allclose(per_token, good, rtol=1e-6)
+
+
 # ---------------------------------------------------------------- reductions
 def _plain_loop_token_ce(params, inputs, targets, n, where, feed="hidden", embedding=None):
     """CE of every (pass, row, position), [n, B, T], by a plain loop over passes.
@@ -513,6 +558,37 @@ def test_deterministic_nnx_dropout_equals_no_dropout_and_runs_as_a_jit_closure()
                                               remat=True)[1])(inputs)
     np.testing.assert_allclose(per_pass, expected, rtol=1e-5)
     assert jax.tree.leaves(nnx.state(body, nnx.RngCount)) == count_before
+
+
+
+@pytest.mark.parametrize(
+    ("argument", "wrap"),
+    [("body_fn", lambda module: module.__call__),
+     ("body_fn", lambda module: lambda *args: module(*args)),
+     ("output_fn", lambda module: lambda hidden: module(hidden))],
+    ids=["bound_method", "lambda", "output_lambda"],
+)
+def test_stateful_nnx_module_behind_a_method_or_closure_is_refused_naming_the_fix(argument,
+                                                                                 wrap):
+    # flax's TraceContextError ("Cannot mutate RngCount from a different trace level")
+    # named neither teaforn_loss nor what to pass instead.
+    _, inputs, targets, _ = _problem()
+    body, output = _dropout_decoder()
+    dropout_output = nnx.Sequential(nnx.Dropout(0.3, rngs=nnx.Rngs(2)), output)
+    decoder = (wrap(body), output) if argument == "body_fn" else (body, wrap(dropout_output))
+    with pytest.raises(ValueError, match=rf"teaforn_loss's {argument} must be the nnx module "
+                                         rf"itself.*Pass the module as {argument}") as error:
+        teaforn_loss(*decoder, inputs, targets, n=2)
+    assert isinstance(error.value.__cause__, flax.errors.TraceContextError)
+
+
+@pytest.mark.slow
+def test_a_module_whose_call_calls_the_stateful_module_is_the_fix_the_message_names():
+    _, inputs, targets, _ = _problem()
+    expected = teaforn_loss(*_dropout_decoder(), inputs, targets, n=2)[1]
+    body, output = _dropout_decoder()
+    np.testing.assert_array_equal(
+        teaforn_loss(nnx.Sequential(body), output, inputs, targets, n=2)[1], expected)
 
 
 def test_nnx_rnn_body_with_an_nnx_output_layer():

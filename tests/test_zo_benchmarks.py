@@ -1,4 +1,5 @@
-"""The zeroth-order benchmarks' parts: planned-memory rows and the fine-tuning readout."""
+"""The zeroth-order benchmarks' parts: planned-memory rows, the fine-tuning readout, and
+the estimators benchmark's direction kinds, forward-gradient speed and memory rows."""
 
 import math
 
@@ -6,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import _harness, _zo_memory, zo_finetune
+from benchmarks import _harness, _zo_memory, estimators, zo_finetune
 
 # Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
 pytestmark = pytest.mark.benchmarks
@@ -81,3 +82,33 @@ def test_fine_tuning_runs_follow_their_learning_rates():
         p = jax.tree.map(lambda w, g: w - zo_finetune.METHODS["backprop SGD"] * g, p, grad(p))
     expected = float(np.mean(np.argmax(model.apply(p, data.x_test), -1) == data.y_test))
     assert float(curve[-1]) == pytest.approx(expected)
+
+
+def _table(report, prefix):
+    (rows,) = [rows for title, rows in report.tables.items() if title.startswith(prefix)]
+    return rows
+
+
+def test_direction_kinds_forward_gradient_speed_and_memory_rows_at_the_smoke_size(tmp_path):
+    report = _harness.Report("estimators", size="smoke", label="smoke", results_dir=tmp_path)
+    size, key = report.sized(estimators.SIZES), jax.random.key(0)
+    with _harness.fast_compiles():
+        estimators._direction_kinds(report, size, key)
+        estimators._forward_speed(report, size, key)
+        estimators._memory_table(report, size)
+    kinds = _table(report, "direction kinds")
+    assert {(r["estimator"], r["num_directions"]) for r in kinds} == {
+        (name, n) for name in (*estimators.KINDS, "forward_gradient", "evosax Open_ES")
+        for n in size.kinds_directions}
+    for row in kinds:  # 256 keys: a ratio's s.e. is 3-13 %
+        assert np.isfinite(row["ratio"]) and row["ratio_se"] > 0
+        assert abs(row["ratio"] - 1) < 5 * row["ratio_se"], row
+    assert all((tmp_path / figure).exists() for figure in report.figures)
+    speed = _table(report, "speed: forward_gradient")
+    assert [r["num_directions"] for r in speed] == list(size.speed_directions)
+    for column in ("forward/jax.grad", "zo/jax.grad", "forward/zo"):
+        assert all(np.isfinite(r[column]) and r[column] > 0 for r in speed)
+    memory = {r["computation"]: r for r in _table(report, "planned peak vs inference")}
+    assert memory["jax.grad(loss)"]["peak/jax.grad"] == 1
+    for name in ("zeroth_order_grad n=4 chunk=None", "forward_gradient n=2"):
+        assert np.isfinite(memory[name]["peak/jax.grad"]) and memory[name]["peak_MiB"] > 0

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -94,6 +95,79 @@ def check_same_structure(name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> 
             f"{name_a} and {name_b} must have the same tree structure, got "
             f"{structure_a} and {structure_b}."
         )
+
+
+def check_not_result(name: str, value: Any, field: str) -> None:
+    """Checks that `value` is not a whole NamedTuple result passed for one of its fields.
+
+    Raises:
+        ValueError: naming the argument, the result's type and its fields, e.g. "pass
+            its .weights" for `resample_validation(key, importance_weights(...), size)`.
+    """
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        raise ValueError(
+            f"{name} must be an array, got a whole {type(value).__name__} result "
+            f"(fields {', '.join(value._fields)}): pass one of its fields, e.g. "
+            f"its .{field}."
+        )
+
+
+def class_indices(
+    labels: jax.typing.ArrayLike,
+    num_classes: int,
+    counted: jax.typing.ArrayLike | None = None,
+    *,
+    name: str = "labels",
+) -> tuple[jax.Array, jax.Array]:
+    """Integer labels of any dtype as int32 class indices, checked to lie in `[0, K)`.
+
+    The one rule for labels across `jaxtricks` (the losses and metrics, `teaforn_loss`'s
+    targets): a label outside `[0, K)` is an error. Concrete labels raise; traced ones
+    (under `jit`) cannot, so they come back as the index `K`, for which every loss and
+    metric gives NaN in its value and its derivatives (the losses'
+    `log_target_probability` gathers no score there). Unlike optax, a
+    negative label is not read as class `y + K`: -1 more often marks padding than a
+    class counted from the end, so it is refused rather than silently trained on; mask
+    padding with `where`. Labels at positions that `counted` excludes are not checked
+    and come back as 0.
+
+    The range is tested in the labels' own dtype, before the cast, so no label wraps
+    into range (uint32, int64) and narrow dtypes (uint8 with K > 256) work.
+
+    Args:
+        labels: integer labels, any shape and integer dtype.
+        num_classes: `K`, a Python int.
+        counted: None, or a boolean mask of the labels' shape (the positions to check).
+        name: the argument's name, used in the messages.
+
+    Returns:
+        `(indices, valid)`: int32 indices in `[0, K]` and a boolean array, False exactly
+        where the index is `K`.
+
+    Raises:
+        ValueError: non-integer labels, or a concrete counted label outside `[0, K)`.
+    """
+    array = jnp.asarray(labels)
+    if not jnp.issubdtype(array.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integers, got dtype {array.dtype}.")
+    value = concrete_value(array)
+    keep = None if counted is None else concrete_value(counted)
+    if value is not None and (counted is None or keep is not None):
+        bad = (value < 0) | (value >= num_classes)
+        if keep is not None:
+            bad &= np.broadcast_to(keep.astype(bool), bad.shape)
+        if np.any(bad):
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}), got "
+                f"{value[index]} at index {index}; mask padding with `where`."
+            )
+    in_range = array >= 0
+    if num_classes <= jnp.iinfo(array.dtype).max:  # else every label is below K
+        in_range &= array < num_classes
+    indices = jnp.where(in_range, array, 0).astype(jnp.int32)
+    valid = in_range if counted is None else in_range | ~jnp.asarray(counted, bool)
+    return jnp.where(valid, indices, num_classes), valid
 
 
 def _show(array: np.ndarray) -> str:

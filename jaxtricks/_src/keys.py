@@ -50,3 +50,34 @@ def as_key(key: KeyLike, name: str = "key", *, shape: tuple[int, ...] = ()) -> j
             f"{typed.shape}."
         )
     return typed
+
+
+_THREEFRY = "threefry2x32"
+_RBG = ("rbg", "unsafe_rbg")
+
+
+def batch_invariant(key: jax.Array, name: str = "key") -> jax.Array:
+    """A threefry key for draws that must not depend on batching (typed keys in and out).
+
+    A threefry draw is the same under `jax.vmap`, in a `lax.scan` or alone, so a
+    direction drawn again from its key (the seed trick) is the same direction. An "rbg"
+    or "unsafe_rbg" draw is not: under `vmap` the bits come from one generator for the
+    whole batch, so a direction drawn in a vmapped block and again in a loop differ.
+    Such a key is two threefry keys side by side (JAX splits and folds each half with
+    threefry, and seeds both with `threefry_seed`), so its first half is a threefry key
+    of the same seed: `jax.random.key(s, impl="rbg")` gives the numbers of
+    `jax.random.key(s)`. Keys of a batch shape are converted elementwise.
+
+    Raises:
+        ValueError: naming the argument, for a key of another implementation.
+    """
+    impl = str(jax.random.key_impl(key))
+    if impl == _THREEFRY:
+        return key
+    if impl not in _RBG:
+        raise ValueError(
+            f"{name} must be a key of the implementation {_THREEFRY!r}, 'rbg' or "
+            f"'unsafe_rbg' (draws that are drawn again must not depend on batching), "
+            f"got {impl!r}."
+        )
+    return jax.random.wrap_key_data(jax.random.key_data(key)[..., :2], impl=_THREEFRY)

@@ -1,14 +1,38 @@
-"""Zeroth-order and policy-gradient estimators, MeZO's update, and their precision floor.
+"""Zeroth-order, forward-gradient and policy-gradient estimators, MeZO's update, and
+their precision floor.
 
-An exact identity links the two estimators: the forward zeroth-order estimate with
-Gaussian directions is, sample by sample, REINFORCE on the Gaussian policy
-`N(params, sigma^2 I)` over the parameters (`gaussian_policy`), whose score is
-`u / sigma`. This is not the claim of Su's post (https://kexue.fm/archives/7737), which
-argues that for an objective of a model's argmax output, zeroth-order perturbation of
-the parameters approximates the policy gradient of the model's own softmax policy, by a
-Taylor step in the perturbation scale. All are pure functions of an explicit key.
+An exact identity links the estimators: the forward zeroth-order estimate with Gaussian
+directions is, sample by sample, REINFORCE on the Gaussian policy `N(params, sigma^2 I)`
+over the parameters (`gaussian_policy`), whose score is `u / sigma`; as `sigma -> 0` it
+becomes the forward gradient `(grad f . u) u`. This is not the claim of Su's post
+(https://kexue.fm/archives/7737), which argues that for an objective of a model's argmax
+output, zeroth-order perturbation of the parameters approximates the policy gradient of
+the model's own softmax policy. All are pure functions of an explicit key.
+
+The modules:
+
+- `_directions`: the direction kinds (`DirectionKind` and its subclasses), the draws
+  and every constant of a kind; `_random`: fusible threefry draws;
+- `_sampling`: sample keys, perturbed points and their one evaluation (`value_at`),
+  the smallest resolved `sigma`, the checks of `params`;
+- `_baselines`: the baselines of both estimators, one table;
+- `_plan`: one estimate's resolved arguments and its coefficients `c_i`;
+- `_strategy`: the one place that chooses how an estimate is evaluated (its table),
+  run by `_one_pass` (blocks of directions) or `_two_phase` (the seed trick);
+- `_zeroth_order`, `_forward_gradient`, `_update`, `_policy_gradient`: the public
+  estimators; `_precision`: the rounding floor.
 """
 
+from jaxtricks.estimators._directions import (
+    DIRECTION_KINDS,
+    DirectionKind,
+    Gaussian,
+    LowRank,
+    Orthogonal,
+    Rademacher,
+    Sphere,
+)
+from jaxtricks.estimators._forward_gradient import forward_gradient
 from jaxtricks.estimators._policy_gradient import (
     categorical_policy,
     gaussian_policy,
@@ -19,7 +43,15 @@ from jaxtricks.estimators._update import zeroth_order_update
 from jaxtricks.estimators._zeroth_order import zeroth_order_grad
 
 __all__ = (
+    "DIRECTION_KINDS",
+    "DirectionKind",
+    "Gaussian",
+    "LowRank",
+    "Orthogonal",
+    "Rademacher",
+    "Sphere",
     "categorical_policy",
+    "forward_gradient",
     "gaussian_policy",
     "policy_gradient",
     "rounding_floor_sigma",

@@ -12,7 +12,7 @@ import optax
 
 from jaxtricks._src import checks, dtypes, keys
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _baselines, _sampling
+from jaxtricks.estimators import _baselines, _directions, _sampling
 
 SampleFn: TypeAlias = Callable[[PyTree, KeyLike], PyTree]
 """`sample_fn(params, key) -> sample`, a draw of the policy."""
@@ -95,6 +95,7 @@ def policy_gradient(
         Mohamed et al., https://arxiv.org/abs/1906.10652.
     """
     key = keys.as_key(key, "key")
+    _sampling.check_params(params)
     checks.check_positive_int("num_samples", num_samples)
     _baselines.check_baseline(baseline, num_samples, _baselines.POLICY_BASELINES)
     sample_shape = jax.eval_shape(sample_fn, params, key)
@@ -105,7 +106,7 @@ def policy_gradient(
 
     sample_keys = _sampling.sample_keys(key, num_samples, sample_sharding)
     samples = jax.vmap(sample_fn, in_axes=(None, 0))(params, sample_keys)
-    rewards = jax.vmap(reward_fn)(samples)
+    rewards = jax.vmap(lambda y: _sampling.value_at(reward_fn, y, "reward_fn"))(samples)
     if return_samples or _baselines.needs_sq_norms(baseline):
         scores = jax.vmap(jax.grad(log_prob_fn), in_axes=(None, 0))(params, samples)
         sq_norms = jax.vmap(lambda s: optax.tree.norm(s, squared=True))(scores)
@@ -175,13 +176,14 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[SampleFn, LogProbFn]:
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
 
     def sample_fn(params: PyTree, key: KeyLike) -> PyTree:
-        perturbation, _ = _sampling.direction(keys.as_key(key, "key"), params, "gaussian")
+        typed = keys.batch_invariant(keys.as_key(key, "key"), "key")
+        perturbation, _ = _directions.Gaussian().draw(typed, params)
         return _sampling.perturb(
-            params, _sampling.resolved_sigma(sigma, params, "gaussian"), perturbation
+            params, _sampling.resolved_sigma(sigma, params, _directions.Gaussian()), perturbation
         )
 
     def log_prob_fn(params: PyTree, sample: PyTree) -> jax.Array:
-        scale = _sampling.resolved_sigma(sigma, params, "gaussian")
+        scale = _sampling.resolved_sigma(sigma, params, _directions.Gaussian())
         standardised = jax.tree.map(
             lambda w, p: (
                 w.astype(dtypes.compute_dtype(w.dtype)) - p.astype(dtypes.compute_dtype(p.dtype))

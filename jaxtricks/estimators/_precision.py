@@ -103,7 +103,8 @@ import jax.numpy as jnp
 
 from jaxtricks._src import checks
 from jaxtricks._src.typing import DTypeLike
-from jaxtricks.estimators import _sampling
+from jaxtricks.estimators import _directions
+from jaxtricks.estimators._directions import DirectionKind
 
 # E[(rounding error / y)^2] = LOG_UNIFORM_FACTOR * eps^2 for a log-uniform mantissa.
 LOG_UNIFORM_FACTOR = 1.0 / (32.0 * math.log(2.0))
@@ -118,7 +119,7 @@ def rounding_variance(
     num_params: int,
     num_directions: int = 1,
     antithetic: bool = True,
-    directions: str = "gaussian",
+    directions: str | DirectionKind = "gaussian",
     value_dtype: DTypeLike | None = None,
     num_roundings: jax.typing.ArrayLike = 1.0,
     param_scale: jax.typing.ArrayLike = 0.0,
@@ -151,7 +152,8 @@ def rounding_variance(
         num_params: `d`, the number of parameters.
         num_directions: `n`: `num_samples / 2` when antithetic, else `num_samples`.
         antithetic: central (True) or forward (False, baseline "unperturbed") differences.
-        directions: "gaussian", "sphere" or "rademacher".
+        directions: a name of `DIRECTION_KINDS` or a `DirectionKind`, whose
+            `second_moment` gives `W` (and `variance_factor` gives `c_I` for the floor).
         value_dtype: the dtype of the last rounding of `f` (default `dtype`); float32
             for an objective computed in float32 from bfloat16 params.
         num_roundings: `kappa >= 0`, the effective number of roundings of the size of
@@ -193,7 +195,7 @@ def rounding_floor_sigma(
     *,
     num_params: int,
     antithetic: bool = True,
-    directions: str = "gaussian",
+    directions: str | DirectionKind = "gaussian",
     ratio: jax.typing.ArrayLike = 1.0,
     value_dtype: DTypeLike | None = None,
     num_roundings: jax.typing.ArrayLike = 1.0,
@@ -242,7 +244,7 @@ def rounding_floor_sigma(
     """
     checks.check_scalar("grad_norm", grad_norm, low=0.0, low_inclusive=False)
     checks.check_scalar("ratio", ratio, low=0.0, low_inclusive=False)
-    if directions != "gaussian" and num_params == 1:
+    if _directions.resolve(directions).variance_factor(num_params) <= 0:
         raise ValueError(
             f"num_params must be >= 2 with directions={directions!r} (one parameter "
             "gives an exact estimate, no floor), got 1."
@@ -255,10 +257,11 @@ def rounding_floor_sigma(
 
 def _rounding_terms(
     value: jax.typing.ArrayLike, grad_norm: jax.typing.ArrayLike, dtype: DTypeLike,
-    num_params: int, antithetic: bool, directions: str, value_dtype: DTypeLike | None,
+    num_params: int, antithetic: bool, directions: str | DirectionKind,
+    value_dtype: DTypeLike | None,
     num_roundings: jax.typing.ArrayLike, param_scale: jax.typing.ArrayLike,
     num_directions: int,
-) -> tuple[jax.Array, int]:
+) -> tuple[jax.Array, float]:
     """`(sigma^2 V_round, c_I)` of the module docstring."""
     checks.check_scalar("value", value)
     checks.check_scalar("grad_norm", grad_norm, low=0.0)
@@ -266,21 +269,31 @@ def _rounding_terms(
     checks.check_scalar("param_scale", param_scale, low=0.0)
     checks.check_positive_int("num_params", num_params)
     checks.check_positive_int("num_directions", num_directions)
-    _sampling.check_direction_kind(directions)
+    kind = _directions.resolve(directions)
     eps_params = _float_eps("dtype", dtype)
     eps_value = _float_eps("value_dtype", dtype if value_dtype is None else value_dtype)
     value = jnp.asarray(value, jnp.result_type(value, jnp.float32))
-    _, exponent = jnp.frexp(value)  # |value| = m 2^exponent, m in [0.5, 1)
-    spacing = eps_value * jnp.ldexp(jnp.ones_like(value), exponent - 1)
+    spacing = _spacing(value, eps_value, dtype if value_dtype is None else value_dtype)
     tau_out = jnp.square(spacing) * num_roundings / 12.0
     tau_in = LOG_UNIFORM_FACTOR * (eps_params * param_scale * grad_norm) ** 2
-    weight = num_params**2 if directions == "sphere" else num_params
+    weight = kind.second_moment(num_params)
     total = tau_out / 2 + tau_in if antithetic else 2 * tau_out + tau_in
-    intrinsic = num_params + 1 if directions == "gaussian" else num_params - 1
+    intrinsic = kind.variance_factor(num_params)
     return weight * total / num_directions, intrinsic
 
 
+def _spacing(value: jax.Array, eps: float, dtype: DTypeLike) -> jax.Array:
+    """`h(v) = eps 2^floor(log2 |v|)`, the spacing of `dtype` at `|v|`; at 0 (and among
+    subnormals) the subnormal spacing `eps 2^minexp` (`finfo(dtype).smallest_subnormal`)."""
+    _, exponent = jnp.frexp(value)  # |value| = m 2^exponent, m in [0.5, 1)
+    minimum = int(jnp.finfo(dtype).minexp)
+    exponent = jnp.where(value == 0, minimum + 1, exponent)
+    return eps * jnp.ldexp(jnp.ones_like(value), jnp.maximum(exponent - 1, minimum))
+
+
 def _float_eps(name: str, dtype: DTypeLike) -> float:
+    if dtype is None:
+        raise ValueError(f"{name} must be a floating dtype, got None.")
     try:
         floating = jnp.issubdtype(dtype, jnp.floating)
     except TypeError:

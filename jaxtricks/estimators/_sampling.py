@@ -8,19 +8,16 @@ the Gaussian-policy estimators see the very same directions for the same key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxtricks._src import checks, dtypes, keys
-from jaxtricks._src.typing import DTypeLike, KeyLike, PyTree
-from jaxtricks.estimators import _random
-
-Sampler: TypeAlias = Callable[[jax.Array, tuple[int, ...], DTypeLike, bool], jax.Array]
+from jaxtricks._src.typing import KeyLike, PyTree
+from jaxtricks.estimators._directions import DirectionKind
 
 # The perturbation is at least this many spacings of the dtype at the largest |x_j|.
 RESOLVED_SPACINGS = 4
@@ -31,13 +28,16 @@ def sample_keys(
 ) -> jax.Array:
     """The `[num_samples]` typed keys of the samples, sharded by `sample_sharding` if given.
 
-    `key` is a typed key or a legacy `PRNGKey` (the same numbers for both).
+    `key` is a typed key or a legacy `PRNGKey` (the same numbers for both), of the
+    threefry, rbg or unsafe_rbg implementation: the sample keys are threefry keys
+    (`keys.batch_invariant`), so that a direction drawn again is the same direction.
 
     Raises:
-        ValueError: when `key` is not a single key of either kind.
+        ValueError: when `key` is not a single key of either kind, or of another
+            implementation.
     """
-    samples = jax.random.split(keys.as_key(key, "key"), num_samples)
-    return constrain(samples, sample_sharding)
+    typed = keys.batch_invariant(keys.as_key(key, "key"), "key")
+    return constrain(jax.random.split(typed, num_samples), sample_sharding)
 
 
 def constrain(samples: PyTree, sample_sharding: jax.sharding.Sharding | None) -> PyTree:
@@ -67,82 +67,9 @@ def _with_auto_axes(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
     return jax.sharding.NamedSharding(auto, sharding.spec)  # type: ignore[attr-defined]
 
 
-def _random_like(key: jax.Array, like: PyTree, sampler: Sampler, stored: bool) -> PyTree:
-    """`optax.tree.random_like(key, like, sampler)` with the fusible samplers of `_random`."""
-    return jax.tree.map(
-        lambda leaf, leaf_key: sampler(leaf_key, leaf.shape, leaf.dtype, stored),
-        like, optax.tree.split_key_like(key, like),
-    )
-
-
-def _sphere_scales(draw: PyTree, size: int) -> tuple[jax.Array, jax.Array]:
-    inverse_norm = 1.0 / optax.tree.norm(draw)
-    return inverse_norm, size * inverse_norm
-
-
-class DirectionKind(NamedTuple):
-    """A kind of random direction: a draw `z` scaled, `perturbation = a z`, `weight = b z`.
-
-    sampler: `sampler(key, shape, dtype, stored)`, one leaf of `z` (each leaf from its
-        own key), a fusible sampler of `_random`.
-    scales: `scales(z, d) -> (a, b)`, scalars of the whole draw and of the number of
-        parameters `d`; None for `a = b = 1`.
-    inverse_step: `inverse_step(d)`, one over the typical `|perturbation_j|` for `d`
-        parameters (it scales the smallest resolved `sigma`, see `resolved_sigma`).
-    """
-
-    sampler: Sampler
-    scales: Callable[[PyTree, int], tuple[jax.Array, jax.Array]] | None
-    inverse_step: Callable[[int], float]
-
-
-DIRECTIONS: dict[str, DirectionKind] = {
-    "gaussian": DirectionKind(_random.normal, None, lambda d: 1.0),
-    "sphere": DirectionKind(_random.normal, _sphere_scales, math.sqrt),
-    "rademacher": DirectionKind(_random.rademacher, None, lambda d: 1.0),
-}
-"""Every direction kind by name; adding one is one entry here (and its tests)."""
-
-
-def direction(
-    key: jax.Array, params: PyTree, kind: str, stored: bool = False
-) -> tuple[PyTree, PyTree]:
-    """One random direction shaped like `params`: `(perturbation, weight)`.
-
-    The perturbed point is `params + sigma * perturbation` and the direction's
-    gradient estimate is `delta_f / sigma * weight` (Nesterov & Spokoiny, 2017; Spall,
-    1992):
-
-    - "gaussian": `u ~ N(0, I)`, perturbation = weight = `u`;
-    - "sphere": `v = u / ||u||` uniform on the unit sphere of R^d, perturbation `v`,
-      weight `(d / ||u||) u`;
-    - "rademacher" (SPSA): `Δ_i = ±1`, perturbation = weight = `Δ`.
-
-    Each leaf is drawn from its own key, `jax.random.split(key, num_leaves)[leaf]`, as
-    `optax.tree.random_like` draws it (the same numbers, by the fusible samplers of
-    `_random`), in `dtypes.compute_dtype` of the leaf (float32 for bfloat16 params): a
-    leaf can be regenerated alone (`draw_leaf`), its weight being `weight_scale` times it.
-    `stored`: the direction is kept for several uses (see `_random.normal`).
-    """
-    draw, scales = scaled_draw(key, params, kind, stored)
-    if scales is None:
-        return draw, draw
-    return optax.tree.scale(scales[0], draw), optax.tree.scale(scales[1], draw)
-
-
-def scaled_draw(
-    key: jax.Array, params: PyTree, kind: str, stored: bool = False
-) -> tuple[PyTree, tuple[jax.Array, jax.Array] | None]:
-    """`(z, (a, b))` of the direction of `key`: its draw and scales (None for `a = b = 1`)."""
-    like = jax.tree.map(lambda leaf: leaf.astype(dtypes.compute_dtype(leaf.dtype)), params)
-    draw = _random_like(key, like, DIRECTIONS[kind].sampler, stored)
-    scales = DIRECTIONS[kind].scales
-    return draw, None if scales is None else scales(draw, optax.tree.size(params))
-
-
-def weight_scale(key: jax.Array, params: PyTree, kind: str) -> jax.Array | None:
+def weight_scale(key: jax.Array, params: PyTree, kind: DirectionKind) -> jax.Array | None:
     """`b` of the direction of `key` (weight = `b` times its draw); None where it is 1."""
-    scales = scaled_draw(key, params, kind)[1]
+    scales = kind.draw_scaled(key, params)[1]
     return None if scales is None else scales[1]
 
 
@@ -151,10 +78,11 @@ def leaf_keys(key: jax.Array, params: PyTree) -> list[jax.Array]:
     return jax.tree.leaves(optax.tree.split_key_like(key, params))
 
 
-def draw_leaf(leaf_key: jax.Array, leaf: jax.Array, kind: str) -> jax.Array:
-    """One leaf of the draw of a direction (see `direction`), from its own key alone."""
-    return DIRECTIONS[kind].sampler(
-        leaf_key, leaf.shape, dtypes.compute_dtype(leaf.dtype), False)
+def draw_leaf(
+    leaf_key: jax.Array, leaf: jax.Array, kind: DirectionKind, stored: bool = False
+) -> jax.Array:
+    """One leaf of the draw of a direction, from its own key alone, in `compute_dtype`."""
+    return kind.sample_leaf(leaf_key, leaf.shape, dtypes.compute_dtype(leaf.dtype), stored)
 
 
 def regenerated(key: jax.Array, after: jax.Array | None = None) -> jax.Array:
@@ -175,7 +103,9 @@ def regenerated(key: jax.Array, after: jax.Array | None = None) -> jax.Array:
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
-def resolved_sigma(sigma: jax.typing.ArrayLike, params: PyTree, kind: str) -> jax.Array:
+def resolved_sigma(
+    sigma: jax.typing.ArrayLike, params: PyTree, kind: DirectionKind
+) -> jax.Array:
     r"""`max(sigma, sigma_min)`: the smallest perturbation scale the params' dtype resolves.
 
     `x + sigma u` is rounded to the dtype of `x`, whose numbers near `x_j` are spaced
@@ -183,8 +113,8 @@ def resolved_sigma(sigma: jax.typing.ArrayLike, params: PyTree, kind: str) -> ja
     for bfloat16, 2^-10 for float16, 2^-23 for float32). A step `sigma |u_j| < h_j / 2`
     is rounded away, and when every step is, `x + sigma u == x` and the estimate is
     exactly 0 (bfloat16 with `sigma = 1e-3` and `|x_j| >= 0.26`). With `s` the typical
-    `|u_j|` of the directions (1 for "gaussian" and "rademacher", `1/sqrt(d)` for
-    "sphere", `d` the number of parameters),
+    `|p_j|` of the perturbations (`kind.coordinate_size(d)`: 1 for "gaussian" and
+    "rademacher", `1/sqrt(d)` for "sphere", `d` the number of parameters),
 
         sigma_min = RESOLVED_SPACINGS * max_j eps_j |x_j| / s
 
@@ -204,7 +134,7 @@ def resolved_sigma(sigma: jax.typing.ArrayLike, params: PyTree, kind: str) -> ja
     """
     floors = [float(jnp.finfo(leaf.dtype).eps) * _max_abs(leaf) for leaf in jax.tree.leaves(params)]
     floor = RESOLVED_SPACINGS * (jnp.max(jnp.stack(floors)) if floors else 0.0)
-    floor = floor * DIRECTIONS[kind].inverse_step(optax.tree.size(params))
+    floor = floor / kind.coordinate_size(optax.tree.size(params))
     return jnp.maximum(sigma, jax.lax.stop_gradient(floor))
 
 
@@ -226,9 +156,69 @@ def perturb(params: PyTree, sigma: jax.typing.ArrayLike, perturbation: PyTree) -
     )
 
 
-def check_direction_kind(directions: str) -> None:
-    """Checks the `directions` argument."""
-    checks.check_choice("directions", directions, tuple(DIRECTIONS))
+def value_at(fn: Callable[[PyTree], jax.Array], point: PyTree, name: str = "fn") -> jax.Array:
+    """`fn(point)`, checked to be a scalar: the one evaluation of a (perturbed) point that
+    the estimates, the update and the policy gradient's rewards use."""
+    value = fn(point)
+    check_scalar_output(name, value)
+    return value
+
+
+def check_params(params: PyTree) -> None:
+    """Checks that `params` is a non-empty pytree of real floating arrays.
+
+    Raises:
+        ValueError: naming `params` and the offending leaf, for an empty pytree, a leaf
+            that is not an array (a Python float: pass `jnp.asarray(x)`), or an integer,
+            boolean or complex leaf (the directions are real Gaussian, Rademacher...
+            numbers; a complex leaf would be drawn as a complex normal, half the
+            gradient).
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise ValueError(f"params must be a non-empty pytree of float arrays, got {params!r}.")
+    for path, leaf in leaves:
+        where = jax.tree_util.keystr(path) or "params"
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not hasattr(leaf, "shape"):
+            raise ValueError(
+                f"params must be a pytree of real floating arrays, got {type(leaf).__name__} "
+                f"{leaf!r} at {where} (wrap it with jnp.asarray)."
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"params must be a pytree of real floating arrays, got dtype {dtype} at "
+                f"{where}."
+            )
+
+
+def check_sample_sharding(
+    sample_sharding: jax.sharding.Sharding | None, num_directions: int
+) -> None:
+    """Checks that the devices along the sample axis divide the number of directions.
+
+    Raises:
+        ValueError: naming `sample_sharding` and `num_samples`.
+    """
+    if sample_sharding is None:
+        return
+    devices = _sample_devices(sample_sharding)
+    if num_directions % devices:
+        raise ValueError(
+            f"sample_sharding splits the directions over {devices} devices, which must "
+            f"divide their number, got {num_directions} directions (num_samples / 2 "
+            "when antithetic, else num_samples): choose num_samples accordingly."
+        )
+
+
+def _sample_devices(sample_sharding: jax.sharding.Sharding) -> int:
+    """How many shards `sample_sharding` cuts a 1-D array into."""
+    spec = getattr(sample_sharding, "spec", None)
+    mesh = getattr(sample_sharding, "mesh", None)
+    if spec is None or mesh is None or not len(spec) or spec[0] is None:
+        return 1
+    names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    return int(np.prod([mesh.shape[name] for name in names]))
 
 
 def weighted_sum(coefficients: jax.Array, stacked: PyTree) -> PyTree:

@@ -30,7 +30,7 @@ def estimate(plan: _plan.Plan, sample_keys: jax.Array, chunk_size: int) -> PyTre
     """The estimate of `plan` from the `[n]` keys of its directions, `chunk_size` evaluations
     at a time (one at a time, in the output's buffers, for one direction per chunk)."""
     params, num_directions = plan.params, plan.num_directions
-    per_direction = 2 if plan.antithetic else 1  # evaluations: x +- sigma u, or x + sigma u
+    per_direction = plan.evaluations_per_direction  # x +- sigma p, or one value
     num_samples = per_direction * num_directions
     signs = np.tile(np.array([1.0, -1.0], np.float32)[:per_direction], num_directions)
     evaluation_keys = sample_keys[np.arange(num_samples) // per_direction]
@@ -38,17 +38,21 @@ def estimate(plan: _plan.Plan, sample_keys: jax.Array, chunk_size: int) -> PyTre
     def evaluate(
         one_key: jax.Array, sign: jax.typing.ArrayLike
     ) -> tuple[PyTree, tuple[jax.Array, jax.Array, jax.Array | None]]:
-        point = _sampling.perturb(params, sign * plan.sigma, plan.draw(one_key)[0])
-        value = plan.fn(point)
-        _sampling.check_scalar_output("fn", value)
-        second = jnp.zeros((), plan.sigma.dtype) if plan.antithetic else plan.sq_norm(
+        perturbation = plan.draw(one_key)[0]
+        scale = _sampling.weight_scale(one_key, params, plan.kind)
+        if plan.difference == "tangent":  # the carried buffer holds the direction
+            return perturbation, (plan.tangent(perturbation), jnp.zeros(()), scale)
+        point = _sampling.perturb(params, sign * plan.sigma, perturbation)
+        value = _sampling.value_at(plan.fn, point)
+        second = jnp.zeros((), plan.dtype) if plan.difference == "central" else plan.sq_norm(
             None, one_key)
-        return point, (value, second, _sampling.weight_scale(one_key, params, plan.directions))
+        return point, (value, second, scale)
 
     if chunk_size == per_direction:
         points, (values, second, scales) = jax.lax.scan(
             lambda point, evaluation: evaluate(*evaluation),
-            jax.tree.map(jnp.zeros_like, params), (evaluation_keys, signs),
+            plan.zeros() if plan.difference == "tangent" else jax.tree.map(jnp.zeros_like, params),
+            (evaluation_keys, signs),
         )
     else:
         def evaluate_chunk(
@@ -61,7 +65,7 @@ def estimate(plan: _plan.Plan, sample_keys: jax.Array, chunk_size: int) -> PyTre
         values, second, scales = jax.tree.map(lambda v: v.reshape(-1), jax.lax.map(
             evaluate_chunk, (evaluation_keys.reshape(-1, chunk_size), signs.reshape(-1, chunk_size))
         ))
-    if plan.antithetic:
+    if plan.difference == "central":
         second, values = values[1::2], values[0::2]
     coefficients = plan.coefficients(values, second)
     if scales is not None:  # the weight is `scale` times the leaf's draw
@@ -83,7 +87,7 @@ def leaf_by_leaf(
         ) -> tuple[jax.Array, None]:
             index, leaf_key, coefficient = direction
             total = jnp.where(index == 0, 0, total) + coefficient * _sampling.draw_leaf(
-                leaf_key, leaf, plan.directions)
+                leaf_key, leaf, plan.kind)
             # The mean in the last step: a division after the loop would be a new buffer.
             return jnp.where(index == num_directions - 1, total / num_directions, total), None
 

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _plan, _sampling
+from jaxtricks.estimators import _directions, _plan, _sampling
 
 
 def zeroth_order_update(
@@ -20,13 +20,14 @@ def zeroth_order_update(
     params: PyTree,
     key: KeyLike,
     *,
-    learning_rate: jax.typing.ArrayLike,
+    learning_rate: jax.typing.ArrayLike | optax.Schedule,
     num_samples: int,
     sigma: jax.typing.ArrayLike = 1e-3,
     antithetic: bool = True,
-    directions: str = "gaussian",
+    directions: str | _directions.DirectionKind = "gaussian",
     baseline: str | jax.typing.ArrayLike | None = "unperturbed",
     chunk_size: int | None = None,
+    step: jax.typing.ArrayLike | None = None,
 ) -> tuple[PyTree, jax.Array]:
     r"""One zeroth-order SGD step, `params - learning_rate * g`, without storing `g`.
 
@@ -71,11 +72,15 @@ def zeroth_order_update(
         fn: `fn(params) -> scalar`, the objective (need not be differentiable).
         params: the point `x`, any pytree of float arrays (donate it under `jit`).
         key: a `jax.random.key` or a legacy `jax.random.PRNGKey` (the same numbers).
-        learning_rate: the step size (any finite scalar; a tracer too).
+        learning_rate: the step size, a finite scalar (a tracer too) or an optax
+            schedule, a function of the step count (`optax.cosine_decay_schedule(...)`),
+            evaluated at `step`.
         num_samples, sigma, antithetic, directions, baseline: as in
             `zeroth_order_grad`.
         chunk_size: evaluations per chunk, a divisor of `num_samples` (even when
             antithetic); None (the default) for one direction at a time, in place.
+        step: the step count at which a schedule `learning_rate` is evaluated (an int
+            or a traced counter); only with a schedule.
 
     Returns:
         `(new_params, values)`: `new_params` shaped like `params`; `values`, `[num_samples]`,
@@ -83,8 +88,9 @@ def zeroth_order_update(
         f(x - sigma u_i)` when antithetic (their mean estimates the smoothed loss at `x`).
 
     Raises:
-        ValueError: as `zeroth_order_grad`, and for a non-finite concrete
-            `learning_rate`.
+        ValueError: as `zeroth_order_grad`; for a non-scalar or non-finite concrete
+            `learning_rate`, a schedule without `step` (or `step` without one), or
+            directions that are drawn a group at a time ("orthogonal").
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -99,32 +105,73 @@ def zeroth_order_update(
         >>> values.shape, round(float(loss(params)), 4) < 3.0
         ((8,), True)
     """
-    key = keys.as_key(key, "key")
-    _plan.check_arguments(num_samples, sigma, antithetic, directions, baseline, chunk_size)
-    checks.check_scalar("learning_rate", learning_rate)
+    _plan.check_arguments(params, num_samples, sigma, antithetic, directions, baseline,
+                          chunk_size)
+    kind = _directions.resolve(directions)
+    if not kind.regenerable:
+        raise ValueError(
+            f"directions must be drawn again one by one in zeroth_order_update, got {kind!r}, "
+            "whose directions are drawn a group at a time: use zeroth_order_grad with "
+            "an optax optimiser."
+        )
+    learning_rate = _learning_rate(learning_rate, step)
     in_place = chunk_size is None or chunk_size == (2 if antithetic else 1)
-    plan = _plan.Plan(fn, params, num_samples, sigma, antithetic, directions, baseline,
-                      chunk_size if chunk_size is not None else num_samples, None)
-    sample_keys = _sampling.sample_keys(key, plan.num_directions)
+    sample_keys = _sampling.sample_keys(key, num_samples // 2 if antithetic else num_samples)
+    plan = _plan.create(fn, params, num_samples=num_samples, sigma=sigma,
+                        difference="central" if antithetic else "forward",
+                        directions=kind, baseline=baseline)
     if in_place:
         if plan.unperturbed is not None:  # f(x) first, or XLA keeps a copy of x for it
             sample_keys = _sampling.regenerated(sample_keys, after=plan.unperturbed)
         evaluation = jax.eval_shape(functools.partial(_evaluate, plan), params, sample_keys[0])
         # The values and `||w||^2`, filled in by the loop; the last slot (-1) is scratch.
-        values, seconds = (jnp.zeros(num_samples + 1, s.dtype) for s in evaluation)
+        # The squared norms start at 1, not 0: the update steps' coefficients are
+        # computed (and discarded) at every step, and "optimal" divides by sums of them,
+        # which must not be 0 (a 0/0 there is NaN in reverse mode, `where` or not).
+        values = jnp.zeros(num_samples + 1, evaluation[0].dtype)
+        seconds = jnp.ones(num_samples + 1, evaluation[1].dtype)
     else:
+        assert chunk_size is not None
+        chunk_keys = sample_keys.reshape(-1, chunk_size // plan.evaluations_per_direction)
         plus, second = jax.tree.map(
-            lambda v: v.reshape(-1),
-            jax.lax.map(plan.chunk_values, sample_keys.reshape(plan.num_chunks, -1)),
-        )
+            lambda v: v.reshape(-1), jax.lax.map(plan.chunk_values, chunk_keys))
         values = jnp.stack([plus, second], axis=-1).reshape(-1) if antithetic else plus
-        values, seconds = (jnp.append(v, jnp.zeros((), v.dtype)) for v in (values, second))
+        values, seconds = (jnp.append(v, jnp.ones((), v.dtype)) for v in (values, second))
     schedule = _schedule(plan.num_directions, antithetic, in_place)
     (params, values, _), _ = jax.lax.scan(
         functools.partial(_operation, plan, learning_rate, in_place), (params, values, seconds),
         (sample_keys[schedule[0]], *schedule),
     )
     return params, values[:-1]
+
+
+def _learning_rate(
+    learning_rate: jax.typing.ArrayLike | optax.Schedule, step: jax.typing.ArrayLike | None
+) -> jax.typing.ArrayLike:
+    """The step size: `learning_rate(step)` for an optax schedule, else `learning_rate`.
+
+    Raises:
+        ValueError: naming the argument, for a schedule without `step`, a `step` without
+            a schedule, or a non-scalar or (concrete) non-finite step size.
+    """
+    if callable(learning_rate):
+        if step is None:
+            raise ValueError(
+                "step must be given when learning_rate is a schedule (a function of the "
+                "step count, as optax's), got None."
+            )
+        learning_rate = learning_rate(step)
+        name = "learning_rate(step)"
+    elif step is not None:
+        raise ValueError(
+            f"step is used with a schedule as learning_rate only, got step={step!r} with "
+            f"learning_rate={learning_rate!r}."
+        )
+    else:
+        name = "learning_rate"
+    checks.check_shape(name, jnp.shape(learning_rate), ())
+    checks.check_scalar(name, learning_rate)
+    return learning_rate
 
 
 def _schedule(num_directions: int, antithetic: bool, in_place: bool) -> tuple[np.ndarray, ...]:
@@ -161,13 +208,13 @@ def _operation(
     params, values, seconds = carry
     one_key, direction, multiple, slot = operation
     update = multiple == 0
-    if plan.antithetic:
+    if plan.difference == "central":
         plus, second = values[0:-1:2], values[1:-1:2]
     else:
         plus, second = values[:-1], seconds[:-1]
     # Every value is known at the update steps, which come last.
     steps = learning_rate * plan.coefficients(plus, second) / plan.num_directions
-    draw, scales = _sampling.scaled_draw(one_key, params, plan.directions)
+    draw, scales = plan.kind.draw_scaled(one_key, params)
     if scales is not None:  # perturbation `a z`, weight `b z`
         draw = optax.tree.scale(jnp.where(update, scales[1], scales[0]), draw)
     params = _sampling.perturb(params, jnp.where(update, -steps[direction],
@@ -185,7 +232,7 @@ def _evaluate(
     plan: _plan.Plan, params: PyTree, one_key: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """`(f(x), ||w||^2)` at the perturbed point (the squared norm for "optimal", else 0)."""
-    value = plan.fn(params)
-    _sampling.check_scalar_output("fn", value)
-    second = jnp.zeros((), plan.sigma.dtype) if plan.antithetic else plan.sq_norm(None, one_key)
+    value = _sampling.value_at(plan.fn, params)
+    central = plan.difference == "central"
+    second = jnp.zeros((), plan.dtype) if central else plan.sq_norm(None, one_key)
     return value, second

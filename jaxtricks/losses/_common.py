@@ -1,9 +1,10 @@
 """Shared machinery of the softmax losses: the skeleton, input layout and fused kernel.
 
 Every softmax loss of this package is `softmax_loss(formula, ...)`: `prepare` moves the
-class axes last, checks the labels (`class_indices`) and casts to the compute dtype; the
-formula maps `(scores [..., K], labels [...], mask)` to per-example values; the skeleton
-sets examples that `where` excludes entirely to 0 and casts back to the logits' dtype.
+class axes last, checks the labels (`checks.class_indices`) and casts to the compute
+dtype; the formula maps `(scores [..., K], labels [...], mask)` to per-example values;
+the skeleton sets examples that `where` excludes entirely to 0 and casts back to the
+logits' dtype.
 
 Most formulas are functions of the target log-probability `log p_y`, computed by the
 fused kernel of `_kernel`; the multi-label loss and the smoothed F1 are not.
@@ -92,8 +93,8 @@ def prepare(
     Returns:
         `Prepared(scores, labels, mask, layout)`: scores `[..., K]`, labels `[...]` or
         `[..., K]`, the mask None or a boolean `[..., K]`. Integer labels come back as
-        int32 class indices (`class_indices`: a concrete label outside `[0, K)` raises,
-        a traced one becomes `K`, for which `log_target_probability` gives NaN; examples
+        int32 class indices (`checks.class_indices`: a concrete label outside `[0, K)`
+        raises, a traced one becomes `K`, for which `log_target_probability` gives NaN; examples
         that `where` excludes entirely are not checked).
 
     Raises:
@@ -120,7 +121,7 @@ def prepare(
     if integer_labels:
         checks.check_shape("labels", labels.shape, batch_shape)
         counted = None if mask is None else jnp.any(mask, axis=-1)
-        labels = class_indices(labels, num_classes, counted)[0]
+        labels = checks.class_indices(labels, num_classes, counted)[0]
     else:
         checks.check_shape("labels", labels.shape, logits.shape)
         labels = layout.classes_last(labels)
@@ -151,63 +152,9 @@ def softmax_loss(
     return loss.astype(logits.dtype)
 
 
-def class_indices(
-    labels: jax.typing.ArrayLike,
-    num_classes: int,
-    counted: jax.typing.ArrayLike | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Integer labels of any dtype as int32 class indices, checked to lie in `[0, K)`.
-
-    The one rule for labels across `jaxtricks.losses`: a label outside `[0, K)` is an
-    error. Concrete labels raise; traced ones (under `jit`) cannot, so they come back as
-    the index `K`, for which every loss and metric gives NaN in its value and its
-    derivatives (`log_target_probability` gathers no score there). Unlike optax, a
-    negative label is not read as class `y + K`: -1 more often marks padding than a
-    class counted from the end, so it is refused rather than silently trained on; mask
-    padding with `where`. Labels at positions that `counted` excludes are not checked
-    and come back as 0.
-
-    The range is tested in the labels' own dtype, before the cast, so no label wraps
-    into range (uint32, int64) and narrow dtypes (uint8 with K > 256) work.
-
-    Args:
-        labels: integer labels, any shape and integer dtype.
-        num_classes: `K`, a Python int.
-        counted: None, or a boolean mask of the labels' shape (the positions to check).
-
-    Returns:
-        `(indices, valid)`: int32 indices in `[0, K]` and a boolean array, False exactly
-        where the index is `K`.
-
-    Raises:
-        ValueError: non-integer labels, or a concrete counted label outside `[0, K)`.
-    """
-    array = jnp.asarray(labels)
-    if not jnp.issubdtype(array.dtype, jnp.integer):
-        raise ValueError(f"labels must be integers, got dtype {array.dtype}.")
-    value = checks.concrete_value(array)
-    keep = None if counted is None else checks.concrete_value(counted)
-    if value is not None and (counted is None or keep is not None):
-        bad = (value < 0) | (value >= num_classes)
-        if keep is not None:
-            bad &= np.broadcast_to(keep.astype(bool), bad.shape)
-        if np.any(bad):
-            index = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got "
-                f"{value[index]} at index {index}; mask padding with `where`."
-            )
-    in_range = array >= 0
-    if num_classes <= jnp.iinfo(array.dtype).max:  # else every label is below K
-        in_range &= array < num_classes
-    indices = jnp.where(in_range, array, 0).astype(jnp.int32)
-    valid = in_range if counted is None else in_range | ~jnp.asarray(counted, bool)
-    return jnp.where(valid, indices, num_classes), valid
-
-
 def label_one_hot(indices: jax.Array, num_classes: int, dtype: DTypeLike) -> jax.Array:
-    """One-hot rows of `class_indices`' indices; a row of NaN for the index `K` (a traced
-    label outside `[0, K)`), so that it reaches every sum it enters."""
+    """One-hot rows of `checks.class_indices`' indices; a row of NaN for the index `K` (a
+    traced label outside `[0, K)`), so that it reaches every sum it enters."""
     one_hot = jax.nn.one_hot(indices, num_classes, dtype=dtype)
     return jnp.where((indices < num_classes)[..., None], one_hot, jnp.nan)
 

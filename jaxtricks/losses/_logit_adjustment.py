@@ -185,7 +185,7 @@ def class_priors(
     """
     checks.check_positive_int("num_classes", num_classes)
     checks.check_scalar("smoothing", smoothing, low=0.0)
-    labels, valid = _common.class_indices(labels, num_classes)
+    labels, valid = checks.class_indices(labels, num_classes)
     concrete_smoothing = checks.concrete_value(smoothing)
     if labels.size == 0 and concrete_smoothing is not None and concrete_smoothing == 0:
         raise ValueError("labels is empty and smoothing is 0: the priors are 0/0.")

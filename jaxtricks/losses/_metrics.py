@@ -89,7 +89,7 @@ def balanced_accuracy(
         mask = jnp.any(mask, axis=-1)
     if mask is not None:
         checks.check_shape("where", mask.shape, label_shape)
-    labels, valid = _common.class_indices(labels, num_classes, mask)
+    labels, valid = checks.class_indices(labels, num_classes, mask)
     counted = jnp.ones(label_shape, bool) if mask is None else mask
     predictions = jnp.argmax(scores, axis=-1) if from_logits else scores
     if from_logits and jnp.issubdtype(scores.dtype, jnp.inexact):

@@ -15,7 +15,9 @@ Mask = Any | Callable[[optax.Params], Any] | None
 """A pytree of bools shaped like the params, a callable of the params returning one, or
 None for the default: every floating-point leaf with `ndim >= 2` (weight matrices,
 convolution kernels, embeddings), leaving biases, normalisation scales and integer or
-boolean leaves (step counters, index tables, masks) alone."""
+boolean leaves (step counters, index tables, masks) alone. An explicit mask may select
+floating-point leaves only: the decay of an integer or boolean leaf cannot be
+represented in its dtype."""
 
 try:  # optax's own message, where the installed optax defines it
     from optax._src.base import NO_PARAMS_MSG
@@ -103,14 +105,34 @@ def resolve_mask(mask: Mask, tree: optax.Params) -> Any:
         A pytree of bools with the structure of `tree`.
 
     Raises:
-        ValueError: when the mask's structure differs from the tree's.
+        ValueError: when the mask's structure differs from the tree's, or it selects a
+            leaf that is not floating-point.
     """
     if mask is None:
         return jax.tree.map(is_default_selected, tree)
     mask_tree = mask(tree) if callable(mask) else mask
     skeleton = jax.tree.map(lambda _: True, tree, is_leaf=_is_masked_node)
     checks.check_same_structure("mask", mask_tree, "params", skeleton)
+    _check_selects_floating(mask_tree, tree)
     return mask_tree
+
+
+def _check_selects_floating(mask_tree: Any, tree: optax.Params) -> None:
+    """Raises when `mask_tree` selects a leaf of `tree` that is not floating-point.
+
+    Adding `coefficient * param` to an integer or boolean leaf would be truncated (to 0
+    for small coefficients), so it is an error rather than a silent no-op.
+    """
+    paths_and_leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_masked_node)
+    for (path, leaf), keep in zip(paths_and_leaves, jax.tree.leaves(mask_tree), strict=True):
+        if keep and not _is_masked_node(leaf):
+            dtype = jnp.result_type(leaf)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(
+                    "mask must select floating-point leaves only (weight decay of an "
+                    "integer or boolean parameter cannot be represented), got leaf "
+                    f"{jax.tree_util.keystr(path)} of dtype {dtype} selected."
+                )
 
 
 def masked(

@@ -49,7 +49,8 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
         selects no leaf).
 
     Raises:
-        ValueError: for a mask whose structure differs from the params'.
+        ValueError: for a mask whose structure differs from the params' or that
+            selects a leaf that is not floating-point.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -104,9 +105,10 @@ def l2_regularization(
         around a `CountState(count)` (the step count for schedules).
 
     Raises:
-        ValueError: for a negative or non-finite constant rate; from `update`, when
-            called without `params` or with a mask whose structure differs from the
-            params'.
+        ValueError: for a negative or non-finite constant rate; from `init` and
+            `update`, for a mask whose structure differs from the params' or that
+            selects a leaf that is not floating-point (an integer or boolean leaf
+            cannot hold its decay); from `update`, when called without `params`.
 
     Examples:
         >>> import jax.numpy as jnp, optax
@@ -159,9 +161,10 @@ def decoupled_weight_decay(
         around a `CountState(count)` (the step count for schedules).
 
     Raises:
-        ValueError: for a negative or non-finite constant rate; from `update`, when
-            called without `params` or with a mask whose structure differs from the
-            params'.
+        ValueError: for a negative or non-finite constant rate; from `init` and
+            `update`, for a mask whose structure differs from the params' or that
+            selects a leaf that is not floating-point (an integer or boolean leaf
+            cannot hold its decay); from `update`, when called without `params`.
 
     Examples:
         >>> import jax.numpy as jnp, optax

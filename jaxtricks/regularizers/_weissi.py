@@ -131,7 +131,8 @@ def weissi_penalty(
 
     Raises:
         ValueError: for an unknown `form`, `eps <= 0`, a negative or non-finite
-            coefficient, or a mask whose structure differs from the params'.
+            coefficient, or a mask whose structure differs from the params' or that
+            selects a leaf that is not floating-point.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -263,8 +264,10 @@ def weissi(
 
     Raises:
         ValueError: for a negative or non-finite constant rate, an unknown `form` or
-            `eps <= 0`; from `update`, when called without `params` or with a mask
-            whose structure differs from the params'.
+            `eps <= 0`; from `init` and `update`, for a mask whose structure differs
+            from the params' or that selects a leaf that is not floating-point (an
+            integer or boolean leaf cannot hold its decay); from `update`, when called
+            without `params`.
 
     Examples:
         >>> import jax.numpy as jnp

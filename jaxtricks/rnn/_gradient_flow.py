@@ -70,7 +70,9 @@ def gradient_norms_over_time(
 
     Raises:
         ValueError: `inputs` without a common time axis, a carry that is not floating
-            point, or a `step_fn` whose carry changes structure, shape or dtype.
+            point or (for a `linen_step` or `nnx_step` cell that fails on it) not of the
+            shapes of the cell's `initialize_carry`, or a `step_fn` whose carry changes
+            structure, shape or dtype.
 
     Examples:
         >>> import jax.numpy as jnp

@@ -95,9 +95,11 @@ def jacobian_norms(
 
     Raises:
         ValueError: unknown `ord` or `method`, `tol` not > 0, `max_iterations` < 1,
-            `inputs` without a common time axis, a carry that is not floating point, a
-            missing `key` where the power iteration runs, a `key` that is not a key,
-            or a `step_fn` whose carry changes structure, shape or dtype.
+            `inputs` without a common time axis, a carry that is not floating point or
+            (for a `linen_step` or `nnx_step` cell that fails on it) not of the shapes
+            of the cell's `initialize_carry`, a missing `key` where the power iteration
+            runs, a `key` that is not a key, or a `step_fn` whose carry changes
+            structure, shape or dtype.
 
     Examples:
         >>> import jax.numpy as jnp

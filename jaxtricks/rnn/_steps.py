@@ -6,6 +6,8 @@ checks of a step function and of an input sequence.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,18 @@ if TYPE_CHECKING:
 
 Carry = Any
 StepFn = Callable[[Carry, Any], tuple[Carry, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CellStep:
+    """A flax cell as a step function, with its `initialize_carry(input_shape)` (None for
+    a cell without one): `check_step` compares a carry that the cell fails on with it."""
+
+    apply: StepFn
+    initialize_carry: Callable[[tuple[int, ...]], Carry] | None
+
+    def __call__(self, carry: Carry, x: Any) -> tuple[Carry, Any]:
+        return self.apply(carry, x)
 
 
 def linen_step(cell: nn.Module, params: Any) -> StepFn:
@@ -43,7 +57,9 @@ def linen_step(cell: nn.Module, params: Any) -> StepFn:
     def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
         return cell.apply({"params": params}, carry, x)
 
-    return step
+    carry_of = getattr(cell, "initialize_carry", None)
+    return CellStep(step, None if carry_of is None else
+                    lambda input_shape: carry_of(jax.random.key(0), input_shape))
 
 
 def nnx_step(cell: nnx.Module) -> StepFn:
@@ -52,11 +68,19 @@ def nnx_step(cell: nnx.Module) -> StepFn:
     The cell is split into its graph and state once; each call merges them again, so
     the step is a pure function that traces under `jax.jit`, `jax.lax.scan` and `jax.jvp`.
 
+    A pure step cannot advance the cell's RNG streams, so a cell that draws dropout
+    masks is refused: it would reuse one mask at every step, or fail under a trace.
+
     Args:
-        cell: a `flax.nnx` recurrent cell (`nnx.SimpleCell`, `nnx.LSTMCell`, ...).
+        cell: a `flax.nnx` recurrent cell (`nnx.SimpleCell`, `nnx.LSTMCell`, ...),
+            without an active `nnx.Dropout` (call `cell.eval()` first).
 
     Returns:
         `step(carry, x) = cell(carry, x)`.
+
+    Raises:
+        ValueError: a cell holding an `nnx.Dropout` with `rate > 0` and
+            `deterministic=False`.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -67,13 +91,31 @@ def nnx_step(cell: nnx.Module) -> StepFn:
         >>> carry.shape, y.shape
         ((3,), (3,))
     """
+    _check_no_dropout(cell)
     graphdef, state = nnx.split(cell)
 
     def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
         # flax 0.11 does not type nnx.Module as callable.
         return nnx.merge(graphdef, state)(carry, x)  # type: ignore[operator, unused-ignore]
 
-    return step
+    carry_of = getattr(cell, "initialize_carry", None)
+    return CellStep(step, None if carry_of is None else
+                    lambda input_shape: carry_of(input_shape, rngs=nnx.Rngs(0)))
+
+
+def _check_no_dropout(cell: nnx.Module) -> None:
+    """Refuses a cell holding an nnx.Dropout that draws masks (its RNG count would be
+    written at each call, which a pure step cannot carry)."""
+    for path, node in nnx.iter_graph(cell):
+        if isinstance(node, nnx.Dropout) and node.rate > 0 and node.deterministic is False:
+            raise ValueError(
+                "cell must not draw dropout masks: nnx_step makes a pure step function, "
+                "which cannot advance the cell's RNG stream (it would reuse one mask at "
+                "every step, and fails under jax.jit or lax.scan), got an nnx.Dropout at "
+                f"path {path} with rate={node.rate} and deterministic=False. Call "
+                "cell.eval() (or build it with nnx.Dropout(..., deterministic=True)) to "
+                "measure the cell without dropout."
+            )
 
 
 def check_sequence(inputs: Any) -> int:
@@ -101,7 +143,11 @@ def check_step(step_fn: StepFn, carry: Carry, inputs: Any) -> None:
     first_input = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:], jnp.result_type(leaf)), inputs
     )
-    result = jax.eval_shape(step_fn, carry, first_input)
+    try:
+        result = jax.eval_shape(step_fn, carry, first_input)
+    except Exception as error:  # e.g. flax's shape error for a carry of the wrong width
+        _check_cell_carry(step_fn, carry, first_input, error)
+        raise
     if not (isinstance(result, tuple) and len(result) == 2):
         raise ValueError(
             f"step_fn must return (new_carry, output), got {jax.tree.structure(result)}."
@@ -116,3 +162,24 @@ def check_step(step_fn: StepFn, carry: Carry, inputs: Any) -> None:
             f"carry: expected {jax.tree.structure(carry)} with {expected}, got "
             f"{jax.tree.structure(result[0])} with {actual}."
         )
+
+
+def _check_cell_carry(step_fn: StepFn, carry: Carry, first_input: Any, error: Exception) -> None:
+    """For the step of a cell (`CellStep`) that failed with `error`: a ValueError from it
+    when `carry` does not have the shapes of `cell.initialize_carry` for `x_t`."""
+    if not (isinstance(step_fn, CellStep) and step_fn.initialize_carry is not None
+            and isinstance(first_input, jax.ShapeDtypeStruct)):
+        return
+    try:
+        cell_carry = jax.eval_shape(functools.partial(step_fn.initialize_carry,
+                                                      first_input.shape))
+    except NotImplementedError:  # RNNCellBase's, for a cell that does not define it
+        return
+    expected = jax.tree.map(lambda leaf: leaf.shape, cell_carry)
+    actual = jax.tree.map(jnp.shape, carry)
+    if actual != expected:
+        raise ValueError(
+            f"carry must have the shapes of the cell's carry for x_t of shape "
+            f"{first_input.shape} (cell.initialize_carry), expected {expected}, got "
+            f"{actual}."
+        ) from error

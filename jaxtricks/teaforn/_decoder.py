@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
-from flax import nnx
+from flax import errors, nnx
 
 from jaxtricks._src import checks
 
@@ -38,10 +38,10 @@ def pure_decoder(
         def apply_functions(
             state: Any, inputs: jax.Array, check_hidden: CheckHidden | None = None
         ) -> tuple[jax.Array, jax.Array, Any]:
-            hidden = body_fn(inputs)
+            hidden = _called("body_fn", body_fn, inputs)
             if check_hidden is not None:
                 check_hidden(hidden)
-            return hidden, output_fn(hidden), state
+            return hidden, _called("output_fn", output_fn, hidden), state
 
         return apply_functions, None
     graphdef, params, state = nnx.split(modules, nnx.Param, ...)  # type: ignore[misc]
@@ -53,12 +53,34 @@ def pure_decoder(
         # captured ones, which a nested nnx transform (nnx.RNN's scan) cannot split.
         fresh_params = jax.tree.map(lambda leaf: leaf, params)
         body, output = nnx.merge(graphdef, fresh_params, state)
-        hidden = body(inputs)
+        hidden = _called("body_fn", body, inputs)
         if check_hidden is not None:
             check_hidden(hidden)
-        return hidden, output(hidden), nnx.state((body, output), nnx.Not(nnx.Param))
+        logits = _called("output_fn", output, hidden)
+        return hidden, logits, nnx.state((body, output), nnx.Not(nnx.Param))
 
     return apply, state
+
+
+def _called(name: str, fn: Callable[[jax.Array], jax.Array], inputs: jax.Array) -> jax.Array:
+    """`fn(inputs)`, with flax's error for an nnx module written from a closure explained.
+
+    A bound method or a closure hides its module from `pure_decoder`, so the state that
+    the call writes (RNG counts, batch statistics) belongs to the trace outside
+    `jax.eval_shape`, `lax.scan` or `jax.checkpoint`, where flax refuses the write.
+    """
+    try:
+        return fn(inputs)
+    except errors.TraceContextError as error:
+        function = getattr(fn, "__qualname__", type(fn).__qualname__)
+        raise ValueError(
+            f"teaforn_loss's {name} must be the nnx module itself when its call writes the "
+            f"module's state (dropout RNG counts, batch statistics), got {function}, a "
+            "bound method or closure calling the module, whose writes teaforn_loss cannot "
+            f"carry from pass to pass. Pass the module as {name} (for a method other than "
+            "__call__, an nnx.Module whose __call__ calls it), or call module.eval() if it "
+            "should not write state."
+        ) from error
 
 
 def checked_vocab_size(

@@ -95,7 +95,10 @@ def teaforn_loss(
             `nnx.grad`), as any stateful nnx module. Pass the module itself, not a
             closure calling it.
         input_embeddings: `E(w_0..w_{T-1})`, shape `[B, T, D]`.
-        targets: `w_1..w_T`, integers of any integer dtype, shape `[B, T]`.
+        targets: `w_1..w_T`, integers of any integer dtype in `[0, V)`, shape `[B, T]`,
+            as the labels of `jaxtricks.losses`: a concrete target outside `[0, V)`
+            (e.g. -1 or -100 padding) raises unless `where` masks it out; a traced one
+            (under `jit`) gives NaN in the loss and its derivatives.
         n: number of passes, >= 1.
         weights: `n` non-negative loss weights, one per pass (default all ones).
         feed: what a pass feeds the next: `"hidden"`, `"soft"`, `"topk"` or `"argmax"`.
@@ -121,8 +124,10 @@ def teaforn_loss(
     Raises:
         ValueError: for `n < 1`, `weights` of the wrong length or negative, shapes
             that disagree (checked abstractly, with `jax.eval_shape`), non-integer
-            `targets`, an unknown `feed` or `reduction`, a missing `embedding` or a
-            missing or out-of-range `top_k`.
+            `targets` or concrete ones outside `[0, V)` where `where` marks them valid,
+            an unknown `feed` or `reduction`, a missing `embedding`, a missing or
+            out-of-range `top_k`, or a `body_fn` or `output_fn` that writes the state of
+            an nnx module it reaches through a bound method or a closure.
 
     Examples:
         A causal body (a prefix sum) and an output layer tied to the embedding:
@@ -163,6 +168,7 @@ def teaforn_loss(
     vocab_size, writes_state = _decoder.checked_vocab_size(
         apply, state, input_embeddings, targets, feed
     )
+    targets = checks.class_indices(targets, vocab_size, valid, name="targets")[0]
     embedding = _feeds.checked_embedding(embedding, feed, input_embeddings, vocab_size)
     _feeds.check_top_k(top_k, feed, vocab_size)
 
@@ -204,10 +210,14 @@ def teaforn_loss(
 
 
 def _token_cross_entropy(logits: jax.Array, targets: jax.Array, scored: jax.Array) -> jax.Array:
-    """The CE at every position in float32, 0 where not scored (any label there)."""
-    safe_targets = jnp.where(scored, targets, 0)
+    """The CE at every position in float32, 0 where not scored (any label there), NaN in
+    value and derivatives where a scored target is `V` (`checks.class_indices`' index for
+    a traced target outside `[0, V)`)."""
+    out_of_range = scored & (targets == logits.shape[-1])
+    safe_targets = jnp.where(scored & ~out_of_range, targets, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_targets)
-    return jnp.where(scored, ce.astype(jnp.float32), 0.0)
+    ce = jnp.where(scored, ce.astype(jnp.float32), 0.0)
+    return ce * jnp.where(out_of_range, jnp.nan, 1.0)
 
 
 def _reduced(token_ce: jax.Array, scored: jax.Array, reduction: str) -> jax.Array:
@@ -237,8 +247,6 @@ def _checked_where(
             f"{input_embeddings.shape}."
         )
     checks.check_shape("targets", targets.shape, input_embeddings.shape[:-1])
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise ValueError(f"targets must be integers, got dtype {targets.dtype}.")
     if where is None:
         return jnp.ones(targets.shape, bool)
     checks.check_shape("where", np.shape(where), targets.shape)

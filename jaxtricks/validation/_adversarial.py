@@ -203,8 +203,10 @@ def adversarial_validation(
     whatever its size, so at the optimum `D = q / (p + q)` and
     `logit D = log q(x)/p(x)` with no size correction. Features are standardised with
     the mean and standard deviation of each fold's own training rows (constant features
-    left unscaled). The L2 penalty and a simple model keep the discriminator from
-    memorising; for logistic regression it is scikit-learn's
+    become 0), computed after dividing each column by its largest `|x|`: scores do not
+    depend on the features' scale, even near float32's range (`1e20` or `1e-30`). The
+    L2 penalty and a simple model keep the discriminator from memorising; for logistic
+    regression it is scikit-learn's
     `LogisticRegression(C=1 / (weight_decay * n_fit), class_weight="balanced")`
     objective.
 

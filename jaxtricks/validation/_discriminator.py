@@ -57,6 +57,25 @@ def optimizer_steps(
     return params
 
 
+def standardize(features: jax.Array, fit_rows: jax.Array) -> jax.Array:
+    """`(x - mean) / std` per column, the mean and std over the rows where `fit_rows`.
+
+    Each column is first divided by its largest `|x|` over those rows, so the squares
+    neither overflow (`|x| ~ 1e20` in float32) nor underflow (`|x| ~ 1e-30`): the result
+    does not depend on a column's scale. It is then shifted by its value in the first
+    fit row, so a constant column is exactly 0 (a mean of equal entries with rounding
+    errors would leave noise that its tiny std blows up); a column with std 0 is left
+    unscaled. A NaN or inf among the fit rows makes its column NaN.
+    """
+    magnitude = jnp.max(jnp.where(fit_rows[:, None], jnp.abs(features), 0), axis=0)
+    scaled = features / jnp.where(magnitude == 0, 1, magnitude)
+    shifted = scaled - scaled[jnp.argmax(fit_rows)]
+    row_weight = fit_rows / jnp.sum(fit_rows)
+    mean = row_weight @ shifted
+    std = jnp.sqrt(row_weight @ jnp.square(shifted - mean))
+    return (shifted - mean) / jnp.where(std == 0, 1, std)
+
+
 def fit_and_score(
     key: jax.Array,
     fit_rows: jax.Array,
@@ -69,13 +88,11 @@ def fit_and_score(
 ) -> jax.Array:
     """Trains one discriminator on the rows where `fit_rows`; returns every row's logit.
 
-    Features are standardised with the mean and standard deviation of the fit rows only,
-    so a held-out row influences nothing its own logit depends on.
+    Features are standardised (`standardize`) with the scale, mean and standard
+    deviation of the fit rows only, so a held-out row influences nothing its own logit
+    depends on.
     """
-    row_weight = fit_rows / jnp.sum(fit_rows)
-    mean = row_weight @ features
-    std = jnp.sqrt(row_weight @ jnp.square(features - mean))
-    inputs = (features - mean) / jnp.where(std == 0, 1.0, std)
+    inputs = standardize(features, fit_rows)
     fit_test = fit_rows & is_test
     fit_train = fit_rows & ~is_test
     # Balanced: each set carries total weight 1/2 whatever its size.

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks, dtypes, keys
 
 
 class ImportanceWeights(NamedTuple):
@@ -55,8 +55,8 @@ def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Arra
         test-like rows. Integer outputs, so no derivative.
 
     Raises:
-        ValueError: if `scores` is not `(n,)`, concrete scores hold NaN, or `size` is
-            not in `[1, n)`.
+        ValueError: if `scores` is not `(n,)` (e.g. a whole `AdversarialValidation`
+            result), concrete scores hold NaN, or `size` is not in `[1, n)`.
 
     Examples:
         >>> from jaxtricks import validation
@@ -64,6 +64,7 @@ def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Arra
         >>> chosen.tolist(), rest.tolist()
         ([1, 3], [0, 2])
     """
+    checks.check_not_result("scores", scores, "train_scores")
     scores = jnp.asarray(scores)
     if scores.ndim != 1:
         raise ValueError(f"scores must have shape (n,), got shape {scores.shape}.")
@@ -104,19 +105,22 @@ def importance_weights(
     `jax.scipy.special.logit(D)` (less accurate near 0 and 1 than the logits).
 
     Args:
-        logits: `(n,)` the discriminator's logits `log D - log(1 - D)` on training rows.
+        logits: `(n,)` the discriminator's logits `log D - log(1 - D)` on training rows
+            (e.g. `train_logits` of `adversarial_validation`), any real dtype.
         num_train: rows of the training set the discriminator was fitted on, or None.
         num_test: rows of the test set the discriminator was fitted on, or None.
         clip: upper bound on `w` (`log w <= log clip`), > 0; None for no clipping.
 
     Returns:
-        `ImportanceWeights(weights, log_weights, normalized, ess)`. A NaN logit gives
-        a NaN weight for its row and NaN `normalized` and `ess` (they depend on every
-        row). For `n = 0`: empty arrays and `ess = 0`.
+        `ImportanceWeights(weights, log_weights, normalized, ess)`, computed in the
+        logits' dtype promoted to at least float32 (integer logits included). A NaN
+        logit gives a NaN weight for its row and NaN `normalized` and `ess` (they
+        depend on every row). For `n = 0`: empty arrays and `ess = 0`.
 
     Raises:
-        ValueError: if `logits` is not `(n,)`, only one of `num_train` and `num_test`
-            is given, or they or `clip` are not > 0.
+        ValueError: if `logits` is not `(n,)` (e.g. a whole `AdversarialValidation`
+            result), only one of `num_train` and `num_test` is given, or they or `clip`
+            are not > 0.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -125,9 +129,12 @@ def importance_weights(
         >>> result.normalized.round(2).tolist(), round(float(result.ess), 4)
         ([0.25, 0.25, 0.5], 2.6667)
     """
+    checks.check_not_result("logits", logits, "train_logits")
     logits = jnp.asarray(logits)
     if logits.ndim != 1:
         raise ValueError(f"logits must have shape (n,), got shape {logits.shape}.")
+    # Integer logits would make log(clip) and log(num_train / num_test) integers.
+    logits = logits.astype(dtypes.compute_dtype(logits.dtype))
     if (num_train is None) != (num_test is None):
         raise ValueError(
             "num_train and num_test must be given together (unbalanced discriminator) or "
@@ -180,7 +187,8 @@ def resample_validation(
         outputs, so no derivative.
 
     Raises:
-        ValueError: if `weights` is not `(n,)`, concrete weights are negative, NaN,
+        ValueError: if `weights` is not `(n,)` (e.g. the whole `ImportanceWeights`
+            result rather than its `.weights`), concrete weights are negative, NaN,
             inf or all zero, `size` < 1, or `key` is not a key.
 
     Examples:
@@ -191,6 +199,7 @@ def resample_validation(
         >>> set(drawn.tolist()) <= {1, 3}, keep.tolist()
         (True, [True, False, True, False])
     """
+    checks.check_not_result("weights", weights, "weights")
     weights = jnp.asarray(weights)
     if weights.ndim != 1:
         raise ValueError(f"weights must have shape (n,), got shape {weights.shape}.")
