@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
+import optax
 import pytest
 from _compat import enable_x64
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -368,6 +369,35 @@ def test_sharded_samples_give_the_single_device_numbers(axis_type):
     )
 
 
+@pytest.mark.parametrize("num_samples", [12, 6])
+def test_a_mesh_that_does_not_divide_the_directions_is_refused_naming_both(num_samples):
+    # 4 devices: 12 antithetic samples are 6 directions, 6 forward ones are 6 too.
+    mesh = Mesh(np.array(jax.devices()[:4]), ("samples",))
+    with pytest.raises(ValueError, match="sample_sharding splits the directions over 4"):
+        estimators.zeroth_order_grad(
+            _non_smooth, PARAMS, jax.random.key(0), num_samples=num_samples,
+            antithetic=num_samples == 12,
+            sample_sharding=NamedSharding(mesh, PartitionSpec("samples")))
+
+
+def test_the_update_takes_an_optax_schedule_at_its_step():
+    schedule = optax.cosine_decay_schedule(0.3, 10)
+    step = jax.jit(lambda x, count: estimators.zeroth_order_update(
+        _smooth_flat, x, jax.random.key(2), learning_rate=schedule, step=count,
+        num_samples=4)[0])
+    for count in (0, 7):
+        expected = estimators.zeroth_order_update(
+            _smooth_flat, FLAT, jax.random.key(2), learning_rate=float(schedule(count)),
+            num_samples=4)[0]
+        np.testing.assert_allclose(step(FLAT, count), expected, rtol=1e-6, atol=1e-6)
+    for options, message in (({"learning_rate": schedule}, "step must be given"),
+                             ({"learning_rate": 0.1, "step": 3}, "step is used with a schedule"),
+                             ({"learning_rate": jnp.ones(2)}, "learning_rate must have shape")):
+        with pytest.raises(ValueError, match=message):
+            estimators.zeroth_order_update(_smooth_flat, FLAT, jax.random.key(2),
+                                           num_samples=4, **options)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -375,6 +405,7 @@ def test_sharded_samples_give_the_single_device_numbers(axis_type):
         ({"num_samples": 7}, "num_samples must be even"),
         ({"sigma": 0.0}, "sigma"),
         ({"sigma": -1.0}, "sigma"),
+        ({"sigma": jnp.full(3, 0.1)}, "sigma must have shape"),
         ({"chunk_size": 3}, "chunk_size"),
         ({"chunk_size": 5, "antithetic": False}, "chunk_size"),
         ({"directions": "uniform"}, "directions"),
@@ -656,6 +687,16 @@ TRANSFORMED = {  # name -> estimate(params, key), params = the 7-vector `FLAT`
     "zo forward, optimal, sphere": lambda x, key: estimators.zeroth_order_grad(
         _smooth_flat, x, key, num_samples=16, sigma=0.1, antithetic=False,
         baseline="optimal", directions="sphere",
+    ),
+    "zo update, forward, optimal": lambda x, key: estimators.zeroth_order_update(
+        _smooth_flat, x, key, learning_rate=0.1, num_samples=4, sigma=0.1, antithetic=False,
+        baseline="optimal",
+    )[0],
+    "zo orthogonal": lambda x, key: estimators.zeroth_order_grad(
+        _smooth_flat, x, key, num_samples=14, sigma=0.1, directions="orthogonal",
+    ),
+    "forward gradient, low rank": lambda x, key: estimators.forward_gradient(
+        _smooth_flat, x, key, num_samples=8, directions="low_rank", chunk_size=4,
     ),
     "pg gaussian, leave_one_out": lambda x, key: estimators.policy_gradient(
         *estimators.gaussian_policy(0.1), _smooth_flat, x, key, num_samples=16

@@ -127,6 +127,7 @@ def test_rounding_floor_sigma_works_under_jit_and_vmap():
         ({"value": float("nan")}, "value"),
         ({"grad_norm": -1.0}, "grad_norm"),
         ({"dtype": jnp.int32}, "dtype"),
+        ({"dtype": None}, "dtype must be a floating dtype, got None"),
         ({"value_dtype": "int8"}, "value_dtype"),
         ({"num_params": 0}, "num_params"),
         ({"num_directions": 2.0}, "num_directions"),
@@ -140,6 +141,18 @@ def test_rounding_variance_rejects_bad_input(kwargs, match):
                  "num_params": 10, **kwargs}
     with pytest.raises(ValueError, match=match):
         rounding_variance(**arguments)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_a_value_of_exactly_zero_has_the_subnormal_spacing(dtype):
+    # At 0 the spacing of the dtype is its smallest subnormal, not eps (a value near 1):
+    # one output rounding of variance h^2 / 12, halved for an antithetic pair.
+    tiny = float(jnp.finfo(dtype).smallest_subnormal)
+    variance = rounding_variance(1.0, 0.0, 1.0, dtype, num_params=10)
+    # (float32's, 2^-149 squared, underflows to 0 in the float32 result.)
+    np.testing.assert_allclose(float(variance), 10 * tiny**2 / 12 / 2, rtol=1e-6, atol=1e-40)
+    near_one = rounding_variance(1.0, 1.0, 1.0, dtype, num_params=10)
+    assert float(variance) < 1e-6 * float(near_one)
 
 
 @pytest.mark.parametrize(
