@@ -184,8 +184,9 @@ def _accuracy_study(report, x, y, shifts, *, models, seeds, steps, val_size, num
 
 
 def _plot(report, gaps, shifts, models):
+    # Constrained layout puts the suptitle above the subplot titles instead of on them.
     figure, axes = _plots.subplots(1, len(shifts), figsize=(4.2 * len(shifts), 3.4),
-                                   sharey=True, squeeze=False)
+                                   sharey=True, squeeze=False, layout="constrained")
     width = 0.8 / len(METHODS)
     for axis, shift in zip(axes[0], shifts, strict=True):
         for index, method in enumerate(METHODS):

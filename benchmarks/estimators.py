@@ -209,7 +209,9 @@ def _error_statistics(estimates, x, g, repeats, key):
     estimate(x, key)), the same keys for each, drawn in one compiled program (one
     compile, not one per estimator: most of a small run's time)."""
     keys = jax.random.split(key, repeats)
-    batch = max(1, min(repeats, 2**22 // max(1, x.size * 64 * len(estimates))))
+    # A divisor of `repeats`: a remainder would compile the estimators a second time.
+    bound = max(1, min(repeats, 2**22 // max(1, x.size * 64 * len(estimates))))
+    batch = next(b for b in range(bound, 0, -1) if repeats % b == 0)
     samples = jax.jit(lambda ks: jax.lax.map(
         lambda k: {name: estimate(x, k) for name, estimate in estimates.items()}, ks,
         batch_size=batch))
@@ -365,7 +367,8 @@ def _direction_kinds(report, size, key):
     report.table(
         f"direction kinds: variance trace of the antithetic estimate of a quadratic on "
         f"{shape} (d = {x.size}, sigma = {sigma}) vs closed form, over {repeats} keys; "
-        f"forward_gradient: n jvps; evosax Open_ES: population 2n", rows)
+        f"forward_gradient: n jvps (on a quadratic the Gaussian rows' numbers: same keys, "
+        f"same directions); evosax Open_ES: population 2n", rows)
     report.note("direction kinds: evosax", _EVOSAX_NOTE.format(
         version=importlib.metadata.version("evosax")))
     worst = max(abs(r["ratio"] - 1) / r["ratio_se"] for r in rows)

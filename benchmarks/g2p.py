@@ -32,7 +32,7 @@ import optax
 
 from benchmarks import _g2p_data, _harness, _stats, _train
 from benchmarks._seq2seq import Seq2Seq, decode
-from jaxtricks.teaforn import teaforn_loss
+from jaxtricks.teaforn import ArgmaxFeed, HiddenFeed, SoftFeed, TopKFeed, teaforn_loss
 
 OTHER_FEEDS, TOP_K = ("soft", "topk", "argmax"), 4
 PAPER_CLAIMS = (
@@ -82,14 +82,14 @@ def loss_fn(model: Seq2Seq, params, batch, *, n: int, feed: str):
     """TeaForN loss (teacher forcing at n=1) of one batch; returns (loss, per-pass CE)."""
     source, decoder_inputs, targets = batch
     memory, valid = model.apply(params, source, method=Seq2Seq.encode)
+    table = params["params"]["target_embedding"]["embedding"]
+    feeds = {"hidden": HiddenFeed(), "soft": SoftFeed(table), "topk": TopKFeed(table, TOP_K),
+             "argmax": ArgmaxFeed(table)}
     return teaforn_loss(
         lambda vectors: model.apply(params, vectors, memory, valid, method=Seq2Seq.body),
         lambda hidden: model.apply(params, hidden, method=Seq2Seq.logits),
         model.apply(params, decoder_inputs, method=Seq2Seq.embed),
-        targets, n=n, feed=feed, where=targets != _g2p_data.PAD,
-        embedding=None if feed == "hidden"
-        else params["params"]["target_embedding"]["embedding"],
-        top_k=TOP_K if feed == "topk" else None,
+        targets, n=n, feed=feeds[feed], where=targets != _g2p_data.PAD,
     )
 
 

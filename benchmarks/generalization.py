@@ -71,7 +71,7 @@ def regularised_adam(h: dict[str, jax.Array]) -> optax.GradientTransformation:
         jaxtricks.weissi(h["WEISSI (coupled)"]),
         optax.adam(LEARNING_RATE),
         jaxtricks.decoupled_weight_decay(h["AdamW (decoupled)"], learning_rate=LEARNING_RATE),
-        jaxtricks.weissi(h["WEISSI (decoupled)"], learning_rate=LEARNING_RATE),
+        jaxtricks.decoupled_weissi(h["WEISSI (decoupled)"], learning_rate=LEARNING_RATE),
     )
 
 
@@ -345,7 +345,7 @@ def speed_optimizers() -> dict[str, optax.GradientTransformation]:
         ),
         "chain(weissi, adam)": optax.chain(jaxtricks.weissi(1e-3), optax.adam(LEARNING_RATE)),
         "chain(adam, weissi decoupled)": optax.chain(
-            optax.adam(LEARNING_RATE), jaxtricks.weissi(1.0, learning_rate=LEARNING_RATE)
+            optax.adam(LEARNING_RATE), jaxtricks.decoupled_weissi(1.0, learning_rate=LEARNING_RATE)
         ),
         "chain(weissi product + direction, adam)": optax.chain(
             jaxtricks.weissi(1e-3, direction_weight=1e-4, form="product"),

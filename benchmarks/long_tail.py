@@ -119,14 +119,14 @@ def training_losses(priors: jax.Array) -> tuple[Callable, ...]:
 
     def weighted(logits, labels, tau):
         del tau
-        return losses.weighted_softmax_cross_entropy(logits, labels, class_weights=class_weights)
+        return losses.softmax_weighted_cross_entropy(logits, labels, class_weights=class_weights)
 
     def focal(logits, labels, tau):
         del tau
         return losses.softmax_focal_loss(logits, labels, gamma=FOCAL_GAMMA)
 
     def logit_adjusted(logits, labels, tau):
-        return losses.logit_adjusted_softmax_cross_entropy(
+        return losses.softmax_logit_adjusted_cross_entropy(
             logits, labels, class_priors=priors, tau=tau
         )
 
@@ -174,9 +174,9 @@ def per_class_recall(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def balanced_accuracy_percent(logits: jax.Array, labels: jax.Array) -> np.ndarray:
     """Balanced accuracy (library metric) in %, `[splits, seeds]`, from logits
     `[splits, seeds, n, classes]` and labels `[splits, n]`."""
-    per_seed = jax.vmap(losses.balanced_accuracy, in_axes=(0, None, None))
-    per_split = jax.vmap(per_seed, in_axes=(0, 0, None))
-    return 100 * np.asarray(per_split(logits, labels, NUM_CLASSES))
+    per_seed = jax.vmap(losses.balanced_accuracy_from_logits, in_axes=(0, None))
+    per_split = jax.vmap(per_seed, in_axes=(0, 0))
+    return 100 * np.asarray(per_split(logits, labels))
 
 
 def digits_row(
@@ -336,15 +336,15 @@ def synthetic_trial(key: jax.Array) -> dict[str, jax.Array]:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
     def weighted(logits, labels):
-        return losses.weighted_softmax_cross_entropy(
+        return losses.softmax_weighted_cross_entropy(
             logits, labels, class_weights=1.0 / (2 * priors)
         )
 
     def logit_adjusted(logits, labels):
-        return losses.logit_adjusted_softmax_cross_entropy(logits, labels, class_priors=priors)
+        return losses.softmax_logit_adjusted_cross_entropy(logits, labels, class_priors=priors)
 
     def balanced_error(logits):
-        return 1.0 - losses.balanced_accuracy(logits, labels_test, 2)
+        return 1.0 - losses.balanced_accuracy_from_logits(logits, labels_test)
 
     def offset(theta):  # signed distance of the boundary w·x + b = 0 from the origin
         return -theta[2] / jnp.linalg.norm(theta[:2])

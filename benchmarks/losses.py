@@ -46,18 +46,20 @@ def _softmax_losses(num_classes: int) -> dict:
         "softmax_focal_loss(gamma=2, alpha[K])": lambda s, y, m: losses.softmax_focal_loss(
             s, y, alpha=alpha),
         "naive focal, plain autodiff (contrast)": lambda s, y, m: _naive_softmax_focal_loss(s, y),
-        "weighted_softmax_cross_entropy": lambda s, y, m: losses.weighted_softmax_cross_entropy(
+        "softmax_weighted_cross_entropy": lambda s, y, m: losses.softmax_weighted_cross_entropy(
             s, y, class_weights=alpha),
-        "logit_adjusted_softmax_cross_entropy": (
-            lambda s, y, m: losses.logit_adjusted_softmax_cross_entropy(s, y, class_priors=priors)),
-        "smoothed_accuracy_loss": lambda s, y, m: losses.smoothed_accuracy_loss(s, y),
+        "softmax_logit_adjusted_cross_entropy": (
+            lambda s, y, m: losses.softmax_logit_adjusted_cross_entropy(s, y, class_priors=priors)),
+        "softmax_smoothed_accuracy_loss": (
+            lambda s, y, m: losses.softmax_smoothed_accuracy_loss(s, y)),
         "softmax_hard_truncated_cross_entropy": (
             lambda s, y, m: losses.softmax_hard_truncated_cross_entropy(s, y)),
         "softmax_soft_truncated_cross_entropy": (
             lambda s, y, m: losses.softmax_soft_truncated_cross_entropy(s, y, steepness=2.0)),
-        "multilabel_softmax_cross_entropy": (
-            lambda s, y, m: losses.multilabel_softmax_cross_entropy(s, m)),
-        "smoothed_f1_loss (batch-level)": lambda s, y, m: losses.smoothed_f1_loss(s, y),
+        "softmax_multilabel_cross_entropy": (
+            lambda s, y, m: losses.softmax_multilabel_cross_entropy(s, m)),
+        "softmax_smoothed_f1_loss (batch-level)": (
+            lambda s, y, m: losses.softmax_smoothed_f1_loss(s, y)),
     }
 
 
@@ -66,11 +68,11 @@ def _binary_losses() -> dict:
     return {
         "optax sigmoid BCE (reference)": optax.sigmoid_binary_cross_entropy,
         "optax sigmoid_focal_loss(gamma=2) (peer)": lambda z, t: optax.sigmoid_focal_loss(z, t),
-        "hard_truncated_cross_entropy": losses.hard_truncated_cross_entropy,
-        "soft_truncated_cross_entropy": losses.soft_truncated_cross_entropy,
-        "binary_smoothed_accuracy_loss": losses.binary_smoothed_accuracy_loss,
-        "binary_f1_weighted_cross_entropy": losses.binary_f1_weighted_cross_entropy,
-        "binary_smoothed_f1_loss (batch-level)": losses.binary_smoothed_f1_loss,
+        "sigmoid_hard_truncated_cross_entropy": losses.sigmoid_hard_truncated_cross_entropy,
+        "sigmoid_soft_truncated_cross_entropy": losses.sigmoid_soft_truncated_cross_entropy,
+        "sigmoid_smoothed_accuracy_loss": losses.sigmoid_smoothed_accuracy_loss,
+        "sigmoid_f1_weighted_cross_entropy": losses.sigmoid_f1_weighted_cross_entropy,
+        "sigmoid_smoothed_f1_loss (batch-level)": losses.sigmoid_smoothed_f1_loss,
     }
 
 
@@ -111,7 +113,7 @@ def _weight_curves(report: _harness.Report) -> None:
     curves = {
         **{f"focal gamma={g:g}": (lambda s, y, g=g: losses.softmax_focal_loss(s, y, gamma=g))
            for g in (0.0, 0.5, 1.0, 2.0, 5.0)},
-        "smoothed accuracy": losses.smoothed_accuracy_loss,
+        "smoothed accuracy": losses.softmax_smoothed_accuracy_loss,
         "hard truncation m=0.6": (
             lambda s, y: losses.softmax_hard_truncated_cross_entropy(s, y, margin=0.6)),
         **{f"soft truncation K={k:g}": (

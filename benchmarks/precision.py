@@ -202,7 +202,8 @@ def _matmul_precision(report, repeats):
 
 
 def _plot(report, rows, dithered):
-    figure, axes = _plots.subplots(1, 2, figsize=(11, 4))
+    # Constrained layout keeps the two titles (two lines each) from running into each other.
+    figure, axes = _plots.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for index, key in enumerate(dict.fromkeys((r["dtype"], r["mode"], r["estimator"])
                                               for r in rows if r["d"] == 10)):
         mine = [r for r in rows if (r["dtype"], r["mode"], r["estimator"]) == key
@@ -212,7 +213,7 @@ def _plot(report, rows, dithered):
                               color=f"C{index % 10}", label=" ".join(key), ms=4)[0]
         axes[0].loglog(sigma, [r["predicted"] for r in mine], "-", lw=0.8,
                        color=line.get_color())
-    axes[0].set_title("offset quadratic, d = 10: measured (dots), predicted (lines)")
+    axes[0].set_title("offset quadratic, d = 10\nmeasured (dots), predicted (lines)")
     for index, name in enumerate(dict.fromkeys(r["dtype"] for r in dithered)):
         mine = [r for r in dithered if r["dtype"] == name]
         sigma = [r["sigma"] for r in mine]
@@ -221,7 +222,7 @@ def _plot(report, rows, dithered):
         axes[1].loglog(sigma, [r["predicted"] for r in mine], "-", color=f"C{index}",
                        label=f"{name} predicted")
         axes[1].axvline(mine[0]["sigma_floor"], color=f"C{index}", ls=":", lw=0.8)
-    axes[1].set_title("mean of 16 rounded examples (dithered), antithetic")
+    axes[1].set_title("mean of 16 rounded examples\n(dithered), antithetic")
     for axis in axes:
         axis.set_xlabel("sigma")
         axis.set_ylabel("variance trace of one estimate")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks import _harness, _stats, _train
-from jaxtricks.teaforn import teaforn_loss
+from jaxtricks.teaforn import ArgmaxFeed, HiddenFeed, SoftFeed, teaforn_loss
 
 BOS, PAD, VOCAB = 10, 11, 12
 LR = 3e-3
@@ -120,12 +120,13 @@ def make_batch(key, batch: int, min_len: int, max_len: int, width: int):
 def loss_fn(params, batch, weights=None, *, n, feed="hidden", unroll=True, remat=False):
     source, valid, decoder_inputs, targets = batch
     memory = MODEL.apply(params, source, valid, method=Seq2Seq.encode)
+    table = params["params"]["embedding"]["embedding"]
+    feeds = {"hidden": HiddenFeed(), "soft": SoftFeed(table), "argmax": ArgmaxFeed(table)}
     return teaforn_loss(
         lambda vectors: MODEL.apply(params, vectors, memory, valid, method=Seq2Seq.body),
         lambda hidden: MODEL.apply(params, hidden, method=Seq2Seq.logits),
         MODEL.apply(params, decoder_inputs, method=Seq2Seq.embed),
-        targets, n=n, weights=weights, feed=feed,
-        embedding=None if feed == "hidden" else params["params"]["embedding"]["embedding"],
+        targets, n=n, weights=weights, feed=feeds[feed],
         where=valid, unroll=unroll, remat=remat,
     )
 

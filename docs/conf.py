@@ -3,7 +3,9 @@
 Build: `python -m sphinx -W --keep-going -b html docs docs/_build/html` (warnings are
 errors). Pages are MyST markdown; the worked examples in `examples/` and the
 getting-started page are MyST notebooks executed at every build on the CPU. Nothing here
-needs a network: no intersphinx, no remote images.
+needs a network, to build or to read: no intersphinx, no remote images, MathJax copied
+into `_static/mathjax` (docs/_ext/offline_mathjax.py), and docs/_ext/local_links.py fails
+the build on a dead local link or a page that loads a remote file.
 """
 
 import os
@@ -36,6 +38,8 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "api_coverage",  # docs/_ext/api_coverage.py: every public name is in the reference
+    "offline_mathjax",  # docs/_ext/offline_mathjax.py: MathJax from the docs extra, no CDN
+    "local_links",  # docs/_ext/local_links.py: no dead local link, no remote asset
 ]
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
@@ -66,6 +70,8 @@ python_display_short_literal_types = True
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "smartquotes"]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
+# MathJax 3 from the sphinx-mathjax-offline package, copied into _static/mathjax.
+mathjax_path = "mathjax/tex-chtml.js"
 
 # Notebooks: executed at every build; an exception in a cell fails the build.
 nb_execution_mode = "force"
@@ -85,7 +91,9 @@ html_theme_options = {
     "use_download_button": True,
 }
 html_last_updated_fmt = None
-html_copy_source = False
+# The pages' sources are copied into _sources/: the download button's ".md" entry links
+# there (sphinx-book-theme sets html_sourcelink_suffix to "", so the file keeps its name).
+html_copy_source = True
 
 
 def _alias_names(app, what, name, obj, options, signature, return_annotation):
@@ -96,5 +104,28 @@ def _alias_names(app, what, name, obj, options, signature, return_annotation):
     return clean(signature), clean(return_annotation)
 
 
+def _viewcode_module(app, modname, fullname):
+    """The module whose source viewcode shows for `fullname`, where Python's is not one.
+
+    A NamedTuple's generated `__new__` says it comes from a module `namedtuple_<Class>`
+    that does not exist: viewcode listed it in `_modules/index.html` with a link to no
+    page. Its class's module is used instead. `None` keeps viewcode's own answer.
+    """
+    module = sys.modules.get(modname)
+    owner = modname
+    obj = module
+    for part in fullname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+        name = getattr(obj, "__module__", None)
+        if isinstance(name, str) and name not in sys.modules:
+            return owner
+        if isinstance(name, str):
+            owner = name
+    return None
+
+
 def setup(app):
     app.connect("autodoc-process-signature", _alias_names)
+    app.connect("viewcode-follow-imported", _viewcode_module)

@@ -15,6 +15,7 @@ from jaxtricks import estimators, losses, regularizers, rnn, teaforn, validation
 from jaxtricks.regularizers import (
     CountState,
     decoupled_weight_decay,
+    decoupled_weissi,
     flood,
     gradient_norm_penalty,
     iflood,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = (
     "CountState",
     "decoupled_weight_decay",
+    "decoupled_weissi",
     "estimators",
     "flood",
     "gradient_norm_penalty",

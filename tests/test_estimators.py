@@ -590,11 +590,77 @@ def test_batches_of_typed_and_legacy_keys_give_the_same_numbers_under_vmap(name)
 
 
 @pytest.mark.parametrize("name", KEYED_FUNCTIONS)
-@pytest.mark.parametrize("bad_key", [jnp.zeros(2), jnp.zeros(2, jnp.int32)])
+@pytest.mark.parametrize("bad_key", [jnp.zeros(2), jnp.zeros(2, jnp.int32), None, "key"])
 def test_a_non_key_array_is_refused_with_a_clear_message(name, bad_key):
     message = r"key must be a jax\.random\.key or a jax\.random\.PRNGKey"
     with pytest.raises(ValueError, match=message):
         KEYED_FUNCTIONS[name](bad_key)
+
+
+def test_a_four_word_prng_key_is_an_rbg_key_under_the_rbg_default():
+    # `jax.random.PRNGKey(0)` is uint32[4] under jax_default_prng_impl="rbg"; a 2-word
+    # raw key stays a threefry key whatever the default.
+    estimate = functools.partial(estimators.zeroth_order_grad, quadratic,
+                                 jnp.asarray(X, jnp.float32), num_samples=4)
+    previous = jax.config.jax_default_prng_impl
+    try:
+        jax.config.update("jax_default_prng_impl", "rbg")
+        four_words, two_words = estimate(jax.random.PRNGKey(0)), estimate(
+            jnp.zeros(2, jnp.uint32))
+    finally:
+        jax.config.update("jax_default_prng_impl", previous)
+    np.testing.assert_array_equal(four_words, estimate(jax.random.key(0, impl="rbg")))
+    np.testing.assert_array_equal(two_words, estimate(jax.random.PRNGKey(0)))
+
+
+def test_empty_leaves_count_and_integer_values_are_cast_to_float():
+    params = {"a": jnp.asarray(X, jnp.float32), "empty": jnp.zeros((0, 3))}
+    for estimate in (
+        estimators.zeroth_order_grad(lambda p: quadratic(p["a"]), params, jax.random.key(0),
+                                     num_samples=4),
+        estimators.zeroth_order_grad(lambda p: quadratic(p["a"]), params, jax.random.key(0),
+                                     num_samples=4, chunk_size=2),
+        estimators.forward_gradient(lambda p: quadratic(p["a"]), params, jax.random.key(0),
+                                    num_samples=4),
+    ):
+        assert estimate["empty"].shape == (0, 3)
+        assert np.all(np.isfinite(estimate["a"]))
+    # A count or an indicator is a float value: the estimate of a step function.
+    x = jnp.asarray(X, jnp.float32)
+    step = estimators.zeroth_order_grad(lambda p: (p[0] > X[0]).astype(jnp.int32), x,
+                                        jax.random.key(1), num_samples=8, sigma=0.5)
+    indicator = estimators.zeroth_order_grad(lambda p: p[0] > X[0], x, jax.random.key(1),
+                                             num_samples=8, sigma=0.5)
+    np.testing.assert_array_equal(step, indicator)
+
+
+@pytest.mark.parametrize(
+    ("estimate", "message"),
+    [(lambda x: estimators.zeroth_order_grad(lambda p: jnp.sum(p) * 1j, x, jax.random.key(0),
+                                             num_samples=2), "real"),
+     (lambda x: estimators.zeroth_order_update(lambda p: jnp.sum(p) * 1j, x,
+                                               jax.random.key(0), learning_rate=0.1,
+                                               num_samples=2), "real"),
+     (lambda x: estimators.forward_gradient(lambda p: jnp.argmax(p), x, jax.random.key(0),
+                                            num_samples=2), "real floating"),
+     (lambda x: estimators.gaussian_policy(jnp.full(3, 0.1)), "sigma must have shape"),
+     (lambda x: estimators.policy_gradient(
+         *estimators.gaussian_policy(0.1), jnp.sum, x, jax.random.key(0), num_samples=6,
+         sample_sharding=NamedSharding(Mesh(np.array(jax.devices()[:4]), ("s",)),
+                                       PartitionSpec("s"))), "sample_sharding")],
+    ids=["complex fn", "complex fn, update", "integer fn, jvp", "vector sigma", "mesh"],
+)
+def test_outputs_and_arguments_that_cannot_be_estimated_are_refused(estimate, message):
+    with pytest.raises(ValueError, match=message):
+        estimate(jnp.asarray(X, jnp.float32))
+
+
+def test_an_action_outside_the_classes_has_no_log_probability():
+    _, log_prob_fn = estimators.categorical_policy(lambda p: p)
+    logits = jnp.log(jnp.array([0.5, 0.3, 0.2]))
+    for action in (-1, 3):
+        assert np.isnan(log_prob_fn(logits, jnp.array(action)))
+    np.testing.assert_allclose(log_prob_fn(logits, jnp.array(2)), math.log(0.2), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------ low precision

@@ -90,11 +90,11 @@ def _focal_without_alpha(logits, labels, gamma):
 
 
 def _weighted(logits, labels, class_weights):
-    return losses.weighted_softmax_cross_entropy(logits, labels, class_weights=class_weights)
+    return losses.softmax_weighted_cross_entropy(logits, labels, class_weights=class_weights)
 
 
 def _logit_adjusted(logits, labels, priors, tau):
-    return losses.logit_adjusted_softmax_cross_entropy(logits, labels, class_priors=priors,
+    return losses.softmax_logit_adjusted_cross_entropy(logits, labels, class_priors=priors,
                                                        tau=tau)
 
 
@@ -116,10 +116,10 @@ def _softmax_losses(logits, labels, h, where=None):
     return {
         "focal": losses.softmax_focal_loss(logits, labels, gamma=h["gamma"],
                                            alpha=h["weights"], where=where),
-        "weighted": losses.weighted_softmax_cross_entropy(
+        "weighted": losses.softmax_weighted_cross_entropy(
             logits, labels, class_weights=h["weights"], where=where),
-        "smoothed_accuracy": losses.smoothed_accuracy_loss(logits, labels, where=where),
-        "logit_adjusted": losses.logit_adjusted_softmax_cross_entropy(
+        "smoothed_accuracy": losses.softmax_smoothed_accuracy_loss(logits, labels, where=where),
+        "logit_adjusted": losses.softmax_logit_adjusted_cross_entropy(
             logits, labels, class_priors=h["weights"], tau=h["tau"], where=where),
         "soft_truncated": losses.softmax_soft_truncated_cross_entropy(
             logits, labels, steepness=h["steepness"], where=where),
@@ -129,11 +129,11 @@ def _softmax_losses(logits, labels, h, where=None):
 def _binary_losses(z, y, h, where=None):
     """Every elementwise binary loss."""
     return {
-        "hard_truncated": losses.hard_truncated_cross_entropy(z, y, margin=h["margin"],
-                                                              where=where),
-        "soft_truncated": losses.soft_truncated_cross_entropy(z, y, steepness=h["steepness"],
-                                                              where=where),
-        "smoothed_accuracy": losses.binary_smoothed_accuracy_loss(z, y, where=where),
+        "hard_truncated": losses.sigmoid_hard_truncated_cross_entropy(
+            z, y, margin=h["margin"], where=where),
+        "soft_truncated": losses.sigmoid_soft_truncated_cross_entropy(
+            z, y, steepness=h["steepness"], where=where),
+        "smoothed_accuracy": losses.sigmoid_smoothed_accuracy_loss(z, y, where=where),
     }
 
 
@@ -143,19 +143,19 @@ def _two_class_pairs(logits, labels, z, y, h):
         "soft_truncated": (
             losses.softmax_soft_truncated_cross_entropy(logits, labels,
                                                         steepness=h["steepness"]),
-            losses.soft_truncated_cross_entropy(z, y, steepness=h["steepness"])),
+            losses.sigmoid_soft_truncated_cross_entropy(z, y, steepness=h["steepness"])),
         "hard_truncated": (
             losses.softmax_hard_truncated_cross_entropy(logits, labels, margin=h["margin"]),
-            losses.hard_truncated_cross_entropy(z, y, margin=h["margin"])),
-        "smoothed_accuracy": (losses.smoothed_accuracy_loss(logits, labels),
-                              losses.binary_smoothed_accuracy_loss(z, y)),
+            losses.sigmoid_hard_truncated_cross_entropy(z, y, margin=h["margin"])),
+        "smoothed_accuracy": (losses.softmax_smoothed_accuracy_loss(logits, labels),
+                              losses.sigmoid_smoothed_accuracy_loss(z, y)),
         "focal": (losses.softmax_focal_loss(logits, labels, gamma=h["gamma"]),
                   optax.sigmoid_focal_loss(z, y, gamma=h["gamma"])),
     }
 
 
 def _smoothed_accuracy(logits, labels):
-    return losses.smoothed_accuracy_loss(logits, labels)
+    return losses.softmax_smoothed_accuracy_loss(logits, labels)
 
 
 def _hard_truncated_softmax(logits, labels, margin):
@@ -167,11 +167,11 @@ def _soft_truncated_softmax(logits, labels, steepness):
 
 
 def _soft_truncated_binary(z, y, steepness):
-    return losses.soft_truncated_cross_entropy(z, y, steepness=steepness)
+    return losses.sigmoid_soft_truncated_cross_entropy(z, y, steepness=steepness)
 
 
 def _multilabel_one_class(z, y):
-    return losses.multilabel_softmax_cross_entropy(z[..., None], y[..., None])
+    return losses.softmax_multilabel_cross_entropy(z[..., None], y[..., None])
 
 
 @st.composite

@@ -50,16 +50,16 @@ ALPHA = np.array([0.1, 0.2, 0.3, 0.4, 1.0])
 SOFTMAX_LOSSES = {
     "focal": lambda s, y, **kw: losses.softmax_focal_loss(s, y, gamma=2.0, alpha=ALPHA, **kw),
     "focal_small_gamma": lambda s, y, **kw: losses.softmax_focal_loss(s, y, gamma=0.3, **kw),
-    "weighted": lambda s, y, **kw: losses.weighted_softmax_cross_entropy(
+    "weighted": lambda s, y, **kw: losses.softmax_weighted_cross_entropy(
         s, y, class_weights=ALPHA, **kw),
-    "logit_adjusted": lambda s, y, **kw: losses.logit_adjusted_softmax_cross_entropy(
+    "logit_adjusted": lambda s, y, **kw: losses.softmax_logit_adjusted_cross_entropy(
         s, y, class_priors=PRIORS, tau=1.5, **kw),
-    "smoothed_accuracy": losses.smoothed_accuracy_loss,
+    "smoothed_accuracy": losses.softmax_smoothed_accuracy_loss,
     "hard_truncated": lambda s, y, **kw: losses.softmax_hard_truncated_cross_entropy(
         s, y, margin=0.6, **kw),
     "soft_truncated": lambda s, y, **kw: losses.softmax_soft_truncated_cross_entropy(
         s, y, steepness=2.0, **kw),
-    "multilabel": lambda s, y, **kw: losses.multilabel_softmax_cross_entropy(
+    "multilabel": lambda s, y, **kw: losses.softmax_multilabel_cross_entropy(
         s, jax.nn.one_hot(y, s.shape[-1]), **kw),
 }
 
@@ -268,14 +268,14 @@ def test_masked_scores_get_no_gradient_and_empty_rows_give_zero():
 def test_weighted_cross_entropy_is_class_weight_times_optax_cross_entropy():
     logits, labels = _problem(8)
     expected = ALPHA[labels] * optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    got = losses.weighted_softmax_cross_entropy(logits, labels, class_weights=ALPHA)
+    got = losses.softmax_weighted_cross_entropy(logits, labels, class_weights=ALPHA)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_smoothed_accuracy_loss_is_minus_the_target_probability():
     logits, labels = _problem(13)
     expected = -np.exp(_np_target(_np_log_softmax(logits), labels))
-    np.testing.assert_allclose(losses.smoothed_accuracy_loss(logits, labels), expected,
+    np.testing.assert_allclose(losses.softmax_smoothed_accuracy_loss(logits, labels), expected,
                                rtol=1e-6)
 
 
@@ -300,7 +300,7 @@ def _raises(match, fn, *args, **kwargs):
 def test_bad_arguments_raise_value_errors_naming_them():
     logits, labels = _problem(18)
     focal = losses.softmax_focal_loss
-    la = losses.logit_adjusted_softmax_cross_entropy
+    la = losses.softmax_logit_adjusted_cross_entropy
     _raises(r"labels must have shape \(6,\)", focal, logits, labels[:4])
     _raises("labels must be integers", focal, logits, labels.astype(np.float32))
     _raises("gamma must lie in", focal, logits, labels, gamma=-0.5)
@@ -310,7 +310,7 @@ def test_bad_arguments_raise_value_errors_naming_them():
     _raises("alpha must be finite", focal, logits, labels, alpha=np.full(5, np.nan))
     _raises("where must have shape", focal, logits, labels, where=np.ones(3, bool))
     _raises("logits must have a floating dtype", focal, labels[:, None], labels)
-    _raises("class_weights must lie in", losses.weighted_softmax_cross_entropy, logits, labels,
+    _raises("class_weights must lie in", losses.softmax_weighted_cross_entropy, logits, labels,
             class_weights=-ALPHA)
     _raises("tau must be finite", la, logits, labels, class_priors=PRIORS, tau=np.inf)
     _raises("tau must be finite", losses.adjust_logits, logits, class_priors=PRIORS, tau=np.nan)
@@ -325,8 +325,13 @@ def test_bad_arguments_raise_value_errors_naming_them():
             labels, steepness=-1.0)
     _raises("num_classes must be an integer", losses.class_priors, labels, 0)
     _raises("smoothing", losses.class_priors, labels, 5, smoothing=-1.0)
-    _raises("logits_or_predictions must have shape", losses.balanced_accuracy, logits, labels, 4)
-    _raises(r"labels must have shape \(6, 5\)", losses.multilabel_softmax_cross_entropy,
+    _raises(r"predictions must be integers of shape \(6,\), or \(deprecated\) logits of "
+            r"shape \(6, 4\)", losses.balanced_accuracy, logits, labels, 4)
+    _raises(r"logits must have shape \(6,\) \+ the class shape",
+            losses.balanced_accuracy_from_logits, logits[0], labels)
+    _raises("logits must have at least one class", losses.balanced_accuracy_from_logits,
+            logits[:, :0], labels)
+    _raises(r"labels must have shape \(6, 5\)", losses.softmax_multilabel_cross_entropy,
             logits, labels)
     _raises("axis must", focal, logits, labels, axis=2)
 
@@ -365,7 +370,7 @@ def test_narrow_integer_labels_give_the_int32_result_for_any_num_classes(dtype):
     weights = np.linspace(0.5, 2.0, num_classes)
     by_name = {
         "focal_alpha": lambda s, y: losses.softmax_focal_loss(s, y, alpha=weights),
-        "weighted": lambda s, y: losses.weighted_softmax_cross_entropy(
+        "weighted": lambda s, y: losses.softmax_weighted_cross_entropy(
             s, y, class_weights=weights),
         "soft_truncated": losses.softmax_soft_truncated_cross_entropy,
     }
@@ -381,7 +386,7 @@ def test_wide_integer_labels_do_not_wrap_into_range_when_cast():
     logits, _ = _problem(23, batch=3)
     with enable_x64():
         labels = np.array([2, 2**32 + 1, -(2**40)], np.int64)  # int32 would wrap both
-        values = jax.jit(lambda s, y: losses.weighted_softmax_cross_entropy(
+        values = jax.jit(lambda s, y: losses.softmax_weighted_cross_entropy(
             s, y, class_weights=ALPHA))(logits, labels)
         assert np.isfinite(values[0]) and np.all(np.isnan(values[1:]))
     big = np.array([1, 2**32 - 1, 2**31 + 3], np.uint32)  # -1 and -2**31 + 3 as int32

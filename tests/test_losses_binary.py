@@ -26,20 +26,20 @@ def _np_sigmoid(z):
 
 
 BINARY_LOSSES = {
-    "hard_truncated": lambda z, y, **kw: losses.hard_truncated_cross_entropy(
+    "hard_truncated": lambda z, y, **kw: losses.sigmoid_hard_truncated_cross_entropy(
         z, y, margin=0.6, **kw),
-    "soft_truncated": lambda z, y, **kw: losses.soft_truncated_cross_entropy(
+    "soft_truncated": lambda z, y, **kw: losses.sigmoid_soft_truncated_cross_entropy(
         z, y, steepness=3.0, **kw),
-    "smoothed_accuracy": losses.binary_smoothed_accuracy_loss,
-    "f1_weighted": losses.binary_f1_weighted_cross_entropy,
-    "smoothed_f1": losses.binary_smoothed_f1_loss,
+    "smoothed_accuracy": losses.sigmoid_smoothed_accuracy_loss,
+    "f1_weighted": losses.sigmoid_f1_weighted_cross_entropy,
+    "smoothed_f1": losses.sigmoid_smoothed_f1_loss,
 }
 
 
 def test_binary_smoothed_accuracy_is_minus_the_probability_of_the_label():
     logits, labels = _binary_problem(3)
     p = _np_sigmoid(logits)
-    np.testing.assert_allclose(losses.binary_smoothed_accuracy_loss(logits, labels),
+    np.testing.assert_allclose(losses.sigmoid_smoothed_accuracy_loss(logits, labels),
                                -(labels * p + (1 - labels) * (1 - p)), rtol=1e-6)
 
 
@@ -72,13 +72,13 @@ def test_binary_bad_arguments_raise_value_errors():
     logits, labels = _binary_problem(11)
     for margin in (0.0, 1.0):
         with pytest.raises(ValueError, match="margin must lie in"):
-            losses.hard_truncated_cross_entropy(logits, labels, margin=margin)
+            losses.sigmoid_hard_truncated_cross_entropy(logits, labels, margin=margin)
     with pytest.raises(ValueError, match="steepness must lie in"):
-        losses.soft_truncated_cross_entropy(logits, labels, steepness=-2.0)
+        losses.sigmoid_soft_truncated_cross_entropy(logits, labels, steepness=-2.0)
     with pytest.raises(ValueError, match=r"labels must have shape \(24,\)"):
-        losses.binary_smoothed_f1_loss(logits, labels[:3])
+        losses.sigmoid_smoothed_f1_loss(logits, labels[:3])
     with pytest.raises(ValueError, match="average must be one of"):
-        losses.smoothed_f1_loss(logits.reshape(6, 4), np.zeros(6, int), average="weighted")
+        losses.softmax_smoothed_f1_loss(logits.reshape(6, 4), np.zeros(6, int), average="weighted")
 
 
 def check_transforms(fn, x, *, finite_differences=True, rtol=1e-9):
@@ -135,10 +135,10 @@ def test_elementwise_losses_and_weights_of_an_empty_batch_are_empty():
         if name != "smoothed_f1":
             out = loss(empty, empty)
             assert out.shape == (0,) and out.dtype == np.float32, name
-    weights = losses.cross_entropy_weights(losses.smoothed_accuracy_loss,
+    weights = losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss,
                                            np.zeros((0, 4), np.float32), np.zeros(0, np.int8))
     assert weights.shape == (0,)
-    weights = losses.cross_entropy_weights(losses.binary_smoothed_f1_loss, empty, empty,
+    weights = losses.cross_entropy_weights(losses.sigmoid_smoothed_f1_loss, empty, empty,
                                            kind="sigmoid", batch_level=True)
     assert weights.shape == (0,)
 

@@ -16,9 +16,9 @@ def test_binary_smoothed_f1_is_optax_binary_dice_over_the_batch_with_no_smoothin
     logits, labels = _binary_problem(4)
     p = _np_sigmoid(logits)
     expected = 1 - 2 * np.sum(p * labels) / np.sum(p + labels)
-    np.testing.assert_allclose(losses.binary_smoothed_f1_loss(logits, labels), expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.sigmoid_smoothed_f1_loss(logits, labels), expected, rtol=1e-5)
     dice = optax.losses.binary_dice_loss(logits[None], labels[None], smooth=0.0)
-    np.testing.assert_allclose(losses.binary_smoothed_f1_loss(logits, labels), dice[0], rtol=1e-5)
+    np.testing.assert_allclose(losses.sigmoid_smoothed_f1_loss(logits, labels), dice[0], rtol=1e-5)
 
 
 def test_smoothed_f1_gradient_is_a_reweighted_cross_entropy():
@@ -29,7 +29,7 @@ def test_smoothed_f1_gradient_is_a_reweighted_cross_entropy():
     f1 = 2 * np.sum(p * labels) / total
     expected = np.where(labels == 1, (2 / total) * (1 - f1 / 2) * p,
                         (2 / total) * (f1 / 2) * (1 - p))
-    got = losses.cross_entropy_weights(losses.binary_smoothed_f1_loss, logits, labels,
+    got = losses.cross_entropy_weights(losses.sigmoid_smoothed_f1_loss, logits, labels,
                                        kind="sigmoid", batch_level=True)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
@@ -39,9 +39,9 @@ def test_f1_weighted_cross_entropy_weighs_positives_by_two_minus_f1_over_f1():
     p = _np_sigmoid(logits)
     half_f1 = np.sum(p * labels) / np.sum(p + labels)
     expected = -(1 - half_f1) * labels * np.log(p) - half_f1 * (1 - labels) * np.log(1 - p)
-    got = losses.binary_f1_weighted_cross_entropy(logits, labels)
+    got = losses.sigmoid_f1_weighted_cross_entropy(logits, labels)
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-7)
-    weights = losses.cross_entropy_weights(losses.binary_f1_weighted_cross_entropy, logits,
+    weights = losses.cross_entropy_weights(losses.sigmoid_f1_weighted_cross_entropy, logits,
                                            labels, kind="sigmoid")  # F1 under stop-gradient
     np.testing.assert_allclose(weights, np.where(labels == 1, 1 - half_f1, half_f1), rtol=1e-4)
 
@@ -57,10 +57,10 @@ def test_macro_smoothed_f1_is_optax_dice_over_the_batch_and_micro_is_smoothed_ac
     logits, labels = _softmax_problem(7)
     one_hot = np.eye(4)[labels]
     dice = optax.losses.dice_loss(logits[None], one_hot[None], smooth=0.0)
-    np.testing.assert_allclose(losses.smoothed_f1_loss(logits, labels), dice[0], rtol=1e-5)
-    micro = losses.smoothed_f1_loss(logits, labels, average="micro")
-    np.testing.assert_allclose(micro, 1 + np.mean(losses.smoothed_accuracy_loss(logits, labels)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(losses.softmax_smoothed_f1_loss(logits, labels), dice[0], rtol=1e-5)
+    micro = losses.softmax_smoothed_f1_loss(logits, labels, average="micro")
+    np.testing.assert_allclose(
+        micro, 1 + np.mean(losses.softmax_smoothed_accuracy_loss(logits, labels)), rtol=1e-5)
 
 
 def test_smoothed_f1_skips_classes_with_zero_support_and_is_safe_at_zero_over_zero():
@@ -71,18 +71,18 @@ def test_smoothed_f1_skips_classes_with_zero_support_and_is_safe_at_zero_over_ze
     p = np.exp(logits[:, :3]) / np.exp(logits[:, :3]).sum(-1, keepdims=True)
     one_hot = np.eye(3)[labels]
     f1 = 2 * (p * one_hot).sum(0) / (p + one_hot).sum(0)
-    fn = lambda s: losses.smoothed_f1_loss(s, labels, where=mask)  # noqa: E731
+    fn = lambda s: losses.softmax_smoothed_f1_loss(s, labels, where=mask)  # noqa: E731
     np.testing.assert_allclose(fn(logits), 1 - f1.mean(), rtol=1e-5)
     assert np.all(np.isfinite(jax.grad(fn)(logits)))
-    empty = losses.binary_smoothed_f1_loss(np.full(4, -1e4, np.float32), np.zeros(4))
+    empty = losses.sigmoid_smoothed_f1_loss(np.full(4, -1e4, np.float32), np.zeros(4))
     assert empty == 0.0
-    assert np.all(np.isfinite(jax.grad(losses.binary_smoothed_f1_loss)(
+    assert np.all(np.isfinite(jax.grad(losses.sigmoid_smoothed_f1_loss)(
         np.full(4, -1e4, np.float32), np.zeros(4))))
 
 
 SMOOTHED_F1 = {
-    "macro": lambda s, y, **kw: losses.smoothed_f1_loss(s, y, **kw),
-    "micro": lambda s, y, **kw: losses.smoothed_f1_loss(s, y, average="micro", **kw),
+    "macro": lambda s, y, **kw: losses.softmax_smoothed_f1_loss(s, y, **kw),
+    "micro": lambda s, y, **kw: losses.softmax_smoothed_f1_loss(s, y, average="micro", **kw),
 }
 
 
@@ -119,18 +119,18 @@ def test_binary_f1_losses_are_nan_for_a_nan_logit_or_label_but_skip_masked_ones(
     for z, y in ((np.where(np.arange(8) == 3, np.nan, logits), labels),
                  (logits, np.where(np.arange(8) == 5, np.nan, labels))):
         z = z.astype(np.float32)
-        value, grads = jax.value_and_grad(losses.binary_smoothed_f1_loss)(z, y)
+        value, grads = jax.value_and_grad(losses.sigmoid_smoothed_f1_loss)(z, y)
         assert np.isnan(value)
         assert np.all(np.isnan(grads))
-        assert np.all(np.isnan(losses.binary_f1_weighted_cross_entropy(z, y)))
+        assert np.all(np.isnan(losses.sigmoid_f1_weighted_cross_entropy(z, y)))
     bad = np.where(np.arange(8) == 3, np.nan, logits).astype(np.float32)
     keep = np.arange(8) != 3
     p = _np_sigmoid(logits[keep])
     expected = 1 - 2 * np.sum(p * labels[keep]) / np.sum(p + labels[keep])
-    np.testing.assert_allclose(losses.binary_smoothed_f1_loss(bad, labels, where=keep),
+    np.testing.assert_allclose(losses.sigmoid_smoothed_f1_loss(bad, labels, where=keep),
                                expected, rtol=1e-5)
-    weighted = losses.binary_f1_weighted_cross_entropy(bad, labels, where=keep)
-    np.testing.assert_allclose(weighted[keep], losses.binary_f1_weighted_cross_entropy(
+    weighted = losses.sigmoid_f1_weighted_cross_entropy(bad, labels, where=keep)
+    np.testing.assert_allclose(weighted[keep], losses.sigmoid_f1_weighted_cross_entropy(
         logits[keep], labels[keep]), rtol=1e-6)
     assert weighted[3] == 0.0
 
@@ -139,14 +139,14 @@ def test_binary_f1_losses_are_nan_for_a_nan_logit_or_label_but_skip_masked_ones(
 def test_f1_losses_of_an_empty_or_fully_masked_batch_are_zero_with_a_zero_gradient(average):
     loss = SMOOTHED_F1[average]
     assert loss(np.zeros((0, 4), np.float32), np.zeros(0, np.uint8)) == 0.0
-    assert losses.binary_smoothed_f1_loss(np.zeros((0, 3), np.float32), np.zeros((0, 3))) == 0.0
+    assert losses.sigmoid_smoothed_f1_loss(np.zeros((0, 3), np.float32), np.zeros((0, 3))) == 0.0
     logits, labels = _softmax_problem(14, batch=6)
     for where in (np.zeros(6, bool), np.zeros((6, 4), bool)):
         value, grads = jax.value_and_grad(lambda s, w=where: loss(s, labels, where=w))(logits)
         assert value == 0.0
         np.testing.assert_array_equal(grads, 0.0)
     z, y = _binary_problem(15, size=8)
-    value, grads = jax.value_and_grad(losses.binary_smoothed_f1_loss)(
+    value, grads = jax.value_and_grad(losses.sigmoid_smoothed_f1_loss)(
         z, y, where=np.zeros(8, bool))
     assert value == 0.0
     np.testing.assert_array_equal(grads, 0.0)
@@ -158,14 +158,14 @@ def test_smoothed_f1_and_weights_reject_labels_out_of_range_and_give_nan_when_tr
         wrong = labels.copy()
         wrong[3] = bad
         with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\).*got {bad} at"):
-            losses.smoothed_f1_loss(logits, wrong)
+            losses.softmax_smoothed_f1_loss(logits, wrong)
         with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\).*got {bad} at"):
             losses.cross_entropy_weights(lambda s, y: jnp.sum(s), logits, wrong)
-        value, grads = jax.jit(jax.value_and_grad(losses.smoothed_f1_loss), static_argnames=())(
-            logits, wrong)
+        value, grads = jax.jit(jax.value_and_grad(losses.softmax_smoothed_f1_loss),
+                               static_argnames=())(logits, wrong)
         assert np.isnan(value) and np.all(np.isnan(grads))
         weights = jax.jit(lambda s, y: losses.cross_entropy_weights(
-            losses.smoothed_accuracy_loss, s, y))(logits, wrong)
+            losses.softmax_smoothed_accuracy_loss, s, y))(logits, wrong)
         keep = np.arange(6) != 3
         assert np.isnan(weights[3])
         np.testing.assert_allclose(weights[keep], _np_softmax(logits)[keep, labels[keep]],
@@ -175,9 +175,9 @@ def test_smoothed_f1_and_weights_reject_labels_out_of_range_and_give_nan_when_tr
     wrong[3] = -1
     keep = np.arange(6) != 3
     expected = _np_macro_f1_loss(logits[keep], labels[keep], 4)
-    np.testing.assert_allclose(losses.smoothed_f1_loss(logits, wrong, where=keep), expected,
+    np.testing.assert_allclose(losses.softmax_smoothed_f1_loss(logits, wrong, where=keep), expected,
                                rtol=1e-5)
-    np.testing.assert_allclose(jax.jit(losses.smoothed_f1_loss)(logits, wrong, where=keep),
+    np.testing.assert_allclose(jax.jit(losses.softmax_smoothed_f1_loss)(logits, wrong, where=keep),
                                expected, rtol=1e-5)
 
 
@@ -190,8 +190,8 @@ def test_smoothed_f1_and_weights_accept_labels_of_any_integer_dtype(dtype, num_c
 
     @jax.jit
     def both(s, y):
-        return (losses.smoothed_f1_loss(s, y),
-                losses.cross_entropy_weights(losses.smoothed_accuracy_loss, s, y))
+        return (losses.softmax_smoothed_f1_loss(s, y),
+                losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss, s, y))
 
     loss, weights = both(logits, labels)
     expected = _np_macro_f1_loss(logits, labels.astype(np.int64), num_classes)
@@ -205,8 +205,9 @@ def test_smoothed_f1_and_weights_in_bfloat16_and_float64():
 
     @jax.jit
     def all_three(s, y):
-        return (losses.smoothed_f1_loss(s, y), losses.smoothed_f1_loss(s, y, average="micro"),
-                losses.cross_entropy_weights(losses.smoothed_accuracy_loss, s, y))
+        return (losses.softmax_smoothed_f1_loss(s, y),
+                losses.softmax_smoothed_f1_loss(s, y, average="micro"),
+                losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss, s, y))
 
     def reference(s):
         p = _np_softmax(s)
@@ -242,6 +243,6 @@ def test_binary_and_f1_losses_work_in_forward_mode_and_under_every_transformatio
         check_transforms(stacked(["f1_weighted"]), jnp.asarray(z, jnp.float64),
                          finite_differences=False)
         check_transforms(lambda s: jnp.stack([
-            losses.smoothed_f1_loss(s, labels, where=where),
-            losses.smoothed_f1_loss(s, labels, average="micro")]),
+            losses.softmax_smoothed_f1_loss(s, labels, where=where),
+            losses.softmax_smoothed_f1_loss(s, labels, average="micro")]),
             jnp.asarray(logits, jnp.float64))

@@ -35,7 +35,7 @@ def _np_logit_adjusted(logits, labels, priors, tau=1.0):
 
 
 def _la(logits, labels, priors=PRIORS, **kwargs):
-    return losses.logit_adjusted_softmax_cross_entropy(logits, labels, class_priors=priors,
+    return losses.softmax_logit_adjusted_cross_entropy(logits, labels, class_priors=priors,
                                                        **kwargs)
 
 
@@ -55,7 +55,7 @@ def test_logit_adjusted_loss_matches_both_forms_of_eq_10():
     others = np.eye(NUM_CLASSES)[labels] == 0
     second = np.log1p((ratio * diff * others).sum(-1))
     np.testing.assert_allclose(first, second, rtol=1e-10)
-    got = losses.logit_adjusted_softmax_cross_entropy(logits, labels, class_priors=PRIORS,
+    got = losses.softmax_logit_adjusted_cross_entropy(logits, labels, class_priors=PRIORS,
                                                       tau=tau)
     np.testing.assert_allclose(got, first, rtol=2e-6)
 
@@ -63,7 +63,7 @@ def test_logit_adjusted_loss_matches_both_forms_of_eq_10():
 def test_logit_adjusted_loss_reduces_to_cross_entropy_and_accepts_counts():
     logits, labels = _random_problem(10)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    la = losses.logit_adjusted_softmax_cross_entropy
+    la = losses.softmax_logit_adjusted_cross_entropy
     np.testing.assert_allclose(la(logits, labels, class_priors=PRIORS, tau=0.0), ce, atol=1e-6)
     np.testing.assert_allclose(la(logits, labels, class_priors=np.full(5, 7.0)), ce, atol=1e-6)
     np.testing.assert_allclose(la(logits, labels, class_priors=PRIORS * 1234.0),
@@ -140,10 +140,10 @@ def test_logit_adjustment_and_balanced_accuracy_accept_labels_of_any_integer_dty
     logits[np.arange(8), labels.astype(np.int64)] += 4.0
     logits[:, (5 + 256) % num_classes] += 2.0  # where a wrapped uint8 one-hot would land
     priors = rng.uniform(0.5, 1.5, num_classes)
-    got = losses.logit_adjusted_softmax_cross_entropy(logits, labels, class_priors=priors)
+    got = losses.softmax_logit_adjusted_cross_entropy(logits, labels, class_priors=priors)
     np.testing.assert_allclose(got, _np_logit_adjusted(logits, labels, priors), rtol=1e-5)
     expected = _np_balanced_accuracy(logits.argmax(-1), labels.astype(np.int64))
-    np.testing.assert_allclose(losses.balanced_accuracy(logits, labels, num_classes), expected)
+    np.testing.assert_allclose(losses.balanced_accuracy_from_logits(logits, labels), expected)
     predictions = logits.argmax(-1).astype(np.int16)
     np.testing.assert_allclose(losses.balanced_accuracy(predictions, labels, num_classes),
                                expected)
@@ -202,7 +202,7 @@ def test_adjust_logits_accepts_int_and_tuple_axes_like_the_losses():
     np.testing.assert_allclose(np.transpose(got, (1, 0, 2)).reshape(4, 6), expected, rtol=1e-6,
                                atol=1e-6)
     labels = np.array([0, 5, 2, 3])  # the loss orders the priors the same way
-    np.testing.assert_allclose(losses.logit_adjusted_softmax_cross_entropy(
+    np.testing.assert_allclose(losses.softmax_logit_adjusted_cross_entropy(
         split, labels, class_priors=priors, axis=(0, 2)),
         _np_logit_adjusted(logits, labels, priors), rtol=1e-5)
     for axis, message in (((1, 1), "must not repeat"), ((2,), "must name axes"),
@@ -234,7 +234,7 @@ def test_logit_adjustment_in_bfloat16_and_float64():
         assert la.dtype == jnp.float64
         np.testing.assert_allclose(la, _np_logit_adjusted(logits, labels, PRIORS, 0.7),
                                    rtol=1e-12)
-        accuracy = losses.balanced_accuracy(wide, labels.astype(np.int64), 5)
+        accuracy = losses.balanced_accuracy_from_logits(wide, labels.astype(np.int64))
         assert accuracy.dtype == jnp.float32
         np.testing.assert_allclose(accuracy, _np_balanced_accuracy(logits.argmax(-1), labels))
 

@@ -20,18 +20,18 @@ def test_multilabel_loss_matches_formula_and_its_special_cases():
     labels[1] = True  # no negative
     neg = np.log1p(np.where(labels, 0.0, np.exp(logits)).sum(-1))
     pos = np.log1p(np.where(labels, np.exp(-logits), 0.0).sum(-1))
-    got = losses.multilabel_softmax_cross_entropy(logits.astype(np.float32), labels)
+    got = losses.softmax_multilabel_cross_entropy(logits.astype(np.float32), labels)
     np.testing.assert_allclose(got, neg + pos, rtol=1e-5)
     # One class: sigmoid binary cross-entropy.
     one_class = logits[:, :1].astype(np.float32)
     np.testing.assert_allclose(
-        losses.multilabel_softmax_cross_entropy(one_class, labels[:, :1]),
+        losses.softmax_multilabel_cross_entropy(one_class, labels[:, :1]),
         optax.sigmoid_binary_cross_entropy(one_class[:, 0], labels[:, 0].astype(np.float32)),
         rtol=1e-5)
     # bert4keras' -1e12 masking overflows in bfloat16; ours stays finite.
     extreme = jnp.asarray(np.where(labels, -1e4, 1e4), jnp.bfloat16)
     assert np.all(np.isfinite(np.asarray(
-        losses.multilabel_softmax_cross_entropy(extreme, labels), np.float32)))
+        losses.softmax_multilabel_cross_entropy(extreme, labels), np.float32)))
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_multilabel_gradient_is_the_closed_form_for_multi_hot_labels_and_masks()
                      - exp_pos / (1 + exp_pos.sum(-1, keepdims=True)))
 
     def loss(s):
-        return losses.multilabel_softmax_cross_entropy(s, labels, where=mask)
+        return losses.softmax_multilabel_cross_entropy(s, labels, where=mask)
 
     np.testing.assert_allclose(loss(logits.astype(np.float32)), expected_loss, rtol=1e-5)
     np.testing.assert_allclose(jax.grad(lambda s: loss(s).sum())(logits.astype(np.float32)),

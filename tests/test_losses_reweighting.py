@@ -25,7 +25,7 @@ def test_cross_entropy_weights_recover_the_closed_forms_of_losses_of_p_y():
         got = jax.jit(lambda: (
             weights(lambda s, y: losses.softmax_focal_loss(s, y, gamma=gamma)),
             weights(optax.softmax_cross_entropy_with_integer_labels),
-            weights(losses.smoothed_accuracy_loss),
+            weights(losses.softmax_smoothed_accuracy_loss),
             weights(lambda s, y: losses.softmax_hard_truncated_cross_entropy(s, y, margin=0.6)),
         ))()
     focal = (1 - p) ** gamma - gamma * p * (1 - p) ** (gamma - 1) * np.log(p)
@@ -43,7 +43,7 @@ def test_cross_entropy_weights_project_other_losses_and_flag_vanishing_gradients
     priors = np.array([0.6, 0.2, 0.15, 0.05])
 
     def la(s, y):
-        return losses.logit_adjusted_softmax_cross_entropy(s, y, class_priors=priors)
+        return losses.softmax_logit_adjusted_cross_entropy(s, y, class_priors=priors)
 
     with enable_x64():
         got = losses.cross_entropy_weights(la, jnp.asarray(logits), labels)
@@ -70,7 +70,7 @@ def test_cross_entropy_weights_work_in_forward_mode_and_under_every_transformati
             jnp.asarray(logits, jnp.float64))
 
         def sigmoid_weights(t):
-            return losses.cross_entropy_weights(losses.binary_smoothed_f1_loss, t, y,
+            return losses.cross_entropy_weights(losses.sigmoid_smoothed_f1_loss, t, y,
                                                 kind="sigmoid", batch_level=True)
 
         z = jnp.asarray(z, jnp.float64)
@@ -81,18 +81,18 @@ def test_cross_entropy_weights_work_in_forward_mode_and_under_every_transformati
 
 def test_cross_entropy_weights_accept_tuple_axes_like_the_losses():
     logits, labels = _softmax_problem(24, batch=6)
-    expected = losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits, labels)
+    expected = losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss, logits, labels)
     for axis in ((-1,), (1,)):
-        got = losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits, labels,
+        got = losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss, logits, labels,
                                            axis=axis)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
     transposed = losses.cross_entropy_weights(
-        lambda s, y: losses.smoothed_accuracy_loss(s, y, axis=0), logits.T, labels, axis=0)
+        lambda s, y: losses.softmax_smoothed_accuracy_loss(s, y, axis=0), logits.T, labels, axis=0)
     np.testing.assert_allclose(transposed, expected, rtol=1e-6)
     split = logits.reshape(6, 2, 2)  # classes over two axes, flattened in order
 
     def loss(s, y):
-        return losses.smoothed_accuracy_loss(s, y, axis=(1, 2))
+        return losses.softmax_smoothed_accuracy_loss(s, y, axis=(1, 2))
 
     got = losses.cross_entropy_weights(loss, split, labels, axis=(1, 2))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
@@ -103,20 +103,20 @@ def test_cross_entropy_weights_refuse_a_loss_fn_that_averages_naming_the_shapes(
     with pytest.raises(ValueError, match=r"loss_fn must return per-example losses of shape "
                                          r"\(6,\).*got shape \(\)"):
         losses.cross_entropy_weights(
-            lambda s, y: jnp.mean(losses.smoothed_accuracy_loss(s, y)), logits, labels)
+            lambda s, y: jnp.mean(losses.softmax_smoothed_accuracy_loss(s, y)), logits, labels)
     z, y = _binary_problem(26, size=8)
     with pytest.raises(ValueError, match=r"loss_fn must return per-example losses of shape "
                                          r"\(8,\).*got shape \(\)"):
         losses.cross_entropy_weights(
-            lambda t, u: jnp.mean(losses.soft_truncated_cross_entropy(t, u)), z, y,
+            lambda t, u: jnp.mean(losses.sigmoid_soft_truncated_cross_entropy(t, u)), z, y,
             kind="sigmoid")
     with pytest.raises(ValueError, match=r"loss_fn must return a batch-level scalar of "
                                          r"shape \(\).*got shape \(6,\)"):
-        losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits, labels,
+        losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss, logits, labels,
                                      batch_level=True)
     # A batch-level scalar by nature is accepted when declared, under jit too.
     weights = jax.jit(lambda s: losses.cross_entropy_weights(
-        losses.smoothed_f1_loss, s, labels, batch_level=True))(logits)
+        losses.softmax_smoothed_f1_loss, s, labels, batch_level=True))(logits)
     assert weights.shape == (6,) and np.all(np.isfinite(weights))
 
 
@@ -142,10 +142,10 @@ def test_cross_entropy_weights_with_where_compare_with_the_masked_cross_entropy(
     z, y = _binary_problem(28, size=8)
     keep = np.arange(8) % 3 != 0
     weights = losses.cross_entropy_weights(
-        lambda t, u: losses.soft_truncated_cross_entropy(t, u, steepness=1.0, where=keep),
+        lambda t, u: losses.sigmoid_soft_truncated_cross_entropy(t, u, steepness=1.0, where=keep),
         z, y, kind="sigmoid", where=keep)
     full = losses.cross_entropy_weights(
-        lambda t, u: losses.soft_truncated_cross_entropy(t, u, steepness=1.0), z, y,
+        lambda t, u: losses.sigmoid_soft_truncated_cross_entropy(t, u, steepness=1.0), z, y,
         kind="sigmoid")
     np.testing.assert_allclose(weights[keep], full[keep], rtol=1e-6)
     np.testing.assert_array_equal(weights[~keep], 0.0)

@@ -90,7 +90,7 @@ def test_hard_truncation_gives_ties_half_weight_as_the_post():
             jnp.asarray(logits))
 
     z = np.zeros(2, np.float32)  # p = 1/2 = m: a tie for the positive and the negative
-    value, grad = value_and_grad(lambda t, y: losses.hard_truncated_cross_entropy(
+    value, grad = value_and_grad(lambda t, y: losses.sigmoid_hard_truncated_cross_entropy(
         t, y, margin=0.5), z, np.array([1.0, 0.0]))
     np.testing.assert_allclose(value, np.log(2.0), rtol=1e-6)  # 2 x (1/2) log 2
     np.testing.assert_allclose(grad, [-0.25, 0.25], rtol=1e-6)  # (1/2)(p - y)
@@ -111,8 +111,8 @@ def test_two_class_truncations_equal_the_binary_ones():
     two_class, binary = jax.jit(lambda s, z: (
         (losses.softmax_hard_truncated_cross_entropy(s, labels, margin=0.7),
          losses.softmax_soft_truncated_cross_entropy(s, labels, steepness=2.5)),
-        (losses.hard_truncated_cross_entropy(z, labels, margin=0.7),
-         losses.soft_truncated_cross_entropy(z, labels, steepness=2.5))))(logits, z)
+        (losses.sigmoid_hard_truncated_cross_entropy(z, labels, margin=0.7),
+         losses.sigmoid_soft_truncated_cross_entropy(z, labels, steepness=2.5))))(logits, z)
     for got, want in zip(two_class, binary, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -121,7 +121,7 @@ def test_soft_truncation_at_steepness_one_is_optax_focal_with_gamma_one():
     logits, labels = _binary_problem(1)
 
     def both(z):
-        return (losses.soft_truncated_cross_entropy(z, labels, steepness=1.0),
+        return (losses.sigmoid_soft_truncated_cross_entropy(z, labels, steepness=1.0),
                 optax.sigmoid_focal_loss(z, labels, gamma=1.0))
 
     ours, theirs = jax.jit(both)(logits)
@@ -136,7 +136,7 @@ def test_hard_truncation_matches_the_step_function_definition():
     done = ((labels == 1) & (p > m)) | ((labels == 0) & (p < 1 - m))
     ce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
     got, vjp = jax.vjp(jax.jit(
-        lambda z: losses.hard_truncated_cross_entropy(z, labels, margin=m)), logits)
+        lambda z: losses.sigmoid_hard_truncated_cross_entropy(z, labels, margin=m)), logits)
     np.testing.assert_allclose(got, np.where(done, 0.0, ce), rtol=2e-5, atol=1e-6)
     (grads,) = vjp(jnp.ones_like(got))  # the gradient of the sum
     np.testing.assert_array_equal(np.asarray(grads)[done], 0.0)

@@ -256,15 +256,15 @@ ROWS = (
     # Its F1 factor is under stop-gradient: by design the gradient is not the derivative
     # of the value, so it is compared with forward mode, not with finite differences.
     _loss_row(
-        "losses.binary_f1_weighted_cross_entropy", losses.binary_f1_weighted_cross_entropy,
+        "losses.sigmoid_f1_weighted_cross_entropy", losses.sigmoid_f1_weighted_cross_entropy,
         logits=_BINARY_LOGITS, labels=_BINARY_LABELS, out_dtype="same", fd=False,
     ),
     _loss_row(
-        "losses.binary_smoothed_accuracy_loss", losses.binary_smoothed_accuracy_loss,
+        "losses.sigmoid_smoothed_accuracy_loss", losses.sigmoid_smoothed_accuracy_loss,
         logits=_BINARY_LOGITS, labels=_BINARY_LABELS, out_dtype="same",
     ),
     _loss_row(
-        "losses.binary_smoothed_f1_loss", losses.binary_smoothed_f1_loss,
+        "losses.sigmoid_smoothed_f1_loss", losses.sigmoid_smoothed_f1_loss,
         logits=_BINARY_LOGITS, labels=_BINARY_LABELS, scalar=True,
     ),
     Row(
@@ -283,22 +283,22 @@ ROWS = (
         ),
     ),
     _loss_row(
-        "losses.hard_truncated_cross_entropy", losses.hard_truncated_cross_entropy,
+        "losses.sigmoid_hard_truncated_cross_entropy", losses.sigmoid_hard_truncated_cross_entropy,
         logits=_BINARY_LOGITS, labels=_BINARY_LABELS, out_dtype="same",
     ),
     _loss_row(
-        "losses.logit_adjusted_softmax_cross_entropy",
-        lambda s, y: losses.logit_adjusted_softmax_cross_entropy(s, y, class_priors=_PRIORS),
+        "losses.softmax_logit_adjusted_cross_entropy",
+        lambda s, y: losses.softmax_logit_adjusted_cross_entropy(s, y, class_priors=_PRIORS),
     ),
     _loss_row(
-        "losses.multilabel_softmax_cross_entropy", losses.multilabel_softmax_cross_entropy,
+        "losses.softmax_multilabel_cross_entropy", losses.softmax_multilabel_cross_entropy,
         labels=_MULTI_HOT,
     ),
-    _loss_row("losses.smoothed_accuracy_loss", losses.smoothed_accuracy_loss),
-    _loss_row("losses.smoothed_f1_loss", losses.smoothed_f1_loss, scalar=True),
+    _loss_row("losses.softmax_smoothed_accuracy_loss", losses.softmax_smoothed_accuracy_loss),
+    _loss_row("losses.softmax_smoothed_f1_loss", losses.softmax_smoothed_f1_loss, scalar=True),
     _loss_row(
-        "losses.soft_truncated_cross_entropy",
-        lambda s, y: losses.soft_truncated_cross_entropy(s, y, steepness=2.0),
+        "losses.sigmoid_soft_truncated_cross_entropy",
+        lambda s, y: losses.sigmoid_soft_truncated_cross_entropy(s, y, steepness=2.0),
         logits=_BINARY_LOGITS, labels=_BINARY_LABELS, out_dtype="same",
     ),
     _loss_row("losses.softmax_focal_loss", losses.softmax_focal_loss, out_dtype="same"),
@@ -316,8 +316,8 @@ ROWS = (
         losses.softmax_soft_truncated_cross_entropy,
     ),
     _loss_row(
-        "losses.weighted_softmax_cross_entropy",
-        lambda s, y: losses.weighted_softmax_cross_entropy(s, y, class_weights=1 / _PRIORS),
+        "losses.softmax_weighted_cross_entropy",
+        lambda s, y: losses.softmax_weighted_cross_entropy(s, y, class_weights=1 / _PRIORS),
     ),
     # ---------------------------------------------------------------- regularizers
     _optax_row(

@@ -35,7 +35,8 @@ def check_scalar(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Checks that a concrete scalar (or every entry of an array) is finite and in range.
+    """Checks that `value` is a scalar (its shape, always) and, where concrete, finite,
+    real and in range.
 
     Args:
         name: the argument's name, used in the message.
@@ -44,11 +45,21 @@ def check_scalar(
         low_inclusive, high_inclusive: whether each bound itself is allowed.
 
     Raises:
-        ValueError: naming the argument, the expected range and the value.
+        ValueError: naming the argument, the expected range and the value, for an array
+            of another shape (a vector hyper-parameter would silently broadcast per
+            example or per class), a string or a callable.
     """
+    if callable(value) or isinstance(value, str):
+        raise ValueError(f"{name} must be a scalar number, got {value!r}.")
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    check_shape(name, shape, ())
     array = concrete_value(value)
     if array is None:
         return
+    if np.iscomplexobj(array):
+        raise ValueError(f"{name} must be a real number, got {_show(array)}.")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must be finite, got {_show(array)}.")
     too_low = low is not None and np.any(array < low if low_inclusive else array <= low)

@@ -15,10 +15,34 @@ import jax.numpy as jnp
 
 from jaxtricks._src.typing import KeyLike
 
+_THREEFRY = "threefry2x32"
+_RBG = ("rbg", "unsafe_rbg")
+
 
 def is_typed_key(key: object) -> bool:
     """Whether `key` is a typed key array (`jax.random.key`)."""
     return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _raw_key(key: KeyLike, name: str) -> jax.Array:
+    """`key` as a legacy raw key, `uint32[..., 2]` (threefry) or `uint32[..., 4]` (rbg)."""
+    try:
+        raw = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or raw.dtype != jnp.uint32 or raw.ndim < 1 or raw.shape[-1] not in (2, 4):
+        shown = f"{key!r}" if raw is None else f"dtype {raw.dtype} and shape {raw.shape}"
+        raise ValueError(
+            f"{name} must be a jax.random.key or a jax.random.PRNGKey (uint32 of shape "
+            f"(..., 2), or (..., 4) for rbg keys), got {shown}."
+        )
+    return raw
+
+
+def _default_rbg() -> str:
+    """The rbg implementation of a 4-word raw key: the default one if it is rbg-like."""
+    default = str(jax.config.jax_default_prng_impl)  # type: ignore[attr-defined]
+    return default if default in _RBG else "rbg"
 
 
 def as_key(key: KeyLike, name: str = "key", *, shape: tuple[int, ...] = ()) -> jax.Array:
@@ -37,13 +61,11 @@ def as_key(key: KeyLike, name: str = "key", *, shape: tuple[int, ...] = ()) -> j
     if is_typed_key(key):
         typed = key
     else:
-        raw = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-        if raw.dtype != jnp.uint32 or raw.ndim < 1 or raw.shape[-1] != 2:
-            raise ValueError(
-                f"{name} must be a jax.random.key or a jax.random.PRNGKey (uint32 of "
-                f"shape (..., 2)), got dtype {raw.dtype} and shape {raw.shape}."
-            )
-        typed = jax.random.wrap_key_data(raw)
+        raw = _raw_key(key, name)
+        # uint32[..., 2] is a threefry key whatever the default implementation;
+        # uint32[..., 4] an rbg one (`PRNGKey` under `jax_default_prng_impl="rbg"`).
+        impl = _THREEFRY if raw.shape[-1] == 2 else _default_rbg()
+        typed = jax.random.wrap_key_data(raw, impl=impl)
     if typed.shape != tuple(shape):
         raise ValueError(
             f"{name} must be a single key of batch shape {tuple(shape)}, got batch shape "
@@ -51,9 +73,6 @@ def as_key(key: KeyLike, name: str = "key", *, shape: tuple[int, ...] = ()) -> j
         )
     return typed
 
-
-_THREEFRY = "threefry2x32"
-_RBG = ("rbg", "unsafe_rbg")
 
 
 def batch_invariant(key: jax.Array, name: str = "key") -> jax.Array:

@@ -20,7 +20,8 @@ The modules:
 - `_strategy`: the one place that chooses how an estimate is evaluated (its table),
   run by `_one_pass` (blocks of directions) or `_two_phase` (the seed trick);
 - `_zeroth_order`, `_forward_gradient`, `_update`, `_policy_gradient`: the public
-  estimators; `_precision`: the rounding floor.
+  estimators; `_transforms`: the estimates as Optax transforms; `_precision`: the
+  rounding floor.
 """
 
 from jaxtricks.estimators._directions import (
@@ -39,12 +40,18 @@ from jaxtricks.estimators._policy_gradient import (
     policy_gradient,
 )
 from jaxtricks.estimators._precision import rounding_floor_sigma, rounding_variance
+from jaxtricks.estimators._transforms import (
+    EstimateState,
+    forward_gradient_estimate,
+    zeroth_order_estimate,
+)
 from jaxtricks.estimators._update import zeroth_order_update
 from jaxtricks.estimators._zeroth_order import zeroth_order_grad
 
 __all__ = (
     "DIRECTION_KINDS",
     "DirectionKind",
+    "EstimateState",
     "Gaussian",
     "LowRank",
     "Orthogonal",
@@ -52,10 +59,12 @@ __all__ = (
     "Sphere",
     "categorical_policy",
     "forward_gradient",
+    "forward_gradient_estimate",
     "gaussian_policy",
     "policy_gradient",
     "rounding_floor_sigma",
     "rounding_variance",
+    "zeroth_order_estimate",
     "zeroth_order_grad",
     "zeroth_order_update",
 )

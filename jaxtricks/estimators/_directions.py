@@ -33,10 +33,31 @@ from jaxtricks.estimators import _random
 class DirectionKind:
     r"""A kind of random direction, `u ~ N(0, I)` unless a subclass says otherwise.
 
+    Subclass it (a frozen dataclass) and override `sample_leaf`, and whatever differs
+    from a Gaussian among the other methods; pass an instance as `directions=`.
+
     Attributes:
         regenerable: a leaf of a direction can be drawn again from its own key alone
             (MeZO's seed trick, the memory-saving strategies of `zeroth_order_grad` and
             `zeroth_order_update`); False where a direction depends on others.
+
+    Examples:
+        >>> import dataclasses, jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Uniform(estimators.DirectionKind):  # unit variance, fourth moment 9/5
+        ...     def sample_leaf(self, key, shape, dtype, stored):
+        ...         return jax.random.uniform(key, shape, dtype, -3**0.5, 3**0.5)
+        ...     def variance_factor(self, num_params):
+        ...         return num_params - 0.2
+        >>> g = estimators.zeroth_order_grad(lambda x: jnp.sum(x), jnp.zeros(3),
+        ...                                  jax.random.key(0), num_samples=8,
+        ...                                  directions=Uniform())
+        >>> g.shape
+        (3,)
+
+    References:
+        Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333, for the seed trick.
     """
 
     regenerable: bool = dataclasses.field(default=True, init=False)
@@ -98,12 +119,25 @@ class DirectionKind:
 
 @dataclasses.dataclass(frozen=True)
 class Gaussian(DirectionKind):
-    """`u ~ N(0, I)`, perturbation = weight = `u` (Nesterov & Spokoiny, 2017; MeZO)."""
+    """`u ~ N(0, I)`, perturbation = weight = `u`.
+
+    References:
+        Nesterov & Spokoiny, "Random gradient-free minimization of convex functions",
+        Found. Comput. Math. (2017); Malladi et al. (MeZO),
+        https://arxiv.org/abs/2305.17333.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class Sphere(DirectionKind):
-    """`v = u / ||u||` uniform on the unit sphere, perturbation `v`, weight `d v`."""
+    """`v = u / ||u||` uniform on the unit sphere, perturbation `v`, weight `d v`: unbiased
+    for the gradient of the ball smoothing `E_{w ~ U(B)} f(x + sigma w)`.
+
+    References:
+        Nesterov & Spokoiny, "Random gradient-free minimization of convex functions",
+        Found. Comput. Math. (2017); Flaxman, Kalai & McMahan,
+        https://arxiv.org/abs/cs/0408007.
+    """
 
     def scales(self, draw: PyTree, num_params: int) -> tuple[jax.Array, jax.Array]:
         inverse_norm = 1.0 / optax.tree.norm(draw)
@@ -121,7 +155,12 @@ class Sphere(DirectionKind):
 
 @dataclasses.dataclass(frozen=True)
 class Rademacher(DirectionKind):
-    """`Δ_j = ±1` (SPSA; Spall, 1992), perturbation = weight = `Δ`."""
+    """`Δ_j = ±1`, perturbation = weight = `Δ` (SPSA): exact on quadratics.
+
+    References:
+        Spall, "Multivariate stochastic approximation using a simultaneous perturbation
+        gradient approximation", IEEE Trans. Automatic Control 37(3) (1992).
+    """
 
     def sample_leaf(
         self, key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike, stored: bool
@@ -147,6 +186,10 @@ class LowRank(DirectionKind):
 
     Attributes:
         rank: `r >= 1`.
+
+    References:
+        Chen et al. (LOZO), https://arxiv.org/abs/2410.07698; Yu et al. (SubZero),
+        https://arxiv.org/abs/2410.08989.
     """
 
     rank: int = 1
@@ -185,6 +228,10 @@ class Orthogonal(DirectionKind):
     A direction depends on its whole group, so a group is drawn at once and kept
     (`m x params` numbers and a `d x m` QR, `O(d m^2)`): not regenerable from a key
     alone, so neither `chunk_size` nor `zeroth_order_update` take this kind.
+
+    References:
+        Choromanski et al., "Structured evolution with compact architectures for scalable
+        policy optimization", ICML 2018, https://arxiv.org/abs/1804.02395.
     """
 
     regenerable: bool = dataclasses.field(default=False, init=False)

@@ -64,7 +64,7 @@ class Plan:
         """`grad f(x) . p` by one `jax.jvp`, the tangent in the params' dtypes."""
         tangent = jax.tree.map(lambda p, x: p.astype(x.dtype), perturbation, self.params)
         value, derivative = jax.jvp(self.fn, (self.params,), (tangent,))
-        _sampling.check_scalar_output("fn", value)
+        _sampling.check_scalar_output("fn", value, floating=True)
         return derivative
 
     def sq_norm(self, weight: PyTree, key: jax.Array | None = None) -> jax.Array:
@@ -90,7 +90,8 @@ class Plan:
         size = self.kind.group_size(self.num_directions, optax.tree.size(self.params))
         groups = _sampling.constrain(sample_keys, self.sample_sharding).reshape(-1, size)
         drawn = jax.vmap(lambda k: self.kind.draw_group(k, self.params, True))(groups)
-        return jax.tree.map(lambda leaf: leaf.reshape((-1, *leaf.shape[2:])), drawn)
+        return jax.tree.map(
+            lambda leaf: leaf.reshape((leaf.shape[0] * leaf.shape[1], *leaf.shape[2:])), drawn)
 
     def chunk_values(self, chunk_keys: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The values of a chunk of directions, each drawn from its key for each use."""

@@ -12,7 +12,7 @@ import optax
 
 from jaxtricks._src import checks, dtypes, keys
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _baselines, _directions, _sampling
+from jaxtricks.estimators import _baselines, _directions, _plan, _sampling
 
 SampleFn: TypeAlias = Callable[[PyTree, KeyLike], PyTree]
 """`sample_fn(params, key) -> sample`, a draw of the policy."""
@@ -101,8 +101,9 @@ def policy_gradient(
     sample_shape = jax.eval_shape(sample_fn, params, key)
     _sampling.check_scalar_output("reward_fn", jax.eval_shape(reward_fn, sample_shape))
     _sampling.check_scalar_output(
-        "log_prob_fn", jax.eval_shape(log_prob_fn, params, sample_shape)
+        "log_prob_fn", jax.eval_shape(log_prob_fn, params, sample_shape), floating=True
     )
+    _sampling.check_sample_sharding(sample_sharding, num_samples)
 
     sample_keys = _sampling.sample_keys(key, num_samples, sample_sharding)
     samples = jax.vmap(sample_fn, in_axes=(None, 0))(params, sample_keys)
@@ -172,8 +173,13 @@ def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[SampleFn, LogProbFn]:
         ...     baseline="leave_one_out")
         >>> bool(jnp.allclose(pg, zo, rtol=1e-4, atol=1e-4))
         True
+
+    References:
+        Su, "殊途同归的策略梯度与零阶优化", https://kexue.fm/archives/7737 (2020);
+        Salimans et al., https://arxiv.org/abs/1703.03864, section 2 (ES as a Gaussian
+        search distribution over the parameters).
     """
-    checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
+    _plan.check_sigma(sigma)
 
     def sample_fn(params: PyTree, key: KeyLike) -> PyTree:
         typed = keys.batch_invariant(keys.as_key(key, "key"), "key")
@@ -229,6 +235,10 @@ def categorical_policy(
         (2,)
         >>> round(float(log_prob_fn(logits, jnp.array([1, 0]))), 4)  # log(0.5 * 0.9)
         -0.7985
+
+    References:
+        Williams, "Simple statistical gradient-following algorithms for connectionist
+        reinforcement learning", Machine Learning 8 (1992).
     """
 
     def sample_fn(params: PyTree, key: KeyLike) -> jax.Array:
@@ -236,6 +246,9 @@ def categorical_policy(
 
     def log_prob_fn(params: PyTree, actions: jax.Array) -> jax.Array:
         log_probs = jax.nn.log_softmax(logits_fn(params), axis=-1)
-        return jnp.sum(jnp.take_along_axis(log_probs, actions[..., None], axis=-1))
+        # An action outside [0, K) has no probability: NaN, not a wrapped index's.
+        inside = (actions >= 0) & (actions < log_probs.shape[-1])
+        picked = jnp.take_along_axis(log_probs, jnp.where(inside, actions, 0)[..., None], axis=-1)
+        return jnp.sum(jnp.where(inside[..., None], picked, jnp.nan))
 
     return sample_fn, log_prob_fn

@@ -263,7 +263,6 @@ def _rounding_terms(
     num_directions: int,
 ) -> tuple[jax.Array, float]:
     """`(sigma^2 V_round, c_I)` of the module docstring."""
-    checks.check_scalar("value", value)
     checks.check_scalar("grad_norm", grad_norm, low=0.0)
     checks.check_scalar("num_roundings", num_roundings, low=0.0)
     checks.check_scalar("param_scale", param_scale, low=0.0)
@@ -271,9 +270,12 @@ def _rounding_terms(
     checks.check_positive_int("num_directions", num_directions)
     kind = _directions.resolve(directions)
     eps_params = _float_eps("dtype", dtype)
-    eps_value = _float_eps("value_dtype", dtype if value_dtype is None else value_dtype)
+    final_dtype = dtype if value_dtype is None else value_dtype
+    eps_value = _float_eps("value_dtype", final_dtype)
+    largest = float(jnp.finfo(final_dtype).max)  # the value must be representable
+    checks.check_scalar("value", value, low=-largest, high=largest)
     value = jnp.asarray(value, jnp.result_type(value, jnp.float32))
-    spacing = _spacing(value, eps_value, dtype if value_dtype is None else value_dtype)
+    spacing = _spacing(value, eps_value, final_dtype)
     tau_out = jnp.square(spacing) * num_roundings / 12.0
     tau_in = LOG_UNIFORM_FACTOR * (eps_params * param_scale * grad_norm) ** 2
     weight = kind.second_moment(num_params)

@@ -157,11 +157,13 @@ def perturb(params: PyTree, sigma: jax.typing.ArrayLike, perturbation: PyTree) -
 
 
 def value_at(fn: Callable[[PyTree], jax.Array], point: PyTree, name: str = "fn") -> jax.Array:
-    """`fn(point)`, checked to be a scalar: the one evaluation of a (perturbed) point that
-    the estimates, the update and the policy gradient's rewards use."""
+    """`fn(point)`, checked to be a real scalar, in at least float32 (an integer or boolean
+    value, a count or an indicator, is a float from here on): the one evaluation of a
+    (perturbed) point that the estimates, the update and the policy gradient use."""
     value = fn(point)
     check_scalar_output(name, value)
-    return value
+    return value.astype(dtypes.compute_dtype(value.dtype)) if not jnp.issubdtype(
+        value.dtype, jnp.floating) else value
 
 
 def check_params(params: PyTree) -> None:
@@ -233,12 +235,17 @@ def scale_samples(coefficients: jax.Array, stacked: PyTree) -> PyTree:
     )
 
 
-def check_scalar_output(name: str, output: object) -> None:
-    """Checks that a function's output (a value, a tracer or a `jax.eval_shape`) is a scalar.
+def check_scalar_output(name: str, output: object, floating: bool = False) -> None:
+    """Checks that a function's output (a value, a tracer or a `jax.eval_shape`) is a real
+    scalar (integer, boolean or floating; floating only if `floating`).
 
     Raises:
-        ValueError: for a pytree or an array of another shape.
+        ValueError: for a pytree, an array of another shape, or another dtype.
     """
     if not isinstance(output, jax.ShapeDtypeStruct | jax.Array):
         raise ValueError(f"{name} must return a scalar array, got the pytree {output}.")
     checks.check_shape(f"the output of {name}", output.shape, ())
+    kinds = (jnp.floating,) if floating else (jnp.floating, jnp.integer, jnp.bool_)
+    if not any(jnp.issubdtype(output.dtype, kind) for kind in kinds):
+        expected = "a real floating" if floating else "a real (floating, integer or boolean)"
+        raise ValueError(f"{name} must return {expected} scalar, got dtype {output.dtype}.")

@@ -31,79 +31,54 @@ def zeroth_order_update(
 ) -> tuple[PyTree, jax.Array]:
     r"""One zeroth-order SGD step, `params - learning_rate * g`, without storing `g`.
 
-    `g = (1/n) sum_i c_i w_i` is the estimate of `zeroth_order_grad` with the same
-    arguments and key (same directions, baselines and coefficients `c_i`; see there).
-    MeZO's algorithm (Malladi et al., https://arxiv.org/abs/2305.17333, Algorithm 1):
+    .. math::
 
-    1. for each direction `u_i`, drawn from its key: `x <- x + sigma u_i` in place,
-       evaluate `f`, (antithetic: `x <- x - 2 sigma u_i`, evaluate `f`), restore
-       `x <- x -+ sigma u_i`, each step drawing `u_i` again from its key;
-    2. with every value known, the coefficients `c_i` (a baseline may pool them), then
-       for each direction `x <- x - (learning_rate c_i / n) w_i`, `w_i` drawn again.
+        x \leftarrow x - \frac{\eta}{n} \sum_{i=1}^n c_i w_i
 
-    Both steps are one `lax.scan` over the in-place steps `x <- x + a_t w_t` (3 or 2
-    per direction, then one per direction), each drawing its direction fused into the
-    params' update, `f` evaluated under a `lax.cond` after the perturbing ones (its
-    predicate is never batched, so it stays a `cond` under `vmap`): the program holds
-    one draw per leaf and one copy of `f`. (Four draws per leaf compiled 10x slower:
-    a draw is some 250 elementwise operations.)
-
-    Jit it with the params donated, `jax.jit(step, donate_argnums=...)`, so that XLA
-    updates their buffers in place: the planned peak (XLA CPU) is then that of
-    evaluating `fn(params)` (inference), as MeZO reports: equal to it for a ReLU MLP,
-    a flax decoder of unrolled blocks and OPT-1.3B shapes with scanned (stacked)
-    blocks, whose largest leaf is 1.5 GiB. On CPU, whose threefry hash JAX lowers to
-    a loop over materialised state, the directions are drawn by `_random` instead,
-    fused into each in-place update (the same numbers); see
-    `tests/test_estimators_memory.py` for the planned peaks.
-
-    Precision: in place, `x + sigma u - sigma u` is rounded twice, so after step 1 the
-    params differ from `x` by up to one spacing per coordinate and direction (float32:
-    `2^-23 |x_j|`), and `f` is evaluated at points that have drifted by as much. The
-    result equals `params - learning_rate * zeroth_order_grad(...)` to that rounding,
-    `|difference_j| <~ n eps |x_j|` plus the changed `c_i`'s effect, `eps |x| |grad
-    f| / sigma` relative (about 1e-4 for float32 at `sigma = 1e-3`); in bfloat16 and
-    float16 the drift is that of their `eps` (2^-7, 2^-10): keep float32 params there,
-    or use `zeroth_order_grad`. With `chunk_size` above one direction the chunk's
-    directions are evaluated at copies of `params` (memory `O(chunk_size x params)`)
-    and step 1 has no drift.
+    with the directions, baseline and coefficients `c_i` of `zeroth_order_grad` for the
+    same arguments and key (MeZO's Algorithm 1): each direction perturbs the params in
+    place (`+sigma`, `-2 sigma`, restore), `f` is evaluated after each perturbation, and
+    once every value is known the update is applied direction by direction, each drawn
+    again from its key. One `lax.scan` does every in-place step with one draw per leaf
+    and one copy of `f`. Jitted with the params donated, the planned peak is that of
+    inference. In place, `x + sigma u - sigma u` is rounded twice: the result equals the
+    explicit update to `~ n eps |x_j|` (keep float32 params, or use `zeroth_order_grad`
+    for bfloat16). The technique page tabulates memory and precision.
 
     Args:
         fn: `fn(params) -> scalar`, the objective (need not be differentiable).
-        params: the point `x`, any pytree of float arrays (donate it under `jit`).
-        key: a `jax.random.key` or a legacy `jax.random.PRNGKey` (the same numbers).
-        learning_rate: the step size, a finite scalar (a tracer too) or an optax
-            schedule, a function of the step count (`optax.cosine_decay_schedule(...)`),
-            evaluated at `step`.
-        num_samples, sigma, antithetic, directions, baseline: as in
-            `zeroth_order_grad`.
-        chunk_size: evaluations per chunk, a divisor of `num_samples` (even when
-            antithetic); None (the default) for one direction at a time, in place.
-        step: the step count at which a schedule `learning_rate` is evaluated (an int
-            or a traced counter); only with a schedule.
+        params: the point `x`, a non-empty pytree of real floating arrays (donate it).
+        key: a `jax.random.key` (threefry, rbg or unsafe_rbg) or a legacy `PRNGKey`.
+        learning_rate: a finite scalar (a tracer too) or an optax schedule, evaluated at
+            `step`.
+        num_samples, sigma, antithetic, directions, baseline: as in `zeroth_order_grad`
+            (a kind that draws groups, "orthogonal", cannot be drawn again one by one).
+        chunk_size: evaluations per chunk, evaluated at copies of `params`; None (the
+            default) for one direction at a time, in place.
+        step: the step count at which a schedule is evaluated; only with a schedule.
 
     Returns:
-        `(new_params, values)`: `new_params` shaped like `params`; `values`, `[num_samples]`,
-        `fn` at the perturbed points, `values[2i], values[2i + 1] = f(x + sigma u_i),
-        f(x - sigma u_i)` when antithetic (their mean estimates the smoothed loss at `x`).
+        `(new_params, values)`: `values[2i], values[2i + 1] = f(x + sigma u_i), f(x -
+        sigma u_i)` when antithetic, else `f(x + sigma u_i)`, shape `[num_samples]`.
 
     Raises:
         ValueError: as `zeroth_order_grad`; for a non-scalar or non-finite concrete
-            `learning_rate`, a schedule without `step` (or `step` without one), or
-            directions that are drawn a group at a time ("orthogonal").
+            `learning_rate`, a schedule without `step` (or `step` without one), or a
+            kind that draws groups.
 
     Examples:
         >>> import jax, jax.numpy as jnp
         >>> from jaxtricks import estimators
-        >>> def loss(p):
-        ...     return jnp.sum((p["w"] - 1.0) ** 2)
-        >>> step = jax.jit(
-        ...     lambda p, k: estimators.zeroth_order_update(
-        ...         loss, p, k, learning_rate=0.1, num_samples=8),
-        ...     donate_argnums=0)
+        >>> loss = lambda p: jnp.sum((p["w"] - 1.0) ** 2)
+        >>> step = jax.jit(lambda p, k: estimators.zeroth_order_update(
+        ...     loss, p, k, learning_rate=0.1, num_samples=8), donate_argnums=0)
         >>> params, values = step({"w": jnp.zeros(3)}, jax.random.key(0))
-        >>> values.shape, round(float(loss(params)), 4) < 3.0
+        >>> values.shape, bool(loss(params) < 3.0)
         ((8,), True)
+
+    References:
+        Malladi et al., "Fine-Tuning Language Models with Just Forward Passes" (MeZO),
+        https://arxiv.org/abs/2305.17333, Algorithm 1.
     """
     _plan.check_arguments(params, num_samples, sigma, antithetic, directions, baseline,
                           chunk_size)

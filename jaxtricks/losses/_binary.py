@@ -73,7 +73,7 @@ def cross_entropy_terms(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     return -jax.nn.log_sigmoid(logits), -jax.nn.log_sigmoid(-logits)
 
 
-def binary_smoothed_accuracy_loss(
+def sigmoid_smoothed_accuracy_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -98,8 +98,8 @@ def binary_smoothed_accuracy_loss(
     Examples:
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
-        >>> loss = losses.binary_smoothed_accuracy_loss(jnp.array([2.0, -1.0]),
-        ...                                             jnp.array([1.0, 1.0]))
+        >>> loss = losses.sigmoid_smoothed_accuracy_loss(jnp.array([2.0, -1.0]),
+        ...                                              jnp.array([1.0, 1.0]))
         >>> [round(float(x), 4) for x in loss]
         [-0.8808, -0.2689]
 

@@ -137,7 +137,7 @@ def softmax_focal_loss(
     return _common.softmax_loss(formula, logits, labels, axis, where)
 
 
-def weighted_softmax_cross_entropy(
+def softmax_weighted_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -169,7 +169,7 @@ def weighted_softmax_cross_entropy(
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
         >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
-        >>> loss = losses.weighted_softmax_cross_entropy(
+        >>> loss = losses.softmax_weighted_cross_entropy(
         ...     logits, jnp.array([0, 2]), class_weights=jnp.array([0.5, 1.0, 2.0]))
         >>> [round(float(x), 4) for x in loss]
         [0.0849, 2.3605]
@@ -186,7 +186,7 @@ def weighted_softmax_cross_entropy(
     return _common.softmax_loss(formula, logits, labels, axis, where)
 
 
-def smoothed_accuracy_loss(
+def softmax_smoothed_accuracy_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -216,7 +216,7 @@ def smoothed_accuracy_loss(
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
         >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
-        >>> loss = losses.smoothed_accuracy_loss(logits, jnp.array([0, 2]))
+        >>> loss = losses.softmax_smoothed_accuracy_loss(logits, jnp.array([0, 2]))
         >>> [round(float(x), 4) for x in loss]
         [-0.8438, -0.3072]
 

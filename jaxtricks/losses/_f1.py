@@ -35,7 +35,7 @@ def _soft_f1(true_positives: jax.Array, totals: jax.Array) -> tuple[jax.Array, j
     return jnp.where(defined, ratio, 1.0), defined
 
 
-def smoothed_f1_loss(
+def softmax_smoothed_f1_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -76,7 +76,7 @@ def smoothed_f1_loss(
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
         >>> logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]])
-        >>> round(float(losses.smoothed_f1_loss(logits, jnp.array([0, 1, 1]))), 4)
+        >>> round(float(losses.softmax_smoothed_f1_loss(logits, jnp.array([0, 1, 1]))), 4)
         0.3388
 
     References:
@@ -112,7 +112,7 @@ def _binary_soft_f1(z: jax.Array, y: jax.Array, mask: jax.Array | None) -> jax.A
     return _soft_f1(jnp.sum(true_positives), jnp.sum(totals))[0]
 
 
-def binary_smoothed_f1_loss(
+def sigmoid_smoothed_f1_loss(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -142,8 +142,8 @@ def binary_smoothed_f1_loss(
     Examples:
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
-        >>> loss = losses.binary_smoothed_f1_loss(jnp.array([2.0, -1.0, 0.5]),
-        ...                                       jnp.array([1.0, 0.0, 1.0]))
+        >>> loss = losses.sigmoid_smoothed_f1_loss(jnp.array([2.0, -1.0, 0.5]),
+        ...                                        jnp.array([1.0, 0.0, 1.0]))
         >>> round(float(loss), 4)
         0.203
 
@@ -157,7 +157,7 @@ def binary_smoothed_f1_loss(
     return _binary.binary_loss(formula, logits, labels, where, elementwise=False)
 
 
-def binary_f1_weighted_cross_entropy(
+def sigmoid_f1_weighted_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -168,7 +168,7 @@ def binary_f1_weighted_cross_entropy(
     .. math::
         \ell_i = -(1 - F_1/2)\, y_i \log \sigma(z_i) - (F_1/2)(1 - y_i) \log \sigma(-z_i),
 
-    with `F1` the batch's soft F1 (`binary_smoothed_f1_loss`) under stop-gradient.
+    with `F1` the batch's soft F1 (`sigmoid_smoothed_f1_loss`) under stop-gradient.
     Positives weigh `(2 - F1)/F1` times as much as negatives: a lot while F1 is small.
     The post's own normalisation was not seen; the common factor `2/T` is dropped.
 
@@ -188,8 +188,8 @@ def binary_f1_weighted_cross_entropy(
     Examples:
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
-        >>> loss = losses.binary_f1_weighted_cross_entropy(jnp.array([2.0, -1.0, 0.5]),
-        ...                                                jnp.array([1.0, 0.0, 1.0]))
+        >>> loss = losses.sigmoid_f1_weighted_cross_entropy(jnp.array([2.0, -1.0, 0.5]),
+        ...                                                 jnp.array([1.0, 0.0, 1.0]))
         >>> [round(float(x), 4) for x in loss]
         [0.0763, 0.1248, 0.2852]
 

@@ -34,7 +34,7 @@ def _log_priors(priors: jax.Array, dtype: DTypeLike) -> jax.Array:
     return jnp.log(jnp.maximum(normalised, 1e-12))
 
 
-def logit_adjusted_softmax_cross_entropy(
+def softmax_logit_adjusted_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -76,7 +76,7 @@ def logit_adjusted_softmax_cross_entropy(
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
         >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
-        >>> loss = losses.logit_adjusted_softmax_cross_entropy(
+        >>> loss = losses.softmax_logit_adjusted_cross_entropy(
         ...     logits, jnp.array([0, 2]), class_priors=jnp.array([0.7, 0.2, 0.1]))
         >>> [round(float(x), 4) for x in loss]
         [0.0448, 2.1451]
@@ -182,6 +182,15 @@ def class_priors(
         >>> priors = losses.class_priors(jnp.array([0, 0, 0, 1]), 3, smoothing=1.0)
         >>> [round(float(x), 4) for x in priors]
         [0.5714, 0.2857, 0.1429]
+
+    References:
+        Menon et al., `Long-tail learning via logit adjustment
+        <https://arxiv.org/abs/2007.07314>`_, ICLR 2021 (the class priors `pi_y` that
+        its adjustment subtracts, estimated from the training labels)
+
+        Manning, Raghavan & Schütze, `Introduction to Information Retrieval
+        <https://nlp.stanford.edu/IR-book/>`_, Cambridge University Press, 2008
+        (section 13.2: add-one, or Laplace, smoothing of estimated frequencies)
     """
     checks.check_positive_int("num_classes", num_classes)
     checks.check_scalar("smoothing", smoothing, low=0.0)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxtricks.losses import _common
 
 
-def multilabel_softmax_cross_entropy(
+def softmax_multilabel_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -55,7 +55,7 @@ def multilabel_softmax_cross_entropy(
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
         >>> logits = jnp.array([[2.0, -1.0, 0.5], [-3.0, -2.0, -1.0]])
-        >>> loss = losses.multilabel_softmax_cross_entropy(
+        >>> loss = losses.softmax_multilabel_cross_entropy(
         ...     logits, jnp.array([[1, 0, 1], [0, 0, 0]]))
         >>> [round(float(x), 4) for x in loss]
         [0.8682, 0.4402]

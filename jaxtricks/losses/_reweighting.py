@@ -75,7 +75,7 @@ def cross_entropy_weights(
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
         >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
-        >>> w = losses.cross_entropy_weights(losses.smoothed_accuracy_loss, logits,
+        >>> w = losses.cross_entropy_weights(losses.softmax_smoothed_accuracy_loss, logits,
         ...                                  jnp.array([0, 2]))  # w = p_y
         >>> [round(float(x), 4) for x in w]
         [0.8438, 0.3072]

@@ -22,7 +22,7 @@ def _check_margin(margin: jax.typing.ArrayLike) -> None:
                         high_inclusive=False)
 
 
-def hard_truncated_cross_entropy(
+def sigmoid_hard_truncated_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -59,8 +59,8 @@ def hard_truncated_cross_entropy(
     Examples:
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
-        >>> loss = losses.hard_truncated_cross_entropy(jnp.array([2.0, 0.0, -1.0]),
-        ...                                            jnp.array([1.0, 1.0, 0.0]))
+        >>> loss = losses.sigmoid_hard_truncated_cross_entropy(
+        ...     jnp.array([2.0, 0.0, -1.0]), jnp.array([1.0, 1.0, 0.0]))
         >>> [round(float(x), 4) for x in loss]
         [0.0, 0.6931, 0.0]
 
@@ -86,7 +86,7 @@ def hard_truncated_cross_entropy(
     return _binary.binary_loss(formula, logits, labels, where)
 
 
-def soft_truncated_cross_entropy(
+def sigmoid_soft_truncated_cross_entropy(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
     *,
@@ -98,7 +98,7 @@ def soft_truncated_cross_entropy(
     .. math::
         \ell = -y\,\sigma(-K z) \log \sigma(z) - (1 - y)\,\sigma(K z) \log \sigma(-z).
 
-    The step of `hard_truncated_cross_entropy` at `m = 1/2` becomes a sigmoid. At
+    The step of `sigmoid_hard_truncated_cross_entropy` at `m = 1/2` becomes a sigmoid. At
     `K = 1` and labels in `{0, 1}` it is exactly the focal loss with `gamma = 1` and no
     `alpha` (`optax.sigmoid_focal_loss(z, y, gamma=1)`); larger `K` plays the role of
     larger `gamma`. Soft labels in `[0, 1]` interpolate the two terms linearly (optax's
@@ -120,8 +120,8 @@ def soft_truncated_cross_entropy(
     Examples:
         >>> import jax.numpy as jnp
         >>> from jaxtricks import losses
-        >>> loss = losses.soft_truncated_cross_entropy(jnp.array([2.0, -1.0]),
-        ...                                            jnp.array([1.0, 1.0]))
+        >>> loss = losses.sigmoid_soft_truncated_cross_entropy(jnp.array([2.0, -1.0]),
+        ...                                                    jnp.array([1.0, 1.0]))
         >>> [round(float(x), 4) for x in loss]
         [0.0151, 0.9601]
 
@@ -158,8 +158,8 @@ def softmax_hard_truncated_cross_entropy(
     gradient (`theta` is a constant); a tie `p_y = m` gets half weight, as the post's
     step function gives it. The posts treat binary classification and say the idea
     carries over to several classes; this form is the library's extension, and with
-    two classes it is `hard_truncated_cross_entropy` of the binary logit `s_1 - s_0`.
-    The comparison is made in log space, `log p_y` against `log m`.
+    two classes it is `sigmoid_hard_truncated_cross_entropy` of the binary logit
+    `s_1 - s_0`. The comparison is made in log space, `log p_y` against `log m`.
 
     Args:
         logits: scores, shape `[..., num_classes]`.
@@ -217,7 +217,7 @@ def softmax_soft_truncated_cross_entropy(
     The step "is the example classified?" of the hard truncation becomes a softmax of
     the negated, sharpened logits: the weight is large when the target's logit is low.
     It is differentiated (it is part of the loss, as focal's factor is; the post puts no
-    stop-gradient on it). With two classes it is `soft_truncated_cross_entropy` of the
+    stop-gradient on it). With two classes it is `sigmoid_soft_truncated_cross_entropy` of the
     binary logit `s_1 - s_0`, so at `K = 1` the binary focal loss with `gamma = 1`. With
     `C` classes and equal logits the weight is `1 / C` (not 1/2): early in training the
     loss is about cross-entropy over `C` (Su: adaptive optimisers absorb the scale; he

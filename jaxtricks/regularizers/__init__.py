@@ -1,7 +1,8 @@
 """L2, decoupled weight decay and WEISSI as Optax transforms; flooding.
 
-- `l2_regularization`, `decoupled_weight_decay`, `weissi`: Optax transforms whose
-  default mask selects the floating-point weight tensors (`ndim >= 2`).
+- `l2_regularization`, `decoupled_weight_decay`, `weissi`, `decoupled_weissi`: Optax
+  transforms, coupled (before the optimiser) and decoupled (after it, AdamW-style),
+  whose default mask selects the floating-point weight tensors (`ndim >= 2`).
 - `l2_penalty`, `weissi_penalty`: the scalar penalties (their gradients are what the
   transforms add).
 - `flood`, `iflood`, `gradient_norm_penalty`: objectives that keep the training loss
@@ -16,11 +17,12 @@ from jaxtricks.regularizers._weight_decay import (
     l2_penalty,
     l2_regularization,
 )
-from jaxtricks.regularizers._weissi import weissi, weissi_penalty
+from jaxtricks.regularizers._weissi import decoupled_weissi, weissi, weissi_penalty
 
 __all__ = (
     "CountState",
     "decoupled_weight_decay",
+    "decoupled_weissi",
     "flood",
     "gradient_norm_penalty",
     "iflood",

@@ -44,6 +44,12 @@ class CountState(NamedTuple):
         >>> state = jaxtricks.l2_regularization(1e-4).init({"w": jnp.ones((2, 2))})
         >>> isinstance(state.inner_state, jaxtricks.CountState), int(state.inner_state.count)
         (True, 0)
+
+    References:
+        Optax, `optax/_src/transform.py
+        <https://github.com/google-deepmind/optax/blob/main/optax/_src/transform.py>`_
+        (the convention followed: a transform's state is a NamedTuple holding the step
+        count that its schedule reads, as `ScaleByScheduleState`)
     """
 
     count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count

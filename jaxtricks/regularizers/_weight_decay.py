@@ -58,6 +58,14 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
         >>> params = {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)}
         >>> float(jaxtricks.l2_penalty(params))  # 0.5 * 4 * 2^2; the bias is not selected
         8.0
+
+    References:
+        Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+        <https://arxiv.org/abs/1711.05101>`_, ICLR 2019 (section 2: the L2-regularised
+        loss `f + lambda / 2 ||theta||^2`, whose gradient `l2_regularization` adds)
+
+        Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸 (L2 regularisation is not as good
+        as you think? Blame the weight scale shift) <https://kexue.fm/archives/7681>`_, 2020
     """
     zero = jnp.zeros([], jnp.float32)
     return 0.5 * sum((squared_norm(leaf) for leaf in selected_leaves(params, mask)), zero)

@@ -16,8 +16,9 @@ with gradients `W/n^2` (log), `R_product W/n^2`, `(R_gm / L) W/n^2` and
 `n^2 + eps` everywhere (values and gradients finite at `W = 0`).
 
 The post's WEISSI is the log form with the direction term, added to the loss (the
-coupled transform). The product and geometric-mean forms and the decoupled
-(AdamW-style) transform are extensions of this library, not in the post.
+coupled transform `weissi`). The product and geometric-mean forms and the decoupled
+(AdamW-style) transform `decoupled_weissi` are extensions of this library, not in the
+post.
 
 References:
     Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸 (L2 regularisation is not as good as
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, deprecation
 from jaxtricks.regularizers._common import (
     CountState,
     Mask,
@@ -211,82 +212,16 @@ def _add_weissi_terms(
     return jax.tree.map(add_terms, updates, params, squared_norms)
 
 
-def weissi(
+def _weissi_transform(
     weight_decay: optax.ScalarOrSchedule,
     *,
-    direction_weight: optax.ScalarOrSchedule = 0.0,
-    learning_rate: optax.ScalarOrSchedule | None = None,
-    form: str = "log",
-    mask: Mask = None,
-    eps: jax.typing.ArrayLike = 1e-12,
+    direction_weight: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule | None,
+    form: str,
+    mask: Mask,
+    eps: jax.typing.ArrayLike,
 ) -> optax.GradientTransformationExtraArgs:
-    """WEISSI regularisation as an Optax transform, coupled or decoupled.
-
-    Coupled (`learning_rate=None`, placed before the optimiser):
-
-        updates <- updates + weight_decay * grad R_form + direction_weight * grad R_dir
-
-    exactly `jax.grad(weissi_penalty)` with the same arguments, e.g.
-    `optax.chain(weissi(1e-3), optax.adam(1e-3))`. For the default log form the
-    added term on layer `l` is `weight_decay * W_l / ||W_l||^2`: weight decay with a
-    per-layer coefficient `weight_decay / ||W_l||^2` (big layers decay less, the
-    opposite of L2).
-
-    Decoupled (a `learning_rate` given, placed after the optimiser, like AdamW; an
-    extension of this library, not in the post):
-
-        updates <- updates - min(1, lr * weight_decay * a_l) W_l
-                           - lr * direction_weight * grad R_dir(W_l)
-
-    with `a_l W_l = grad_{W_l} R_form` (`a_l = 1/||W_l||^2` for the log form). The
-    clamp `min(1, .)` is the factor `max(0, 1 - lr wd / ||W||^2)`: the
-    decay never flips the sign of a layer, e.g.
-    `optax.chain(optax.adam(lr), weissi(wd, learning_rate=lr))`.
-
-    Args:
-        weight_decay: coefficient of the scale term (>= 0), or a schedule.
-        direction_weight: coefficient of the direction term `R_dir` (>= 0), or a
-            schedule.
-        learning_rate: None for the coupled form; else the optimiser's learning rate
-            (or its schedule) for the decoupled form.
-        form: "log" (default, the post's), or the extensions "product" and
-            "geometric_mean" (see `weissi_penalty`).
-        mask: a pytree of bools shaped like the params, a callable of the params
-            returning one, or None (default) for the floating-point leaves with
-            `ndim >= 2`. The product and geometric-mean forms couple all the selected
-            leaves. Under `optax.inject_hyperparams`, a callable mask must be listed
-            in `static_args`.
-        eps: added to every squared norm (> 0): finite at `W = 0`.
-
-    Returns:
-        An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
-        around a `CountState(count)` (the step count for schedules).
-
-    Raises:
-        ValueError: for a negative or non-finite constant rate, an unknown `form` or
-            `eps <= 0`; from `init` and `update`, for a mask whose structure differs
-            from the params' or that selects a leaf that is not floating-point (an
-            integer or boolean leaf cannot hold its decay); from `update`, when called
-            without `params`.
-
-    Examples:
-        >>> import jax.numpy as jnp
-        >>> import jaxtricks
-        >>> params = {"w": jnp.full((2, 2), 0.5)}  # ||w||^2 = 1
-        >>> transform = jaxtricks.weissi(0.1)
-        >>> zeros = {"w": jnp.zeros((2, 2))}
-        >>> updates, _ = transform.update(zeros, transform.init(params), params)
-        >>> round(float(updates["w"][0, 0]), 4)  # 0.1 * w / ||w||^2
-        0.05
-
-    References:
-        Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸
-        <https://kexue.fm/archives/7681>`_, 2020
-
-        Liu, Cui & Chan, `Improve Generalization and Robustness of Neural Networks via
-        Weight Scale Shifting Invariant Regularizations
-        <https://arxiv.org/abs/2008.02965>`_, 2020
-    """
+    """The transform of `weissi` (`learning_rate=None`) and of `decoupled_weissi`."""
     _check_arguments(
         form,
         eps,
@@ -319,3 +254,152 @@ def weissi(
         return updates, next_count(state)
 
     return masked(optax.GradientTransformation(init_count, update_fn), mask)
+
+
+def weissi(
+    weight_decay: optax.ScalarOrSchedule,
+    *,
+    direction_weight: optax.ScalarOrSchedule = 0.0,
+    form: str = "log",
+    mask: Mask = None,
+    eps: jax.typing.ArrayLike = 1e-12,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Coupled WEISSI regularisation (the post's), placed before the optimiser.
+
+        updates <- updates + weight_decay * grad R_form + direction_weight * grad R_dir
+
+    exactly `jax.grad(weissi_penalty)` with the same arguments, e.g.
+    `optax.chain(weissi(1e-3), optax.adam(1e-3))`: WEISSI's `l2_regularization`. For the
+    default log form the added term on layer `l` is `weight_decay * W_l / ||W_l||^2`:
+    weight decay with a per-layer coefficient `weight_decay / ||W_l||^2` (big layers
+    decay less, the opposite of L2). The decoupled (AdamW-style) form, placed after the
+    optimiser, is `decoupled_weissi`.
+
+    Args:
+        weight_decay: coefficient of the scale term (>= 0), or a schedule.
+        direction_weight: coefficient of the direction term `R_dir` (>= 0), or a
+            schedule.
+        form: "log" (default, the post's), or the extensions "product" and
+            "geometric_mean" (see `weissi_penalty`).
+        mask: a pytree of bools shaped like the params, a callable of the params
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`. The product and geometric-mean forms couple all the selected
+            leaves. Under `optax.inject_hyperparams`, a callable mask must be listed
+            in `static_args`.
+        eps: added to every squared norm (> 0): finite at `W = 0`.
+        learning_rate: deprecated (removed in 0.3.0, a `DeprecationWarning` once): a
+            learning rate gives `decoupled_weissi(..., learning_rate=learning_rate)`.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
+        around a `CountState(count)` (the step count for schedules).
+
+    Raises:
+        ValueError: for a negative or non-finite constant rate, an unknown `form` or
+            `eps <= 0`; from `init` and `update`, for a mask whose structure differs
+            from the params' or that selects a leaf that is not floating-point (an
+            integer or boolean leaf cannot hold its decay); from `update`, when called
+            without `params`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import jaxtricks
+        >>> params = {"w": jnp.full((2, 2), 0.5)}  # ||w||^2 = 1
+        >>> transform = jaxtricks.weissi(0.1)
+        >>> zeros = {"w": jnp.zeros((2, 2))}
+        >>> updates, _ = transform.update(zeros, transform.init(params), params)
+        >>> round(float(updates["w"][0, 0]), 4)  # 0.1 * w / ||w||^2
+        0.05
+
+    References:
+        Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸
+        <https://kexue.fm/archives/7681>`_, 2020
+
+        Liu, Cui & Chan, `Improve Generalization and Robustness of Neural Networks via
+        Weight Scale Shifting Invariant Regularizations
+        <https://arxiv.org/abs/2008.02965>`_, 2020
+    """
+    transform = _weissi_transform(
+        weight_decay, direction_weight=direction_weight, learning_rate=learning_rate,
+        form=form, mask=mask, eps=eps,
+    )
+    if learning_rate is not None:
+        deprecation.warn_once(
+            "jaxtricks.regularizers.weissi(learning_rate=...)",
+            "weissi(..., learning_rate=lr) is deprecated and will be removed in jaxtricks "
+            f"{deprecation.REMOVED_IN}: use jaxtricks.decoupled_weissi(..., "
+            "learning_rate=lr), which gives the same updates; weissi is the coupled form.",
+        )
+    return transform
+
+
+def decoupled_weissi(
+    weight_decay: optax.ScalarOrSchedule,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    direction_weight: optax.ScalarOrSchedule = 0.0,
+    form: str = "log",
+    mask: Mask = None,
+    eps: jax.typing.ArrayLike = 1e-12,
+) -> optax.GradientTransformationExtraArgs:
+    """Decoupled (AdamW-style) WEISSI, placed after the optimiser.
+
+        updates <- updates - min(1, lr * weight_decay * a_l) W_l
+                           - lr * direction_weight * grad R_dir(W_l)
+
+    with `a_l W_l = grad_{W_l} R_form` (`a_l = 1/||W_l||^2` for the log form):
+    WEISSI's `decoupled_weight_decay`, e.g.
+    `optax.chain(optax.adam(lr), decoupled_weissi(wd, learning_rate=lr))`. The clamp
+    `min(1, .)` is the factor `max(0, 1 - lr wd / ||W||^2)`: the decay never flips the
+    sign of a layer. Without the clamp, the update is `-lr * jax.grad(weissi_penalty)`
+    with the same arguments. An extension of this library, not in the post, whose
+    WEISSI is the coupled `weissi`.
+
+    Args:
+        weight_decay: coefficient of the scale term (>= 0), or a schedule.
+        learning_rate: the optimiser's learning rate (>= 0), or its schedule; the step
+            count is kept in the state, so give the same schedule as the optimiser.
+        direction_weight: coefficient of the direction term `R_dir` (>= 0), or a
+            schedule.
+        form: "log" (default, the post's), or the extensions "product" and
+            "geometric_mean" (see `weissi_penalty`).
+        mask: a pytree of bools shaped like the params, a callable of the params
+            returning one, or None (default) for the floating-point leaves with
+            `ndim >= 2`. The product and geometric-mean forms couple all the selected
+            leaves. Under `optax.inject_hyperparams`, a callable mask must be listed
+            in `static_args`.
+        eps: added to every squared norm (> 0): finite at `W = 0`.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
+        around a `CountState(count)` (the step count for schedules).
+
+    Raises:
+        ValueError: for a negative or non-finite constant rate, an unknown `form` or
+            `eps <= 0`; from `init` and `update`, for a mask whose structure differs
+            from the params' or that selects a leaf that is not floating-point (an
+            integer or boolean leaf cannot hold its decay); from `update`, when called
+            without `params`.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> import jaxtricks
+        >>> params = {"w": jnp.full((2, 2), 0.5)}  # ||w||^2 = 1
+        >>> transform = jaxtricks.decoupled_weissi(0.1, learning_rate=0.5)
+        >>> zeros = {"w": jnp.zeros((2, 2))}
+        >>> updates, _ = transform.update(zeros, transform.init(params), params)
+        >>> round(float(updates["w"][0, 0]), 4)  # -0.5 * 0.1 * w / ||w||^2
+        -0.025
+
+    References:
+        Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸
+        <https://kexue.fm/archives/7681>`_, 2020
+
+        Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+        <https://arxiv.org/abs/1711.05101>`_, 2019 (the decoupling)
+    """
+    return _weissi_transform(
+        weight_decay, direction_weight=direction_weight, learning_rate=learning_rate,
+        form=form, mask=mask, eps=eps,
+    )

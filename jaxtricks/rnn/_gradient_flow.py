@@ -31,6 +31,15 @@ class GradientNorms(NamedTuple):
         carry: `[T]`, `||dL / d carry_t||` for the carry entering step t (the one
             combined with `x_t`); with `per_leaf=True`, a pytree shaped like the carry
             holding one `[T]` array per leaf.
+
+    References:
+        Su, `也来谈谈RNN的梯度消失/爆炸问题 (On the vanishing/exploding gradients of RNNs)
+        <https://kexue.fm/archives/7888>`_, 2020 (`dL/dcarry_t`, the gradient carried back
+        through the steps)
+
+        Pascanu, Mikolov & Bengio, `On the difficulty of training recurrent neural
+        networks <https://arxiv.org/abs/1211.5063>`_, ICML 2013 (the per-step gradient
+        norms that show vanishing and exploding gradients)
     """
 
     inputs: jax.Array

@@ -237,21 +237,18 @@ def _jacobian_scan(
         flat, tangents, log_scale, bases = state
         flat, linear = jax.linearize(lambda f: flat_step(f, x), flat)
         tangents = jax.vmap(linear)(tangents if cumulative else identity)
-        scale = jnp.linalg.norm(tangents.astype(dtype))
-        tangents = tangents / jnp.where(scale == 0, 1.0, scale).astype(tangents.dtype)
-        log_scale = (log_scale if cumulative else 0.0) + jnp.log(scale)
+        log_peak, tangents = _rescaled(tangents)
+        log_scale = (log_scale if cumulative else 0.0) + log_peak.astype(dtype)
         # Row j of `tangents` is d carry_t / d carry_0[j]: the Jacobian's block is the
         # transpose of the tangents' block.
         matrices = [tangents[block, block].T.astype(dtype) for block in blocks]
-        if use_power:
-            results = [
-                _spectral.top_singular_value(m, b, tol, max_iterations)
-                for m, b in zip(matrices, bases, strict=True)
-            ]
-            norms, bases = [r[0] for r in results], [r[1] for r in results]
-        else:
-            norms = [jnp.linalg.norm(m, 2 if ord == "spectral" else "fro") for m in matrices]
-        log_norms = [log_scale + jnp.log(norm) for norm in norms]
+        results = [
+            _log_norm(m, b, ord=ord, use_power=use_power, tol=tol,
+                      max_iterations=max_iterations)
+            for m, b in zip(matrices, bases, strict=True)
+        ]
+        bases = [r[1] for r in results]
+        log_norms = [log_scale + r[0] for r in results]
         return (flat, tangents, log_scale, bases), log_norms
 
     initial = (flat_carry, identity, jnp.zeros((), dtype), bases)
@@ -267,3 +264,43 @@ def _leaf_blocks(carry: Carry) -> list[slice]:
     sizes = [math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+
+
+def _rescaled(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(log p, matrix / p)` for `p = max |entry|`, in `matrix`'s dtype.
+
+    Dividing by the largest entry, rather than by a norm, keeps every square that a norm
+    takes of the result in [0, 1] (the squares of entries of 1e20 overflow float32, and
+    those of 1e-21 flush to zero). An exactly-zero matrix gives `(-inf, matrix)`, with
+    both `where`s (the double-`where` trick) keeping `log 0` and `0 / 0` out of the
+    gradient, which is then 0 and not NaN; a NaN entry gives a NaN `log p`.
+    """
+    peak = jnp.max(jnp.abs(matrix), initial=0)
+    zero = peak == 0
+    safe_peak = jnp.where(zero, jnp.ones_like(peak), peak)
+    log_peak = jnp.where(zero, -jnp.inf, jnp.log(safe_peak))
+    return log_peak, matrix / safe_peak
+
+
+def _log_norm(
+    matrix: jax.Array,
+    basis: jax.Array | None,
+    *,
+    ord: str,
+    use_power: bool,
+    tol: jax.Array,
+    max_iterations: int,
+) -> tuple[jax.Array, jax.Array | None]:
+    """`(log ||matrix||, basis)`: the norm of `matrix / max |entry|`, plus the log of that
+    scale, so that neither the SVD, the Frobenius sum of squares nor the power
+    iteration's `M^T M` overflows or underflows; `-inf` (with a zero gradient) for an
+    exactly-zero matrix, whose norm is that of the identity standing in for it, and the
+    power iteration's basis unchanged (it converges at once on the identity)."""
+    log_peak, scaled = _rescaled(matrix)
+    zero = log_peak == -jnp.inf
+    scaled = jnp.where(zero, jnp.eye(matrix.shape[0], dtype=matrix.dtype), scaled)
+    if use_power and basis is not None:
+        norm, basis = _spectral.top_singular_value(scaled, basis, tol, max_iterations)
+    else:
+        norm = jnp.linalg.norm(scaled, 2 if ord == "spectral" else "fro")
+    return jnp.where(zero, -jnp.inf, log_peak + jnp.log(norm)), basis

@@ -52,6 +52,14 @@ def linen_step(cell: nn.Module, params: Any) -> StepFn:
         >>> carry, y = rnn.linen_step(cell, params)(jnp.zeros(3), jnp.ones(2))
         >>> carry.shape, y.shape
         ((3,), (3,))
+
+    References:
+        JAX, `jax.lax.scan <https://docs.jax.dev/en/latest/_autosummary/jax.lax.scan.html>`_
+        (the convention followed: a step `f(carry, x) -> (carry, y)`)
+
+        Flax, `flax/linen/recurrent.py
+        <https://github.com/google/flax/blob/main/flax/linen/recurrent.py>`_ (its cells'
+        `__call__(carry, inputs) -> (carry, output)`)
     """
 
     def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
@@ -90,6 +98,14 @@ def nnx_step(cell: nnx.Module) -> StepFn:
         >>> carry, y = step(jnp.zeros(3), jnp.ones(2))
         >>> carry.shape, y.shape
         ((3,), (3,))
+
+    References:
+        JAX, `jax.lax.scan <https://docs.jax.dev/en/latest/_autosummary/jax.lax.scan.html>`_
+        (the convention followed: a step `f(carry, x) -> (carry, y)`)
+
+        Flax, `nnx.split and nnx.merge
+        <https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/graph.html>`_
+        (a module as a graph definition and a state, merged again inside the pure step)
     """
     _check_no_dropout(cell)
     graphdef, state = nnx.split(cell)

@@ -84,16 +84,18 @@ def _called(name: str, fn: Callable[[jax.Array], jax.Array], inputs: jax.Array) 
 
 
 def checked_vocab_size(
-    apply: Apply, state: Any, input_embeddings: jax.Array, targets: jax.Array, feed: str
+    apply: Apply, state: Any, input_embeddings: jax.Array, targets: jax.Array,
+    hidden_feed: bool,
 ) -> tuple[int, bool]:
-    """Checks the outputs' shapes abstractly (no compute); returns V and whether a pass
+    """Checks the outputs' shapes abstractly (no compute; `hidden_feed`: the hidden states
+    are fed, so they must have the inputs' shape); returns V and whether a pass
     writes the decoder's state (one that does not, e.g. dropout in deterministic mode,
     is then never written, so it also runs as a closure under jax.jit)."""
     writes_state = []
 
     def check_hidden(hidden: jax.Array) -> None:
-        if feed == "hidden":
-            checks.check_shape("body_fn's output (feed='hidden')", hidden.shape,
+        if hidden_feed:
+            checks.check_shape("body_fn's output (feed=HiddenFeed())", hidden.shape,
                                input_embeddings.shape)
         elif hidden.shape[:-1] != input_embeddings.shape[:-1]:
             raise ValueError(

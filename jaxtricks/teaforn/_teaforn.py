@@ -11,10 +11,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, deprecation
 from jaxtricks.teaforn import _decoder, _feeds
 
 REDUCTIONS = ("mean", "per_example", "none")
+_HIDDEN = _feeds.HiddenFeed()
 
 
 def teaforn_loss(
@@ -25,14 +26,14 @@ def teaforn_loss(
     *,
     n: int,
     weights: Sequence[float] | jax.typing.ArrayLike | None = None,
-    feed: str = "hidden",
-    embedding: jax.typing.ArrayLike | None = None,
-    top_k: int | None = None,
+    feed: _feeds.Feed | str = _HIDDEN,
     where: jax.typing.ArrayLike | None = None,
     mask_repeated: bool = False,
     reduction: str = "mean",
     unroll: bool = True,
     remat: bool = False,
+    embedding: jax.typing.ArrayLike | None = None,
+    top_k: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""TeaForN loss: N decoding passes, each fed the previous pass's shifted outputs.
 
@@ -47,13 +48,16 @@ def teaforn_loss(
         per_pass_losses[i-1] = mean_{scored t} ce[i-1, t]     (reduction="mean")
         loss = sum_i weights[i-1] * per_pass_losses[i-1]
 
-    where `v^(i-1)` is computed from pass i-1 by `feed`:
+    where `v^(i-1)` is computed from pass i-1 by `feed`, an object that carries the
+    options of its kind only:
 
-    - `"hidden"`: `v = h` itself (the paper's main variant). Needs `h` and `e` in one
-      space, e.g. an output projection tied to the input embedding.
-    - `"soft"`: `v_t = p_t^T E`, the probability-weighted embedding (top-k with `k = |V|`).
-    - `"topk"`: `v_t = sum_{w in top_k(p_t)} p_t[w] e_w / sum_{w in top_k(p_t)} p_t[w]`.
-    - `"argmax"`: `v_t = e_{argmax p_t}` forward, with the gradient of `p_t^T E`
+    - `HiddenFeed()`: `v = h` itself (the paper's main variant). Needs `h` and `e` in
+      one space, e.g. an output projection tied to the input embedding.
+    - `SoftFeed(E)`: `v_t = p_t^T E`, the probability-weighted embedding (top-k with
+      `k = |V|`).
+    - `TopKFeed(E, k)`:
+      `v_t = sum_{w in top_k(p_t)} p_t[w] e_w / sum_{w in top_k(p_t)} p_t[w]`.
+    - `ArgmaxFeed(E)`: `v_t = e_{argmax p_t}` forward, with the gradient of `p_t^T E`
       (straight-through). An extension beyond the paper, which feeds only `h` or
       top-k mixtures.
 
@@ -84,7 +88,7 @@ def teaforn_loss(
     Args:
         body_fn: the causal decoder body, `[B, T, D] -> hidden [B, T, H]` (any
             architecture: a closure over parameters and the encoder output, a linen
-            `apply`, or an nnx module itself). With `feed="hidden"`, `H = D`.
+            `apply`, or an nnx module itself). With `HiddenFeed()`, `H = D`.
             Leading batch dimensions may be any.
         output_fn: `hidden [B, T, H] -> logits [B, T, V]`, a function or an nnx
             module. An nnx module with RNG streams or other state (`nnx.Dropout`,
@@ -101,9 +105,10 @@ def teaforn_loss(
             (under `jit`) gives NaN in the loss and its derivatives.
         n: number of passes, >= 1.
         weights: `n` non-negative loss weights, one per pass (default all ones).
-        feed: what a pass feeds the next: `"hidden"`, `"soft"`, `"topk"` or `"argmax"`.
-        embedding: the token embedding table `[V, D]`, for every feed but `"hidden"`.
-        top_k: k for `feed="topk"`, in `[1, V]`.
+        feed: what a pass feeds the next: `HiddenFeed()` (default), `SoftFeed(E)`,
+            `TopKFeed(E, k)` or `ArgmaxFeed(E)`, `E` the token embedding table `[V, D]`
+            and `k` in `[1, V]`. Deprecated (removed in 0.3.0, a `DeprecationWarning`
+            once): the former strings `"hidden"`, `"soft"`, `"topk"`, `"argmax"`.
         where: valid target positions, bools of shape `[B, T]` (default all valid).
         mask_repeated: drop positions `t < i` (1-based) of pass i, which repeat pass i-1.
         reduction: `"mean"`, `"per_example"` or `"none"` (see Reductions).
@@ -113,6 +118,9 @@ def teaforn_loss(
             module).
         remat: wrap each pass in `jax.checkpoint`, keeping only its inputs for the
             backward pass (memory ~1 pass instead of n, for about one more forward).
+        embedding: deprecated, with a string `feed` only: the table of `SoftFeed`,
+            `TopKFeed` and `ArgmaxFeed`.
+        top_k: deprecated, with `feed="topk"` only: `TopKFeed`'s `k`.
 
     Returns:
         `(loss, per_pass_losses)`, float32, with `loss = sum_i weights[i] *
@@ -125,9 +133,12 @@ def teaforn_loss(
         ValueError: for `n < 1`, `weights` of the wrong length or negative, shapes
             that disagree (checked abstractly, with `jax.eval_shape`), non-integer
             `targets` or concrete ones outside `[0, V)` where `where` marks them valid,
-            an unknown `feed` or `reduction`, a missing `embedding`, a missing or
-            out-of-range `top_k`, or a `body_fn` or `output_fn` that writes the state of
-            an nnx module it reaches through a bound method or a closure.
+            a `feed` that is not a feed object (or a former string), an embedding table
+            of the wrong shape, `k` outside `[1, V]`, an unknown `reduction`, `embedding`
+            or `top_k` given with a feed object (or, with a string `feed`, missing where
+            it needs them or given where it does not), or a `body_fn` or `output_fn`
+            that writes the state of an nnx module it reaches through a bound method or
+            a closure.
 
     Examples:
         A causal body (a prefix sum) and an output layer tied to the embedding:
@@ -149,6 +160,13 @@ def teaforn_loss(
         >>> bool(jnp.allclose(ce.mean(axis=(1, 2)), per_pass))
         True
 
+        The other feeds need the embedding table, which their object carries:
+
+        >>> from jaxtricks.teaforn import SoftFeed
+        >>> loss, _ = teaforn_loss(body, output, inputs, targets, n=2, feed=SoftFeed(table))
+        >>> round(float(loss), 4)
+        6.4246
+
     References:
         Goodman, Ding & Soricut, `TeaForN: Teacher-Forcing with N-grams
         <https://arxiv.org/abs/2010.03494>`_, EMNLP 2020, section 3 (the N decoders,
@@ -160,17 +178,16 @@ def teaforn_loss(
     input_embeddings = jnp.asarray(input_embeddings)
     targets = jnp.asarray(targets)
     checks.check_positive_int("n", n)
-    checks.check_choice("feed", feed, _feeds.FEEDS)
+    feeder = _feed_object(feed, embedding, top_k)
     checks.check_choice("reduction", reduction, REDUCTIONS)
     weights = _checked_weights(weights, n)
     valid = _checked_where(where, targets, input_embeddings)
     apply, state = _decoder.pure_decoder(body_fn, output_fn)
     vocab_size, writes_state = _decoder.checked_vocab_size(
-        apply, state, input_embeddings, targets, feed
+        apply, state, input_embeddings, targets, isinstance(feeder, _feeds.HiddenFeed)
     )
     targets = checks.class_indices(targets, vocab_size, valid, name="targets")[0]
-    embedding = _feeds.checked_embedding(embedding, feed, input_embeddings, vocab_size)
-    _feeds.check_top_k(top_k, feed, vocab_size)
+    feeder = feeder.checked(input_embeddings, vocab_size)
 
     def one_pass(
         inputs: jax.Array, state: Any, pass_index: int | jax.Array
@@ -181,7 +198,7 @@ def teaforn_loss(
             scored = scored & (jnp.arange(targets.shape[-1]) >= pass_index)
         pass_loss = _reduced(_token_cross_entropy(logits, targets, scored), scored,
                              reduction)
-        vectors = _feeds.feed_vectors(feed, hidden, logits, embedding, top_k)
+        vectors = feeder.vectors(hidden, logits)
         return pass_loss, _feeds.shift_in(vectors, input_embeddings, valid), state
 
     if remat:
@@ -207,6 +224,36 @@ def teaforn_loss(
         nnx.update((body_fn, output_fn), state)
     pass_weights = weights.reshape((n,) + (1,) * (per_pass_losses.ndim - 1))
     return jnp.sum(pass_weights * per_pass_losses, axis=0), per_pass_losses
+
+
+def _feed_object(
+    feed: _feeds.Feed | str, embedding: jax.typing.ArrayLike | None, top_k: int | None
+) -> _feeds.Feed:
+    """The feed object; the former `feed=str, embedding=, top_k=` form converted to it
+    (checked first, then deprecated, once)."""
+    if not isinstance(feed, str):
+        if embedding is not None or top_k is not None:
+            raise ValueError(
+                "embedding and top_k belong to the feed object (SoftFeed(embedding), "
+                "TopKFeed(embedding, k), ArgmaxFeed(embedding)); they are deprecated "
+                f"as arguments of teaforn_loss and only taken with a string feed, got "
+                f"feed={type(feed).__name__}(...) and "
+                f"{'embedding' if embedding is not None else 'top_k'}."
+            )
+        _feeds.check_feed(feed)
+        return feed
+    converted = _feeds.from_strings(feed, embedding, top_k)
+    replacement = {"hidden": "HiddenFeed()", "soft": "SoftFeed(embedding)",
+                   "topk": "TopKFeed(embedding, k=top_k)", "argmax": "ArgmaxFeed(embedding)"}
+    deprecation.warn_once(
+        "jaxtricks.teaforn.teaforn_loss(feed=str)",
+        f"teaforn_loss's string feed (here {feed!r}) and its embedding= and top_k= "
+        f"arguments are deprecated and will be removed in jaxtricks "
+        f"{deprecation.REMOVED_IN}: pass a feed object instead, here "
+        f"feed=jaxtricks.teaforn.{replacement[feed]}.",
+        stacklevel=4,
+    )
+    return converted
 
 
 def _token_cross_entropy(logits: jax.Array, targets: jax.Array, scored: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtricks._src import checks
 
@@ -34,23 +35,38 @@ def roc_auc(
     Args:
         scores: `(n,)` real scores (probabilities or logits; any monotone map gives the
             same AUC).
-        labels: `(n,)` binary labels, 1 (or True) for positives (e.g. test rows).
-        where: optional `(n,)` bool mask; only rows where it is True count.
+        labels: `(n,)` binary labels: bool, or 0 and 1 of any real dtype; 1 (True) for
+            positives (e.g. test rows).
+        where: optional `(n,)` bool mask; only rows where it is True count (labels of
+            the other rows are not read).
 
     Returns:
-        Scalar AUC in `[0, 1]`; NaN when either class has no (unmasked) row or an
-        unmasked score or label is NaN (a NaN has no rank). Infinite scores rank
-        normally. Its derivative is zero wherever it exists (a step function of the
-        scores), so `jax.grad`/`jax.jvp` run and give zeros.
+        Scalar AUC in `[0, 1]`; NaN when either class has no (unmasked) row, an
+        unmasked score or label is NaN (a NaN has no rank) or, for traced labels (under
+        `jax.jit`, where they cannot be checked), an unmasked label is neither 0 nor 1.
+        Infinite scores rank normally. Its derivative is zero wherever it exists (a step
+        function of the scores), so `jax.grad`/`jax.jvp` run and give zeros.
 
     Raises:
-        ValueError: if `scores` is not `(n,)` or `labels`/`where` differ in shape.
+        ValueError: if `scores` is not `(n,)` (e.g. a whole `AdversarialValidation`
+            result) or `labels`/`where` differ in shape, `scores` or `labels` are
+            complex, or a concrete unmasked label is neither 0 nor 1 (nor NaN).
 
     Examples:
         >>> from jaxtricks import validation
         >>> round(float(validation.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])), 4)
         0.75
+
+    References:
+        Mann & Whitney, `On a test of whether one of two random variables is
+        stochastically larger than the other <https://doi.org/10.1214/aoms/1177730491>`_,
+        Annals of Mathematical Statistics 18(1), 1947 (the statistic)
+
+        Hanley & McNeil, `The meaning and use of the area under a receiver operating
+        characteristic (ROC) curve <https://doi.org/10.1148/radiology.143.1.7063747>`_,
+        Radiology 143(1), 1982 (the AUC equals the Mann-Whitney statistic)
     """
+    checks.check_not_result("scores", scores, "test_scores")
     return auc_and_variance(scores, labels, where)[0]
 
 
@@ -70,18 +86,40 @@ def auc_and_variance(
     checks.check_shape("labels", labels.shape, scores.shape)
     if scores.ndim != 1:
         raise ValueError(f"scores must have shape (n,), got shape {scores.shape}.")
+    for name, array in (("scores", scores), ("labels", labels)):
+        if jnp.issubdtype(array.dtype, jnp.complexfloating):
+            raise ValueError(f"{name} must be real, got dtype {array.dtype}.")
     valid = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
     checks.check_shape("where", valid.shape, scores.shape)
-    positive = valid & (labels > 0)
-    negative = valid & ~(labels > 0)
+    _check_binary_labels(labels, where)
+    positive = valid & (labels == 1)
+    negative = valid & (labels == 0)
     below_negatives = _share_below(scores, negative)
     above_positives = 1.0 - _share_below(scores, positive)
     auc = _masked_mean(below_negatives, positive)
     variance = (_masked_variance(below_negatives, positive) / jnp.sum(positive)
                 + _masked_variance(above_positives, negative) / jnp.sum(negative))
-    # NaN sorts above +inf, so the ranks alone would count a NaN score as the largest.
-    unranked = jnp.any(valid & (jnp.isnan(scores) | jnp.isnan(labels)))
+    # NaN sorts above +inf, so the ranks alone would count a NaN score as the largest. A
+    # label that is neither 0 nor 1 (NaN included) belongs to no class.
+    unranked = jnp.any(valid & (jnp.isnan(scores) | ~(positive | negative)))
     return jnp.where(unranked, jnp.nan, auc), jnp.where(unranked, jnp.nan, variance)
+
+
+def _check_binary_labels(labels: jax.Array, where: jax.typing.ArrayLike | None) -> None:
+    """Raises for a concrete label (at a concrete unmasked row) that is not 0, 1 or NaN."""
+    value = checks.concrete_value(labels)
+    keep = None if where is None else checks.concrete_value(where)
+    if value is None or (where is not None and keep is None):
+        return
+    bad = ~((value == 0) | (value == 1) | np.isnan(value))
+    if keep is not None:
+        bad &= keep.astype(bool)
+    if np.any(bad):
+        index = int(np.argmax(bad))
+        raise ValueError(
+            "labels must be binary (bool, or 0 and 1; 1 for positives), got "
+            f"{value[index]} at index {index}."
+        )
 
 
 def _share_below(scores: jax.Array, reference: jax.Array) -> jax.Array:
