@@ -22,7 +22,7 @@ class EstimateState(NamedTuple):
         keeps its `rng_key`, so that the state saves like any array).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax
     key: jax.Array
 
 
@@ -152,9 +152,9 @@ def _estimate_transform(
         del params
         return EstimateState(count=jnp.zeros((), jnp.int32), key=key_data)
 
-    def update(updates: PyTree, state: EstimateState, params: PyTree | None = None,
+    def update(updates: optax.Updates, state: Any, params: optax.Params | None = None,
                *, value_fn: Callable[[PyTree], jax.Array] | None = None,
-               **extra_args: Any) -> tuple[PyTree, EstimateState]:
+               **extra_args: Any) -> tuple[optax.Updates, EstimateState]:
         del updates, extra_args
         if params is None or value_fn is None:
             raise ValueError(
@@ -164,7 +164,7 @@ def _estimate_transform(
             )
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
         estimate_ = estimate(value_fn, params, step_key)
-        return estimate_, EstimateState(count=optax.safe_increment(state.count),
-                                        key=state.key)
+        count = jnp.asarray(optax.safe_increment(state.count))
+        return estimate_, EstimateState(count=count, key=state.key)
 
     return optax.GradientTransformationExtraArgs(init, update)

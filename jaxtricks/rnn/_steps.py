@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import flax.errors
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-if TYPE_CHECKING:
-    import flax.linen as nn
 
 Carry = Any
 StepFn = Callable[[Carry, Any], tuple[Carry, Any]]
@@ -44,6 +43,10 @@ def linen_step(cell: nn.Module, params: Any) -> StepFn:
     Returns:
         `step(carry, x) = cell.apply({"params": params}, carry, x)`.
 
+    Raises:
+        ValueError: a `cell` that is not a `flax.linen.Module` (an nnx cell goes to
+            `nnx_step`).
+
     Examples:
         >>> import jax, jax.numpy as jnp, flax.linen as nn
         >>> from jaxtricks import rnn
@@ -62,6 +65,11 @@ def linen_step(cell: nn.Module, params: Any) -> StepFn:
         `__call__(carry, inputs) -> (carry, output)`)
     """
 
+    if not isinstance(cell, nn.Module):
+        hint = ("use nnx_step(cell) for a flax.nnx cell" if isinstance(cell, nnx.Module)
+                else "pass a plain function (carry, x) -> (carry, y) as step_fn directly")
+        raise ValueError(f"cell must be a flax.linen Module, got {_type_name(cell)}; {hint}.")
+
     def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
         return cell.apply({"params": params}, carry, x)
 
@@ -76,19 +84,28 @@ def nnx_step(cell: nnx.Module) -> StepFn:
     The cell is split into its graph and state once; each call merges them again, so
     the step is a pure function that traces under `jax.jit`, `jax.lax.scan` and `jax.jvp`.
 
-    A pure step cannot advance the cell's RNG streams, so a cell that draws dropout
-    masks is refused: it would reuse one mask at every step, or fail under a trace.
+    A pure step cannot carry the state that a module writes when called in nnx's train
+    mode (an `nnx.Dropout` advancing its RNG stream, an `nnx.BatchNorm` updating its
+    running statistics), so a cell holding such a module is refused: the writes would
+    be lost at every step (one dropout mask reused at every step), and they fail under
+    a trace. A write that the check misses (a module outside nnx's train-mode
+    convention) is refused when the step is traced.
 
     Args:
-        cell: a `flax.nnx` recurrent cell (`nnx.SimpleCell`, `nnx.LSTMCell`, ...),
-            without an active `nnx.Dropout` (call `cell.eval()` first).
+        cell: a `flax.nnx` recurrent cell (`nnx.SimpleCell`, `nnx.LSTMCell`, ...) in
+            eval mode (call `cell.eval()` first): no submodule with
+            `use_running_average=False`, nor with `deterministic=False` and a positive
+            dropout rate.
 
     Returns:
         `step(carry, x) = cell(carry, x)`.
 
     Raises:
-        ValueError: a cell holding an `nnx.Dropout` with `rate > 0` and
-            `deterministic=False`.
+        ValueError: a `cell` that is not a `flax.nnx.Module` (a `flax.linen` cell goes
+            to `linen_step`), a cell holding a submodule in train mode (e.g. an
+            `nnx.Dropout` with `rate > 0` and `deterministic=False`, an `nnx.BatchNorm`
+            with `use_running_average=False`), or, when the step is traced, a cell
+            whose call writes its state.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -107,31 +124,71 @@ def nnx_step(cell: nnx.Module) -> StepFn:
         <https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/graph.html>`_
         (a module as a graph definition and a state, merged again inside the pure step)
     """
-    _check_no_dropout(cell)
+    if not isinstance(cell, nnx.Module):
+        hint = ("use linen_step(cell, params) for a flax.linen cell"
+                if isinstance(cell, nn.Module)
+                else "pass a plain function (carry, x) -> (carry, y) as step_fn directly")
+        raise ValueError(f"cell must be a flax.nnx Module, got {_type_name(cell)}; {hint}.")
+    _check_no_state_writes(cell)
     graphdef, state = nnx.split(cell)
 
     def step(carry: Carry, x: Any) -> tuple[Carry, Any]:
-        # flax 0.11 does not type nnx.Module as callable.
-        return nnx.merge(graphdef, state)(carry, x)  # type: ignore[operator, unused-ignore]
+        try:
+            # flax 0.11 does not type nnx.Module as callable.
+            return nnx.merge(graphdef, state)(carry, x)  # type: ignore[operator, unused-ignore]
+        except flax.errors.TraceContextError as error:  # a write under a trace
+            raise ValueError(
+                "cell must not write its state when called: nnx_step makes a pure step "
+                "function, which cannot carry the update, got a cell that wrote a "
+                f"Variable under a trace ({type(error).__name__}). Call cell.eval() if a "
+                "submodule is in train mode, or keep the write out of the cell's "
+                "__call__ (e.g. an attention cache: decode=False)."
+            ) from error
 
     carry_of = getattr(cell, "initialize_carry", None)
     return CellStep(step, None if carry_of is None else
                     lambda input_shape: carry_of(input_shape, rngs=nnx.Rngs(0)))
 
 
-def _check_no_dropout(cell: nnx.Module) -> None:
-    """Refuses a cell holding an nnx.Dropout that draws masks (its RNG count would be
-    written at each call, which a pure step cannot carry)."""
+def _check_no_state_writes(cell: nnx.Module) -> None:
+    """Refuses a cell holding a module in nnx's train mode (what `cell.train()` sets and
+    `cell.eval()` unsets) whose call writes its state: `use_running_average=False`
+    (batch statistics), or `deterministic=False` with a dropout rate that is not 0 (an
+    RNG count); a pure step cannot carry those writes."""
     for path, node in nnx.iter_graph(cell):
-        if isinstance(node, nnx.Dropout) and node.rate > 0 and node.deterministic is False:
-            raise ValueError(
-                "cell must not draw dropout masks: nnx_step makes a pure step function, "
-                "which cannot advance the cell's RNG stream (it would reuse one mask at "
-                "every step, and fails under jax.jit or lax.scan), got an nnx.Dropout at "
-                f"path {path} with rate={node.rate} and deterministic=False. Call "
-                "cell.eval() (or build it with nnx.Dropout(..., deterministic=True)) to "
-                "measure the cell without dropout."
-            )
+        if not isinstance(node, nnx.Module):
+            continue
+        if getattr(node, "use_running_average", None) is False:
+            found = ("use_running_average=False, which updates its running statistics at "
+                     "every call")
+        elif getattr(node, "deterministic", None) is False:
+            rate = getattr(node, "rate", getattr(node, "dropout_rate", None))
+            if rate is not None and not rate > 0:
+                continue  # deterministic=False with rate 0 draws nothing
+            found = ("deterministic=False" + ("" if rate is None else f" and rate={rate}")
+                     + ", which draws random numbers (advancing its RNG stream) at every "
+                     "call")
+        else:
+            continue
+        raise ValueError(
+            "cell must not write its state when called (every submodule in eval mode): "
+            "nnx_step makes a pure step function, which cannot carry the update (it would "
+            "be lost at every step, reusing one dropout mask, and fails under jax.jit or "
+            f"lax.scan), got an {_type_name(node)} at path {path} with {found}. Call "
+            "cell.eval() (it sets deterministic=True and use_running_average=True) to "
+            "measure the cell in inference mode."
+        )
+
+
+def _type_name(value: Any) -> str:
+    """`flax.nnx.Dropout`-style name of `value`'s class, for messages."""
+    module = type(value).__module__
+    if module == "builtins":
+        return type(value).__qualname__
+    for public in ("flax.nnx", "flax.linen"):
+        if module.startswith(public + "."):
+            module = public
+    return f"{module}.{type(value).__qualname__}"
 
 
 def check_sequence(inputs: Any) -> int:
@@ -151,6 +208,11 @@ def check_sequence(inputs: Any) -> int:
 
 def check_step(step_fn: StepFn, carry: Carry, inputs: Any) -> None:
     """Checks that `step_fn` maps a floating carry to one of the same structure and shapes."""
+    if not callable(step_fn):
+        raise ValueError(
+            "step_fn must be a callable (carry, x_t) -> (new_carry, y_t) (e.g. linen_step "
+            f"or nnx_step of a cell), got {_type_name(step_fn)} {step_fn!r:.80}."
+        )
     for leaf in jax.tree.leaves(carry):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise ValueError(
