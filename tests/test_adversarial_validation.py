@@ -329,3 +329,41 @@ def test_adversarial_validation_gives_the_same_numbers_for_typed_and_legacy_keys
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="key"):
         run(train, test, 0)
+
+
+def test_malformed_arguments_raise_value_errors_naming_the_argument():
+    train, test = gaussian_sets(20, 20, np.zeros(3), seed=7)
+    run = functools.partial(validation.adversarial_validation, steps=2)
+    cases = [
+        # Each used to fail deep inside: IndexError, "'int' object is not iterable",
+        # optax's dtype TypeError, a scan carry mismatch, numpy's isfinite TypeError.
+        ((np.float32(1), np.float32(1), KEY), {}, r"train_x must be an array of shape"),
+        ((train, np.float32(1), KEY), {}, r"test_x .*got a scalar"),
+        ((train, test, KEY), {"model": "mlp", "hidden_sizes": 4},
+         r"hidden_sizes must be a sequence of positive integers.*got 4"),
+        ((train, test, KEY), {"model": "mlp", "hidden_sizes": (4, 0)}, "hidden_sizes"),
+        ((train.astype(np.complex64), test.astype(np.complex64), KEY), {},
+         "train_x must be real, got dtype complex64"),
+        ((train, test.astype(np.complex64), KEY), {}, "test_x must be real"),
+        ((train, test, KEY), {"learning_rate": np.array([0.05, 0.1])}, "learning_rate"),
+        ((train, test, KEY), {"weight_decay": np.array([0.0, 1e-3])}, "weight_decay"),
+        ((train, test, None), {}, "key"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run(*args, **kwargs)
+
+
+def test_a_schedule_learning_rate_is_adam_with_that_schedule():
+    train, test = gaussian_sets(16, 12, np.full(2, 0.5), seed=14)
+    run = functools.partial(validation.adversarial_validation, train, test, KEY,
+                            num_folds=2, steps=4)
+    schedule = optax.linear_schedule(0.2, 0.01, 4)
+    scheduled = run(learning_rate=schedule)  # used to fail in numpy's isfinite
+    for got, want in zip(scheduled, run(optimizer=optax.adam(schedule)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    constant = run(learning_rate=optax.constant_schedule(0.05))
+    for got, want in zip(constant, run(learning_rate=0.05), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate sets the default Adam"):
+        run(learning_rate=schedule, optimizer=optax.sgd(0.1))

@@ -108,3 +108,33 @@ def test_roc_auc_works_under_vmap_scan_checkpoint_and_any_dtype():
             validation.roc_auc(scores[0].astype(np.float64), labels[0].astype(np.int64)),
             want[0], rtol=1e-12,
         )
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.0, -1.0])
+def test_roc_auc_refuses_concrete_labels_that_are_not_binary(bad):
+    scores = np.array([0.1, 0.4, 0.35, 0.8], np.float32)
+    labels = np.array([0, bad, 1, 1])
+    # 0.5 used to count as a positive: AUC 1.0 instead of an error.
+    with pytest.raises(ValueError, match=f"labels must be binary .*got {bad} at index 1"):
+        validation.roc_auc(scores, labels)
+    # A masked-out row's label is not read; traced labels cannot raise: NaN.
+    keep = np.arange(4) != 1
+    np.testing.assert_allclose(validation.roc_auc(scores, labels, where=keep),
+                               pairwise_auc(scores[keep], labels[keep]))
+    assert np.isnan(jax.jit(validation.roc_auc)(scores, labels))
+    # bool and float 0/1 labels are the integer ones.
+    binary = np.array([0, 0, 1, 1])
+    want = pairwise_auc(scores, binary)
+    for same in (binary.astype(bool), binary.astype(np.float32)):
+        np.testing.assert_allclose(validation.roc_auc(scores, same), want)
+
+
+def test_roc_auc_refuses_complex_scores_or_labels_and_a_whole_result():
+    scores, labels = jnp.array([0.1, 0.4, 0.35, 0.8]), jnp.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="scores must be real, got dtype complex64"):
+        validation.roc_auc(scores + 0j, labels)  # used to rank the real parts: 0.75
+    with pytest.raises(ValueError, match="labels must be real, got dtype complex64"):
+        validation.roc_auc(scores, labels + 0j)
+    result = validation.AdversarialValidation(*[jnp.zeros(4)] * 9)
+    with pytest.raises(ValueError, match=r"scores .* whole AdversarialValidation.*\.test_sc"):
+        validation.roc_auc(result, labels)  # used to fail in jnp.concatenate

@@ -144,15 +144,15 @@ def test_balanced_accuracy_of_logits_is_deprecated_with_the_former_numbers():
     logits, labels = _problem(14)
     mask = np.ones(logits.shape, bool)
     mask[:, 1] = False
+    integer_scores = np.round(10 * logits).astype(np.int32)
     cases = [  # (former call, its arguments), the new call's result
         ((logits, labels, 5), {}, losses.balanced_accuracy_from_logits(logits, labels)),
         ((logits.T, labels, 5), {"axis": 0},
          losses.balanced_accuracy_from_logits(logits.T, labels, axis=0)),
         ((logits, labels, 5), {"where": mask},
          losses.balanced_accuracy_from_logits(logits, labels, where=mask)),
-        ((logits.astype(np.int32) * 0 + logits.argmax(-1)[:, None], labels, 5), {},
-         losses.balanced_accuracy_from_logits(logits.astype(np.int32) * 0
-                                              + logits.argmax(-1)[:, None], labels)),
+        ((integer_scores, labels, 5), {},  # integer scores with a class axis
+         losses.balanced_accuracy_from_logits(integer_scores, labels)),
         # axis with predictions: ignored, as before, and deprecated.
         ((logits.argmax(-1), labels, 5), {"axis": -1},
          losses.balanced_accuracy(logits.argmax(-1), labels, 5)),
@@ -165,4 +165,4 @@ def test_balanced_accuracy_of_logits_is_deprecated_with_the_former_numbers():
         assert "use jaxtricks.losses.balanced_accuracy_from_logits(" in message
     # A shape that is neither form raises before any warning.
     with pytest.raises(ValueError, match=r"predictions must be integers of shape \(8,\)"):
-        losses.balanced_accuracy(logits.astype(np.float32).argmax(-1) * 1.0, labels, 5)
+        losses.balanced_accuracy(logits.argmax(-1).astype(np.float32), labels, 5)

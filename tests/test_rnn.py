@@ -293,10 +293,10 @@ class _DropoutCell(nnx.Module):
 def test_nnx_step_refuses_a_cell_that_draws_dropout_masks_naming_the_cell():
     # It failed with flax's TraceContextError in jacobian_norms (and reused one mask per
     # step when called eagerly).
-    with pytest.raises(ValueError, match=r"cell must not draw dropout masks.*\('dropout',\)"
-                                         r".*cell\.eval\(\)"):
+    with pytest.raises(ValueError, match=r"cell must not write its state.*\('dropout',\)"
+                                         r".*rate=0.5.*RNG stream.*cell\.eval\(\)"):
         rnn.nnx_step(_DropoutCell(nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"cell must not draw dropout masks.*path \(\)"):
+    with pytest.raises(ValueError, match=r"cell must not write its state.*path \(\)"):
         rnn.nnx_step(nnx.Dropout(0.1, rngs=nnx.Rngs(0)))
 
 
@@ -307,6 +307,87 @@ def test_nnx_step_accepts_dropout_that_draws_no_mask_and_equals_the_cell_without
     evaluated.eval()
     for cell in (evaluated, _DropoutCell(nnx.Rngs(0), rate=0.0)):
         jax.tree.map(np.testing.assert_array_equal, rnn.nnx_step(cell)(carry, x), expected)
+
+
+class _BatchNormCell(nnx.Module):
+    """A SimpleCell reading its inputs through batch normalisation (over a batch axis)."""
+
+    def __init__(self, rngs):
+        self.cell = nnx.SimpleCell(2, 3, rngs=rngs)
+        self.norm = nnx.BatchNorm(2, rngs=rngs)
+
+    def __call__(self, carry, x):
+        return self.cell(carry, self.norm(x))
+
+
+class _NoisyCell(nnx.Module):
+    """A SimpleCell adding noise drawn from its own Rngs: a state write outside nnx's
+    train-mode attributes (deterministic, use_running_average)."""
+
+    def __init__(self, rngs):
+        self.cell = nnx.SimpleCell(2, 3, rngs=rngs)
+        self.rngs = rngs
+
+    def __call__(self, carry, x):
+        return self.cell(carry, x + jax.random.normal(self.rngs.noise(), x.shape))
+
+
+def test_nnx_step_refuses_a_cell_whose_batch_norm_updates_its_statistics():
+    # It was accepted, and jacobian_norms then failed inside flax with a TraceContextError
+    # ("Cannot mutate BatchStat from a different trace level"); called eagerly it updated
+    # the cell's running statistics at every step.
+    carry, inputs = jnp.full((4, 3), 0.3), jax.random.normal(KEY, (5, 4, 2))
+    with pytest.raises(ValueError, match=r"cell must not write its state.*BatchNorm at path "
+                                         r"\('norm',\) with use_running_average=False"
+                                         r".*cell\.eval\(\)"):
+        rnn.nnx_step(_BatchNormCell(nnx.Rngs(0)))
+    # In eval mode the stored statistics are used: the norms are those of the cell
+    # unrolled by hand, and the cell's statistics stay as they were.
+    cell = _BatchNormCell(nnx.Rngs(0))
+    cell.eval()
+    got = rnn.jacobian_norms(rnn.nnx_step(cell), carry, inputs)
+    want = np.linalg.norm(_jacobians_by_jacfwd(lambda c, x: cell(c, x), carry, inputs),
+                          2, (1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_array_equal(cell.norm.mean.value, np.zeros(2))
+    cell.train()  # and back in train mode it is refused again
+    with pytest.raises(ValueError, match=r"use_running_average=False"):
+        rnn.nnx_step(cell)
+
+
+def test_nnx_step_refuses_a_state_write_under_a_trace_that_the_attributes_miss():
+    # A cell drawing from its own Rngs (no deterministic flag): flax's TraceContextError
+    # inside jacobian_norms before; now a ValueError pointing to cell.eval().
+    step = rnn.nnx_step(_NoisyCell(nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"cell must not write its state.*TraceContextError"
+                                         r".*cell\.eval\(\)") as error:
+        rnn.jacobian_norms(step, jnp.zeros(3), jnp.zeros((2, 2)))
+    assert isinstance(error.value.__cause__, flax.errors.TraceContextError)
+    # Attention with a dropout rate of 0 draws nothing and is accepted in train mode.
+    rnn.nnx_step(nnx.MultiHeadAttention(2, 4, dropout_rate=0.0, deterministic=False,
+                                        rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"deterministic=False and dropout_rate=0.1"):
+        rnn.nnx_step(nnx.MultiHeadAttention(2, 4, dropout_rate=0.1, deterministic=False,
+                                            rngs=nnx.Rngs(0)))
+
+
+def test_cells_of_the_other_flax_api_and_non_callable_steps_are_refused_naming_them():
+    # nnx_step accepted a linen cell, which then failed with flax's
+    # CallCompactUnboundModuleError; a non-callable step_fn failed inside jax.
+    with pytest.raises(ValueError, match=r"cell must be a flax\.nnx Module, got "
+                                         r"flax\.linen\.SimpleCell; use linen_step"):
+        rnn.nnx_step(nn.SimpleCell(3))
+    with pytest.raises(ValueError, match=r"cell must be a flax\.nnx Module, got function"):
+        rnn.nnx_step(lambda c, x: (c, x))
+    with pytest.raises(ValueError, match=r"cell must be a flax\.linen Module, got "
+                                         r"flax\.nnx\.SimpleCell; use nnx_step"):
+        rnn.linen_step(nnx.SimpleCell(2, 3, rngs=nnx.Rngs(0)), {})
+    carry, inputs = jnp.zeros(3), jnp.zeros((2, 3))
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms,
+                     functools.partial(rnn.gradient_norms_over_time, lambda c, y: y.sum())):
+        for step_fn, shown in ((3, "int 3"), (None, "NoneType None")):
+            with pytest.raises(ValueError, match=rf"step_fn must be a callable .*got {shown}"):
+                norms_fn(step_fn, carry, inputs)
 
 
 def test_a_cell_carry_of_the_wrong_width_is_refused_naming_both_shapes():
@@ -511,6 +592,115 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
         got = _jit(rnn.jacobian_norms, step16, method=method, key=KEY)(carry16, inputs16)
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, want, rtol=0.1)
+
+
+def test_huge_and_tiny_jacobians_neither_overflow_nor_underflow_inside():
+    # ||1e20 I_3|| = 1e20 and 1.7e20 are finite in float32, but the squares of the
+    # Frobenius scale overflowed: NaN. The squares of 1e-21 flushed to zero: -inf.
+    huge, tiny = _linear_step(1e20 * jnp.eye(3)), _linear_step(1e-21 * jnp.eye(3))
+    carry, inputs = jnp.ones(3), jnp.zeros((2, 3))
+    for method, ord_, want in (("exact", "spectral", 1.0), ("power", "spectral", 1.0),
+                               ("exact", "fro", np.sqrt(3))):
+        options = dict(method=method, ord=ord_, key=KEY)
+        np.testing.assert_allclose(rnn.step_jacobian_norms(huge, carry, inputs, **options),
+                                   [1e20 * want] * 2, rtol=1e-5)
+        np.testing.assert_allclose(
+            rnn.step_jacobian_norms(tiny, carry, inputs, log_space=True, **options),
+            [np.log(1e-21 * want)] * 2, rtol=1e-6)
+        # Cumulative: ||(1e20 I)^t|| in log space, beyond float32 from t = 2 on.
+        np.testing.assert_allclose(
+            rnn.jacobian_norms(huge, carry, jnp.zeros((4, 3)), log_space=True, **options),
+            np.arange(1, 5) * np.log(1e20) + np.log(want), rtol=1e-6)
+
+
+def test_a_tiny_per_leaf_block_beside_an_ordinary_one_keeps_its_norm():
+    # The c block 1e-25 I beside an h block 0.5 I: the whole block's scale left the c
+    # block's squares (1e-50) below float32, so its Frobenius and power norms were 0.
+    step = lambda c_h, x: ((1e-25 * c_h[0], 0.5 * c_h[1]), x)  # noqa: E731
+    carry, inputs = (jnp.ones(4), jnp.ones(4)), jnp.zeros((3, 4))
+    for method, ord_, want in (("power", "spectral", 1.0), ("exact", "fro", 2.0),
+                               ("exact", "spectral", 1.0)):
+        c_norms, h_norms = rnn.step_jacobian_norms(step, carry, inputs, per_leaf=True,
+                                                   method=method, ord=ord_, key=KEY)
+        np.testing.assert_allclose(c_norms, [1e-25 * want] * 3, rtol=1e-5)
+        np.testing.assert_allclose(h_norms, [0.5 * want] * 3, rtol=1e-5)
+
+
+def _saturated_tanh_step(a):
+    """tanh(20 a h + 20) at h = 1: tanh(40) = 1 in float32, an exactly-zero Jacobian."""
+    return lambda h, x: (jnp.tanh(a * 20 * h + 20 + x), h)
+
+
+def _inactive_relu_step(a):
+    """(relu(a c - 5), a h): the c block is exactly zero at c = 1, the h block a I."""
+    return lambda c_h, x: ((jax.nn.relu(a * c_h[0] - 5 + x), a * c_h[1]), x)
+
+
+def test_an_exactly_zero_jacobian_has_norm_zero_and_gradient_zero_not_nan():
+    # The norm is constant 0 in `a` near a = 1, so its derivative is 0; sqrt and log at
+    # the zero scale gave NaN.
+    carry, inputs = jnp.ones(3), jnp.zeros((3, 3))
+    for norms_fn in (rnn.jacobian_norms, rnn.step_jacobian_norms):
+        for method, ord_ in (("exact", "spectral"), ("power", "spectral"), ("exact", "fro")):
+            for log_space in (False, True):
+                def total(a, norms_fn=norms_fn, method=method, ord_=ord_, log_space=log_space):
+                    norms = norms_fn(_saturated_tanh_step(a), carry, inputs, method=method,
+                                     ord=ord_, log_space=log_space, key=KEY)
+                    return jnp.sum(jnp.where(jnp.isinf(norms), 0.0, norms)), norms
+
+                (_, norms), grad = jax.value_and_grad(total, has_aux=True)(1.0)
+                np.testing.assert_array_equal(norms, [-np.inf if log_space else 0.0] * 3)
+                assert grad == 0.0
+    # NaN in still gives NaN out, from the step it enters.
+    nan_inputs = inputs.at[1, 0].set(jnp.nan)
+    norms = rnn.step_jacobian_norms(_saturated_tanh_step(1.0), carry, nan_inputs)
+    assert norms[0] == 0.0 and np.all(np.isnan(norms[1:]))
+
+
+def test_a_zero_per_leaf_block_has_gradient_zero_and_the_other_its_closed_form():
+    # An inactive ReLU's c block is 0 and the h block a I: ||d carry_t / d carry_0|| = a^t
+    # for h and for the whole carry, whose derivative at a = 1 is sum_t t = 6.
+    carry, inputs = (jnp.ones(3), jnp.ones(3)), jnp.zeros((3, 3))
+    for method in ("exact", "power"):
+        def norms(a, per_leaf, method=method):
+            return rnn.jacobian_norms(_inactive_relu_step(a), carry, inputs,
+                                      per_leaf=per_leaf, method=method, key=KEY)
+
+        np.testing.assert_array_equal(norms(1.0, True)[0], np.zeros(3))
+        grads = jax.grad(lambda a: [jnp.sum(n) for n in norms(a, True)])(1.0)
+        np.testing.assert_allclose(grads, [0.0, 6.0], rtol=1e-5)
+        np.testing.assert_allclose(jax.grad(lambda a: jnp.sum(norms(a, False)))(1.0), 6.0,
+                                   rtol=1e-5)
+
+
+def test_gradient_norms_neither_overflow_nor_underflow_and_zero_has_gradient_zero():
+    # ||dL/d h_t|| = 1.7e20 (1.7e-21) for L = 1e20 sum(h_T) (1e-21 sum(h_T)): the sum of
+    # squares gave inf (0); and a saturated tanh, whose gradient is exactly zero, gave a
+    # NaN derivative of the norms.
+    step = lambda h, x: (h + x, h)  # noqa: E731
+    carry, inputs = jnp.ones(3), jnp.zeros((2, 3))
+    for weight in (1e20, 1e-21):
+        got = rnn.gradient_norms_over_time(lambda c, y, w=weight: w * jnp.sum(c), step,
+                                           carry, inputs)
+        np.testing.assert_allclose(got.carry, [weight * np.sqrt(3)] * 2, rtol=1e-6)
+        np.testing.assert_allclose(got.inputs, [weight * np.sqrt(3)] * 2, rtol=1e-6)
+
+    def total(a):
+        norms = rnn.gradient_norms_over_time(
+            lambda c, y: jnp.sum(c), lambda h, x: _saturated_tanh_step(a)(h, x), carry,
+            inputs)
+        return jnp.sum(norms.carry[:1]) + jnp.sum(norms.inputs), norms
+
+    (_, norms), grad = jax.value_and_grad(total, has_aux=True)(1.0)
+    np.testing.assert_array_equal(norms.carry[0], 0.0)
+    assert grad == 0.0
+    # A NaN gradient (NaN in) is NaN out; an infinite one is inf.
+    nan_norms = rnn.gradient_norms_over_time(lambda c, y: jnp.sum(c), step, carry,
+                                             inputs.at[1, 0].set(jnp.nan))
+    assert np.all(np.isnan(nan_norms.inputs))
+    inf_norms = rnn.gradient_norms_over_time(lambda c, y: jnp.inf * jnp.sum(c), step, carry,
+                                             inputs)
+    np.testing.assert_array_equal(inf_norms.carry, [np.inf] * 2)
 
 
 def test_nan_at_one_step_gives_nan_norms_from_that_step_on():

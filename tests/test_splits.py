@@ -171,3 +171,78 @@ def test_a_whole_result_instead_of_its_field_raises_a_value_error_naming_the_fie
         validation.select_validation(adversarial, 2)
     with pytest.raises(ValueError, match=r"logits .* whole AdversarialValidation.*\.train_lo"):
         validation.importance_weights(adversarial)
+
+
+@pytest.mark.parametrize(
+    ("scores", "size"),
+    [
+        # -x wrapped: -0 = 0 ranked above -5 = 2^32 - 5, so row 0 came first.
+        (np.array([0, 5, 3, 2**32 - 1, 5, 0], np.uint32), 4),
+        # -(-128) = -128 in int8: the minimum ranked as the largest.
+        (np.array([-128, 0, 5, 127, -128, 5], np.int8), 4),
+        (np.array([False, True, False, True, True]), 3),  # neg refused bool
+    ],
+    ids=["uint32", "int8_minimum", "bool"],
+)
+def test_select_validation_ranks_integer_and_bool_scores_without_wrapping(scores, size):
+    # Lower index first among ties, in exact int64 arithmetic.
+    expected = np.lexsort((np.arange(len(scores)), -scores.astype(np.int64)))
+    for select in (validation.select_validation,
+                   jax.jit(validation.select_validation, static_argnums=1)):
+        chosen, rest = select(scores, size)
+        np.testing.assert_array_equal(chosen, expected[:size])
+        np.testing.assert_array_equal(rest, np.sort(expected[size:]))
+
+
+def test_select_validation_refuses_complex_scores():
+    with pytest.raises(ValueError, match="scores must be real, got dtype complex64"):
+        validation.select_validation(jnp.array([0.1, 0.9, 0.5]) + 0j, 1)
+
+
+@pytest.mark.parametrize(
+    ("logits", "normalized", "ess"),
+    [
+        ([0.0, np.inf], [0.0, 1.0], 1.0),  # used to be [nan, nan]
+        ([np.inf, -3.0, np.inf, -np.inf], [0.5, 0.0, 0.5, 0.0], 2.0),
+        ([-np.inf, -np.inf, -np.inf], [1 / 3] * 3, 3.0),  # equal logits going to -inf
+    ],
+)
+def test_importance_weights_of_infinite_logits_are_their_limits(logits, normalized, ess):
+    for weigh in (validation.importance_weights, jax.jit(validation.importance_weights)):
+        result = weigh(jnp.array(logits, jnp.float32), clip=None)
+        np.testing.assert_allclose(result.normalized, normalized, rtol=1e-6)
+        np.testing.assert_allclose(result.ess, ess, rtol=1e-6)
+    # The limit: the infinite logits replaced by equal large finite ones.
+    finite = np.clip(np.array(logits, np.float64), -1e3, 1e3)
+    weights = np.exp(finite - finite.max())
+    np.testing.assert_allclose(weights / weights.sum(), normalized, atol=1e-12)
+
+
+def test_importance_weights_refuse_complex_logits_and_keep_nan_next_to_an_infinite_one():
+    with pytest.raises(ValueError, match="logits must be real, got dtype complex64"):
+        validation.importance_weights(jnp.array([0.0, 1.0]) + 1j)
+    result = validation.importance_weights(jnp.array([np.nan, np.inf, 0.0]), clip=None)
+    assert np.all(np.isnan(result.normalized)) and np.isnan(result.ess)
+
+
+def test_resample_validation_of_traced_all_zero_weights_gives_the_marker_of_nan_weights():
+    resample = jax.jit(validation.resample_validation, static_argnums=2)
+    drawn, keep = resample(KEY, jnp.zeros(4), 6)
+    nan_drawn, nan_keep = resample(KEY, jnp.full(4, jnp.nan), 6)
+    np.testing.assert_array_equal(drawn, np.zeros(6))  # row 0, of weight 0
+    np.testing.assert_array_equal(drawn, nan_drawn)
+    np.testing.assert_array_equal(keep, nan_keep)
+    # The other invalid cases keep their marker: every draw is the first bad row.
+    for bad in (-1.0, np.nan, np.inf):
+        weights = jnp.array([0.0, 2.0, bad, 1.0, bad])
+        np.testing.assert_array_equal(resample(KEY, weights, 6)[0], np.full(6, 2))
+
+
+def test_resample_validation_refuses_concrete_negative_non_finite_or_complex_weights():
+    for weights, message in (([1.0, -0.5, 2.0], "weights must be >= 0"),
+                             ([1.0, np.inf], "weights must be finite"),
+                             ([np.nan, 1.0], "weights must be finite")):
+        with pytest.raises(ValueError, match=message):
+            validation.resample_validation(KEY, np.array(weights), 3)
+    with pytest.raises(ValueError, match="weights must be real, got dtype complex64"):
+        validation.resample_validation(KEY, jnp.ones(3) + 0j, 3)

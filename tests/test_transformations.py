@@ -218,11 +218,13 @@ _TEAFORN = {
 }
 
 
-def _build_teaforn(dtype, **kwargs):
+def _build_teaforn(dtype, tied_feed=None, **kwargs):
+    """`tied_feed(table)`: a feed of the output layer's weights, `[V, D]`."""
     def fn(params, inputs):
+        feed = {} if tied_feed is None else {"feed": tied_feed(params["out"].T)}
         return teaforn.teaforn_loss(
             lambda v: jnp.tanh(jnp.cumsum(v @ params["mix"], axis=-2)),
-            lambda h: h @ params["out"], inputs, _TEAFORN["targets"], n=2, **kwargs,
+            lambda h: h @ params["out"], inputs, _TEAFORN["targets"], n=2, **feed, **kwargs,
         )
 
     params = {k: _arr(_TEAFORN[k], dtype) for k in ("mix", "out")}
@@ -251,7 +253,12 @@ ROWS = (
     # Piecewise constant in the logits (an argmax): the derivative is 0 almost everywhere.
     _loss_row(
         "losses.balanced_accuracy",
-        lambda s, y: losses.balanced_accuracy(s, y, 3), grad=False, out_dtype="float32",
+        lambda s, y: losses.balanced_accuracy(jnp.argmax(s, -1), y, 3), grad=False,
+        out_dtype="float32",
+    ),
+    _loss_row(
+        "losses.balanced_accuracy_from_logits", losses.balanced_accuracy_from_logits,
+        grad=False, out_dtype="float32",
     ),
     # Its F1 factor is under stop-gradient: by design the gradient is not the derivative
     # of the value, so it is compared with forward mode, not with finite differences.
@@ -345,8 +352,8 @@ ROWS = (
     _optax_row("regularizers.l2_regularization", lambda: regularizers.l2_regularization(0.1)),
     _optax_row("regularizers.weissi", lambda: regularizers.weissi(0.1, direction_weight=0.05)),
     _optax_row(
-        "regularizers.weissi[decoupled]",
-        lambda: regularizers.weissi(0.1, learning_rate=0.5, form="product"),
+        "regularizers.decoupled_weissi",
+        lambda: regularizers.decoupled_weissi(0.1, learning_rate=0.5, form="product"),
     ),
     Row(
         "regularizers.weissi_penalty",
@@ -391,6 +398,11 @@ ROWS = (
         "teaforn.teaforn_loss[per_token]",
         functools.partial(_build_teaforn, reduction="none", mask_repeated=True,
                           where=np.array([[True, True, True], [True, True, False]])),
+        out_dtype="float32",
+    ),
+    Row(
+        "teaforn.teaforn_loss[soft]",
+        functools.partial(_build_teaforn, tied_feed=teaforn.SoftFeed),
         out_dtype="float32",
     ),
     # ---------------------------------------------------------------- validation

@@ -24,6 +24,7 @@ The modules:
   rounding floor.
 """
 
+from jaxtricks.estimators._baselines import GroupBaseline
 from jaxtricks.estimators._directions import (
     DIRECTION_KINDS,
     DirectionKind,
@@ -53,6 +54,7 @@ __all__ = (
     "DirectionKind",
     "EstimateState",
     "Gaussian",
+    "GroupBaseline",
     "LowRank",
     "Orthogonal",
     "Rademacher",

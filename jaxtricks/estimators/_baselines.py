@@ -17,23 +17,99 @@ other samples only. A baseline is named by one of `BASELINES` or given as a scal
   https://kexue.fm/archives/7737), estimated from the other samples,
   `b_i = sum_{j!=i} r_j q_j / sum_{j!=i} q_j` with `q_j = ||s_j||^2`, so that it
   stays unbiased;
-- a scalar array `b`: a constant (any float; a tracer too).
+- a scalar array `b`: a constant (any float; a tracer too);
+- a `GroupBaseline`: the advantages of LLM reinforcement learning, rewards laid out
+  `[groups, group_size]` and centred (and scaled) within each group or over the batch
+  (GRPO, Dr. GRPO, REINFORCE++): every one of them biased, by amounts that
+  `docs/techniques/estimators.md` tabulates exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtricks._src import checks
+
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-Baseline: TypeAlias = str | jax.typing.ArrayLike | None
-"""A baseline: a name of `BASELINES` (None included) or a scalar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBaseline:
+    r"""Group-normalised advantages: `A_i = (r_i - m_i) / (s_i + eps)` (or `r_i - m_i`).
+
+    The `n` rewards are laid out `[n / group_size, group_size]` (consecutive samples
+    form a group: the answers to one prompt in LLM RL); `m_i` is the mean of sample
+    `i`'s group (`center="group"`) or of the batch (`"batch"`), `s_i` the standard
+    deviation with `ddof` degrees of freedom of its group's or of the batch's centred
+    rewards (`scale`), or none (`scale=None`):
+
+    | method | `center` | `scale` | `ddof` | source |
+    |---|---|---|---|---|
+    | GRPO | "group" | "group" | 1 (verl, tunix) | arXiv:2402.03300, eq. 3 (process: 1) |
+    | Dr. GRPO | "group" | None | - | arXiv:2503.20783, section 3 |
+    | REINFORCE++ | "batch" | "batch" | 0 | arXiv:2501.03262, section 3 |
+    | REINFORCE++ with baseline | "group" | "batch" | 0 | verl's `reinforce_plus_plus_baseline` |
+
+    Every one is biased: `m_i` includes `r_i` itself (Dr. GRPO's expectation is exactly
+    `(1 - 1/group_size)` times the gradient; "leave_one_out" removes that), and `s_i`
+    depends on `r_i` (GRPO's and REINFORCE++'s bias has no closed form; the estimators
+    page computes it exactly by enumeration).
+
+    Attributes:
+        group_size: samples per group, a divisor of `num_samples` (>= 2); None for one
+            group of all the samples.
+        center: "group" or "batch".
+        scale: "group", "batch" or None.
+        ddof: the degrees of freedom of the standard deviation (0: population, 1:
+            sample, as `torch.std`).
+        eps: added to the standard deviation (GRPO's implementations: 1e-6).
+    """
+
+    group_size: int | None = None
+    center: Literal["group", "batch"] = "group"
+    scale: Literal["group", "batch"] | None = "group"
+    ddof: int = 1
+    eps: float = 1e-6
+
+    def advantages(self, rewards: jax.Array) -> jax.Array:
+        """`[n]` advantages of `[n]` rewards."""
+        size = rewards.shape[0] if self.group_size is None else self.group_size
+        groups = rewards.reshape(-1, size)
+        if self.center == "group":
+            centred = groups - jnp.mean(groups, axis=1, keepdims=True)
+        else:
+            centred = groups - jnp.mean(groups)
+        if self.scale == "group":
+            centred = centred / (jnp.std(groups, axis=1, keepdims=True, ddof=self.ddof)
+                                 + self.eps)
+        elif self.scale == "batch":
+            centred = centred / (jnp.std(centred, ddof=self.ddof) + self.eps)
+        return centred.reshape(-1)
+
+    def check(self, num_samples: int) -> None:
+        """Raises a `ValueError` naming the field that does not fit `num_samples`."""
+        checks.check_choice("center", self.center, ("group", "batch"))
+        checks.check_choice("scale", self.scale, ("group", "batch", None))
+        checks.check_scalar("eps", self.eps, low=0.0)
+        size = num_samples if self.group_size is None else self.group_size
+        checks.check_positive_int("group_size", size, minimum=2)
+        if num_samples % size:
+            raise ValueError(
+                f"group_size must divide num_samples={num_samples}, got {size}.")
+        if self.scale is not None and not 0 <= self.ddof < size:
+            raise ValueError(f"ddof must lie in [0, {size}) (group_size), got {self.ddof}.")
+
+
+Baseline: TypeAlias = str | jax.typing.ArrayLike | GroupBaseline | None
+"""A baseline: a name of `BASELINES` (None included), a scalar or a `GroupBaseline`."""
 
 
 class _Rule(NamedTuple):
@@ -78,7 +154,7 @@ POLICY_BASELINES = tuple(name for name in BASELINES if name != "unperturbed")
 
 
 def _accepted(names: tuple[str | None, ...]) -> str:
-    return f"one of {names} or a scalar array"
+    return f"one of {names}, a scalar array or a GroupBaseline"
 
 
 def check_baseline(
@@ -92,6 +168,9 @@ def check_baseline(
             the constant 1.0 or 0.0), a name outside `accepted`, a non-scalar array,
             or fewer samples than the baseline needs.
     """
+    if isinstance(baseline, GroupBaseline):
+        baseline.check(num_samples)
+        return
     if isinstance(baseline, bool | np.bool_):
         raise _boolean_error(baseline, accepted)
     if is_named(baseline):
@@ -162,6 +241,8 @@ def centred_rewards(
     Returns:
         `[n]` centred rewards.
     """
+    if isinstance(baseline, GroupBaseline):
+        return baseline.advantages(rewards)
     if is_named(baseline):
         return rewards - _RULES[baseline].value(rewards, sq_norms, unperturbed)
     return rewards - baseline
@@ -170,4 +251,5 @@ def centred_rewards(
 def pools_samples(baseline: Baseline) -> bool:
     """Whether `b_i` depends on the other samples' rewards ("mean", "leave_one_out",
     "optimal"), so that no coefficient is known before every sample is evaluated."""
-    return is_named(baseline) and _RULES[baseline].pools_samples
+    return isinstance(baseline, GroupBaseline) or (
+        is_named(baseline) and _RULES[baseline].pools_samples)

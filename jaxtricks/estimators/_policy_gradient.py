@@ -28,7 +28,7 @@ def policy_gradient(
     key: KeyLike,
     *,
     num_samples: int,
-    baseline: str | jax.typing.ArrayLike | None = "leave_one_out",
+    baseline: _baselines.Baseline = "leave_one_out",
     return_samples: bool = False,
     sample_sharding: jax.sharding.Sharding | None = None,
 ) -> PyTree:

@@ -11,7 +11,7 @@ import optax
 
 from jaxtricks._src import keys
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _directions, _forward_gradient, _zeroth_order
+from jaxtricks.estimators import _baselines, _directions, _forward_gradient, _zeroth_order
 
 
 class EstimateState(NamedTuple):
@@ -33,7 +33,7 @@ def zeroth_order_estimate(
     sigma: jax.typing.ArrayLike = 1e-3,
     antithetic: bool = True,
     directions: str | _directions.DirectionKind = "gaussian",
-    baseline: str | jax.typing.ArrayLike | None = "unperturbed",
+    baseline: _baselines.Baseline = "unperturbed",
     chunk_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replaces the updates with a zeroth-order estimate of the gradient of `value_fn`.

@@ -12,7 +12,7 @@ import optax
 
 from jaxtricks._src import checks
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _directions, _plan, _sampling
+from jaxtricks.estimators import _baselines, _directions, _plan, _sampling
 
 
 def zeroth_order_update(
@@ -25,7 +25,7 @@ def zeroth_order_update(
     sigma: jax.typing.ArrayLike = 1e-3,
     antithetic: bool = True,
     directions: str | _directions.DirectionKind = "gaussian",
-    baseline: str | jax.typing.ArrayLike | None = "unperturbed",
+    baseline: _baselines.Baseline = "unperturbed",
     chunk_size: int | None = None,
     step: jax.typing.ArrayLike | None = None,
 ) -> tuple[PyTree, jax.Array]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 
 from jaxtricks._src.typing import KeyLike, PyTree
-from jaxtricks.estimators import _directions, _plan, _sampling, _strategy
+from jaxtricks.estimators import _baselines, _directions, _plan, _sampling, _strategy
 
 
 def zeroth_order_grad(
@@ -19,7 +19,7 @@ def zeroth_order_grad(
     sigma: jax.typing.ArrayLike = 1e-3,
     antithetic: bool = True,
     directions: str | _directions.DirectionKind = "gaussian",
-    baseline: str | jax.typing.ArrayLike | None = "unperturbed",
+    baseline: _baselines.Baseline = "unperturbed",
     chunk_size: int | None = None,
     return_samples: bool = False,
     sample_sharding: jax.sharding.Sharding | None = None,

@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -128,11 +129,25 @@ def gradient_norms_over_time(
 
 
 def _norms_over_time(tree: Any, length: int) -> jax.Array:
-    """`[T]` Euclidean norms of a pytree of `[T, ...]` arrays, all leaves together."""
+    """`[T]` Euclidean norms of a pytree of `[T, ...]` arrays, all leaves together.
+
+    Each row is divided by its largest `|entry|` before it is squared and multiplied back
+    after the square root, so gradients of 1e20 or 1e-21 neither overflow nor flush to
+    zero in float32; a row of zeros gives 0 with a zero gradient (both `where`s of the
+    double-`where` trick), an infinite entry inf, a NaN entry NaN.
+    """
     leaves = jax.tree.leaves(tree)
     dtype = jnp.result_type(*leaves, jnp.float32)
-    squares = [
-        jnp.sum(jnp.square(leaf.astype(dtype)).reshape(length, math.prod(leaf.shape[1:])), 1)
-        for leaf in leaves
-    ]
-    return jnp.sqrt(sum(squares, jnp.zeros(length, dtype)))
+    rows = [leaf.astype(dtype).reshape(length, math.prod(leaf.shape[1:])) for leaf in leaves]
+    peak = functools.reduce(
+        jnp.maximum, [jnp.max(jnp.abs(row), axis=1, initial=0) for row in rows],
+        jnp.zeros(length, dtype),
+    )
+    zero, infinite = peak == 0, peak == jnp.inf
+    safe_peak = jnp.where(zero | infinite, jnp.ones_like(peak), peak)
+    squares = sum(
+        (jnp.sum(jnp.square(row / safe_peak[:, None]), 1) for row in rows),
+        jnp.zeros(length, dtype),
+    )
+    norms = safe_peak * jnp.sqrt(jnp.where(zero, jnp.ones_like(squares), squares))
+    return jnp.where(zero, 0.0, jnp.where(infinite, jnp.inf, norms)).astype(dtype)

@@ -162,10 +162,11 @@ def _check_no_state_writes(cell: nnx.Module) -> None:
             found = ("use_running_average=False, which updates its running statistics at "
                      "every call")
         elif getattr(node, "deterministic", None) is False:
-            rate = getattr(node, "rate", getattr(node, "dropout_rate", None))
-            if rate is not None and not rate > 0:
-                continue  # deterministic=False with rate 0 draws nothing
-            found = ("deterministic=False" + ("" if rate is None else f" and rate={rate}")
+            rates = [(name, getattr(node, name)) for name in ("rate", "dropout_rate")
+                     if hasattr(node, name)]
+            if rates and not rates[0][1] > 0:
+                continue  # deterministic=False with a dropout rate of 0 draws nothing
+            found = ("deterministic=False" + "".join(f" and {n}={r}" for n, r in rates[:1])
                      + ", which draws random numbers (advancing its RNG stream) at every "
                      "call")
         else:
@@ -174,7 +175,7 @@ def _check_no_state_writes(cell: nnx.Module) -> None:
             "cell must not write its state when called (every submodule in eval mode): "
             "nnx_step makes a pure step function, which cannot carry the update (it would "
             "be lost at every step, reusing one dropout mask, and fails under jax.jit or "
-            f"lax.scan), got an {_type_name(node)} at path {path} with {found}. Call "
+            f"lax.scan), got {_type_name(node)} at path {path} with {found}. Call "
             "cell.eval() (it sets deterministic=True and use_running_average=True) to "
             "measure the cell in inference mode."
         )
