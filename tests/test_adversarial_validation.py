@@ -354,6 +354,7 @@ def test_malformed_arguments_raise_value_errors_naming_the_argument():
             run(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_schedule_learning_rate_is_adam_with_that_schedule():
     train, test = gaussian_sets(16, 12, np.full(2, 0.5), seed=14)
     run = functools.partial(validation.adversarial_validation, train, test, KEY,

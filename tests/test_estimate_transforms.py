@@ -127,3 +127,27 @@ def test_update_without_value_fn_is_refused_naming_it():
     tx = estimators.zeroth_order_estimate(jax.random.key(0), num_samples=2)
     with pytest.raises(ValueError, match="value_fn must be passed"):
         tx.update(X, tx.init(X), X)
+
+
+def test_zo_sgd_cons_follows_a_direct_float64_implementation_step_by_step():
+    # ZO-Bench's ZO-SGD-Cons: x_{t+1} = argmin over {x - lr g, x + lr g, x} of f.
+    key, learning_rate = jax.random.key(9), 0.2
+
+    def flat_loss(x):
+        return jnp.sum((x - jnp.array([1.0, -2.0, 0.5])) ** 2 * jnp.array([1.0, 10.0, 100.0]))
+
+    tx = optax.chain(estimators.zeroth_order_estimate(key, num_samples=2, sigma=0.01),
+                     optax.sgd(learning_rate), estimators.keep_best_step())
+    x, state = jnp.zeros(3), tx.init(jnp.zeros(3))
+    direct = np.zeros(3)
+    for t in range(6):
+        g = np.asarray(estimators.zeroth_order_grad(
+            flat_loss, jnp.asarray(direct, jnp.float32), jax.random.fold_in(key, t),
+            num_samples=2, sigma=0.01), np.float64)
+        candidates = [direct - learning_rate * g, direct + learning_rate * g, direct]
+        direct = min(candidates, key=lambda c: float(np.sum(
+            (c - [1.0, -2.0, 0.5]) ** 2 * [1.0, 10.0, 100.0])))
+        updates, state = tx.update(x, state, x, value_fn=flat_loss)
+        x = optax.apply_updates(x, updates)
+        np.testing.assert_allclose(x, direct, rtol=1e-5, atol=1e-6)
+    assert flat_loss(x) <= flat_loss(jnp.zeros(3))

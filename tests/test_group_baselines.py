@@ -91,3 +91,26 @@ def test_group_baselines_run_through_both_estimators_and_are_checked():
             estimators.policy_gradient(
                 *estimators.categorical_policy(lambda p: p), reward, logits,
                 jax.random.key(0), num_samples=8, baseline=baseline)
+
+
+def test_fzoo_normalises_the_values_by_their_standard_deviation():
+    # FZOO (arXiv:2506.09034): c_i = (f(x + sigma u_i) - f(x)) / (sigma std_j f_j).
+    x, key = jnp.array([0.3, -0.2, 0.5]), jax.random.key(4)
+
+    def loss(p):
+        return jnp.sum(p**2) + jnp.sum(jnp.sin(3 * p))
+
+    baseline = GroupBaseline(center="unperturbed", scale="batch", ddof=0, eps=0.0)
+    samples = estimators.zeroth_order_grad(
+        loss, x, key, num_samples=8, sigma=0.1, antithetic=False, baseline=baseline,
+        directions="rademacher", return_samples=True)
+    raw = estimators.zeroth_order_grad(
+        loss, x, key, num_samples=8, sigma=0.1, antithetic=False, baseline=None,
+        directions="rademacher", return_samples=True)
+    signs = np.sign(np.asarray(raw))  # the rademacher directions (values are nonzero)
+    values = 0.1 * np.asarray(raw)[:, 0] / signs[:, 0]  # f(x + sigma u_i)
+    expected = (values - float(loss(x))) / values.std() / 0.1
+    np.testing.assert_allclose(samples, expected[:, None] * signs, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="a policy has no unperturbed sample"):
+        estimators.policy_gradient(*estimators.gaussian_policy(0.1), loss, x, key,
+                                   num_samples=8, baseline=baseline)

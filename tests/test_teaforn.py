@@ -12,8 +12,10 @@ import pytest
 from _compat import enable_x64
 from flax import nnx
 from jax.test_util import check_grads
+from test_losses_deprecated import call_twice_warning_once
 
-from jaxtricks.teaforn import teaforn_loss
+from jaxtricks import teaforn
+from jaxtricks.teaforn import ArgmaxFeed, HiddenFeed, SoftFeed, TopKFeed, teaforn_loss
 
 B, T, D, V = 3, 6, 4, 7
 
@@ -46,6 +48,15 @@ def _loss(params, inputs, targets, **kwargs):
         functools.partial(_body, params), functools.partial(_output, params),
         inputs, targets, **kwargs,
     )
+
+
+def _feed(name, embedding=None, top_k=None):
+    """The feed object of a feed's name (the numpy reference below takes the name)."""
+    if name == "hidden":
+        return HiddenFeed()
+    if name == "topk":
+        return TopKFeed(embedding, top_k)
+    return {"soft": SoftFeed, "argmax": ArgmaxFeed}[name](embedding)
 
 
 # ---------------------------------------------------------------- hand-built reference
@@ -110,9 +121,7 @@ def test_one_pass_equals_teacher_forcing_cross_entropy():
 def test_per_pass_losses_match_a_hand_built_computation(n, feed, top_k):
     params, inputs, targets, embedding = _problem(seed=n)
     weights = jnp.arange(1.0, n + 1.0)
-    kwargs = {"n": n, "feed": feed, "top_k": top_k, "weights": weights}
-    if feed != "hidden":
-        kwargs["embedding"] = embedding
+    kwargs = {"n": n, "feed": _feed(feed, embedding, top_k), "weights": weights}
     loss, per_pass = _loss(params, inputs, targets, **kwargs)
     expected = _np_per_position_ce(params, inputs, targets, n, feed, embedding, top_k)
     expected_per_pass = expected.mean(axis=(0, 1))
@@ -190,8 +199,7 @@ def test_right_padding_changes_nothing_and_padded_inputs_do_not_leak():
     noisy_targets = jnp.where(where, targets, -1)  # invalid labels at padding
 
     def loss(inputs, targets):
-        return _loss(params, inputs, targets, n=3, feed="soft", embedding=embedding,
-                     where=where)
+        return _loss(params, inputs, targets, n=3, feed=SoftFeed(embedding), where=where)
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
     (_, per_pass_clean), grad_clean = value_and_grad(inputs, targets)
@@ -235,9 +243,8 @@ def test_scan_unroll_and_remat_give_the_same_loss_and_gradients():
         for unroll in (True, False):
             for remat in (False, True):
                 def loss(params, unroll=unroll, remat=remat):
-                    return _loss(params, inputs, targets, n=3, feed="topk", top_k=3,
-                                 embedding=embedding, unroll=unroll, remat=remat,
-                                 mask_repeated=True)[0]
+                    return _loss(params, inputs, targets, n=3, feed=TopKFeed(embedding, 3),
+                                 unroll=unroll, remat=remat, mask_repeated=True)[0]
                 results.append(jax.value_and_grad(loss)(params))
         return results
 
@@ -254,8 +261,8 @@ def test_argmax_feed_is_straight_through():
     params, inputs, targets, embedding = _problem()
 
     def pass_two_loss(inputs):
-        return _loss(params, inputs, targets, n=2, weights=(0.0, 1.0), feed="argmax",
-                     embedding=embedding)[0]
+        return _loss(params, inputs, targets, n=2, weights=(0.0, 1.0),
+                     feed=ArgmaxFeed(embedding))[0]
 
     assert float(jnp.abs(jax.jit(jax.grad(pass_two_loss))(inputs)[:, 1:-1]).min()) > 0.0
 
@@ -266,8 +273,8 @@ def test_bfloat16_and_huge_logits_stay_finite():
     params["out"] = params["out"] * 1e4
 
     def loss(params):
-        return _loss(params, inputs.astype(jnp.bfloat16), targets, n=3, feed="soft",
-                     embedding=embedding.astype(jnp.bfloat16))[0]
+        return _loss(params, inputs.astype(jnp.bfloat16), targets, n=3,
+                     feed=SoftFeed(embedding.astype(jnp.bfloat16)))[0]
 
     value, grad = jax.jit(jax.value_and_grad(loss))(params)
     assert value.dtype == jnp.float32 and np.isfinite(float(value))
@@ -290,13 +297,23 @@ def test_runs_unchanged_on_a_sharded_batch():
         ({"n": 0}, "n must be"),
         ({"n": 2, "weights": (1.0,)}, "weights must have shape"),
         ({"n": 2, "weights": (1.0, -0.5)}, "weights must lie"),
+        ({"n": 2, "feed": np.ones((V, D))}, "feed must be a HiddenFeed, SoftFeed, TopKFeed"),
+        ({"n": 2, "feed": SoftFeed(np.ones((V, D + 1)))}, r"embedding must have shape \(7, 4\)"),
+        ({"n": 2, "feed": ArgmaxFeed(np.ones((V + 1, D)))}, "embedding must have shape"),
+        ({"n": 2, "feed": TopKFeed(np.ones((V, D)), V + 1)}, r"k must lie in \[1, 7\]"),
+        ({"n": 2, "feed": TopKFeed(np.ones((V, D)), 0)}, "k must be an integer >= 1"),
+        ({"n": 2, "feed": TopKFeed(np.ones((V, D)), 2.0)}, "k must be an integer"),
+        # The deprecated keywords with a feed object (the default HiddenFeed() too).
+        ({"n": 2, "top_k": 2}, "top_k belong to the feed object"),
+        ({"n": 2, "feed": SoftFeed(np.ones((V, D))), "embedding": np.ones((V, D))},
+         "embedding and top_k belong to the feed object"),
+        # The deprecated string form keeps its checks, made before its warning.
         ({"n": 2, "feed": "gumbel"}, "feed must be one of"),
         ({"n": 2, "feed": "soft"}, "needs embedding"),
-        ({"n": 2, "feed": "soft", "embedding": np.ones((V, D + 1))}, "embedding must have"),
         ({"n": 2, "feed": "topk", "embedding": np.ones((V, D))}, "needs top_k"),
-        ({"n": 2, "feed": "topk", "embedding": np.ones((V, D)), "top_k": V + 1}, "top_k must"),
-        ({"n": 2, "top_k": 2}, "top_k is only used"),
-        ({"n": 2, "embedding": np.ones((V, D))}, "embedding is only used"),
+        ({"n": 2, "feed": "soft", "embedding": np.ones((V, D)), "top_k": 2},
+         "top_k is only used"),
+        ({"n": 2, "feed": "hidden", "embedding": np.ones((V, D))}, "embedding is only used"),
         ({"n": 2, "where": np.ones((B, T + 1), bool)}, "where must have shape"),
         ({"n": 2, "reduction": "sum"}, "reduction must be one of"),
     ],
@@ -410,10 +427,8 @@ def test_every_reduction_matches_a_plain_loop_over_passes(feed, mask_repeated, p
         where = np.arange(T) >= T - lengths[:, None]
     else:
         where = np.ones((B, T), bool)
-    kwargs = {"n": n, "weights": weights, "feed": feed, "where": where,
+    kwargs = {"n": n, "weights": weights, "feed": _feed(feed, embedding), "where": where,
               "mask_repeated": mask_repeated}
-    if feed == "soft":
-        kwargs["embedding"] = embedding
     ce = np.asarray(jax.jit(lambda p, x, y: _plain_loop_token_ce(p, x, y, n, where, feed,
                                                                  embedding))(
         params, inputs, targets), np.float64)
@@ -637,7 +652,7 @@ def test_forward_mode_derivatives_match_finite_differences():
         params, inputs, embedding = jax.tree.map(
             lambda x: jnp.asarray(x, jnp.float64), (params, inputs, embedding))
         def loss(params, inputs):
-            return _loss(params, inputs, targets, n=2, feed="soft", embedding=embedding,
+            return _loss(params, inputs, targets, n=2, feed=SoftFeed(embedding),
                          unroll=False)[0]
 
         check_grads(jax.jit(loss), (params, inputs), order=1, modes=("fwd", "rev"))
@@ -665,10 +680,56 @@ def test_vmap_over_problems_and_lax_scan_over_steps_match_a_loop():
 def test_nan_parameters_give_nan_losses_and_bfloat16_gradients_keep_their_dtype():
     params, inputs, targets, embedding = _problem()
     nan_params = {**params, "mix": params["mix"].at[0, 0].set(jnp.nan)}
-    loss, per_pass = jax.jit(functools.partial(_loss, n=2, feed="soft"))(
-        nan_params, inputs, targets, embedding=embedding)
+    loss, per_pass = jax.jit(functools.partial(_loss, n=2))(  # the feed as a pytree argument
+        nan_params, inputs, targets, feed=SoftFeed(embedding))
     assert np.isnan(loss) and np.isnan(per_pass).all()
     bf16_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     grads = jax.jit(jax.grad(lambda p: _loss(p, inputs.astype(jnp.bfloat16), targets, n=2)[0]))(
         bf16_params)
     assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
+
+
+# ---------------------------------------------------------------- feed objects
+def test_feed_objects_are_pytrees_with_k_static():
+    _, _, _, embedding = _problem()
+    for feed in (HiddenFeed(), SoftFeed(embedding), TopKFeed(embedding, 3),
+                 ArgmaxFeed(embedding)):
+        leaves, treedef = jax.tree.flatten(feed)
+        assert len(leaves) == (0 if isinstance(feed, HiddenFeed) else 1)
+        assert jax.tree.unflatten(treedef, leaves) == feed or leaves  # round trip
+        assert type(jax.jit(lambda f: f)(feed)) is type(feed)
+    assert jax.jit(lambda f: f)(TopKFeed(embedding, 3)).k == 3  # static: not traced
+    assert set(teaforn.__all__) == {"ArgmaxFeed", "HiddenFeed", "SoftFeed", "TopKFeed",
+                                    "teaforn_loss"}
+
+
+def test_the_gradient_reaches_a_feed_s_embedding_table():
+    params, inputs, targets, embedding = _problem()
+    for feed in (SoftFeed, ArgmaxFeed, functools.partial(TopKFeed, k=3)):
+        grad = jax.jit(jax.grad(lambda e, feed=feed: _loss(
+            params, inputs, targets, n=2, feed=feed(e))[0]))(embedding)
+        assert float(jnp.abs(grad).max()) > 0.0
+
+
+@pytest.mark.parametrize(
+    ("feed", "top_k"), [("hidden", None), ("soft", None), ("topk", 3), ("argmax", None)])
+def test_the_former_string_feeds_give_identical_outputs_and_warn_once(feed, top_k):
+    params, inputs, targets, embedding = _problem(seed=5)
+    body, output = functools.partial(_body, params), functools.partial(_output, params)
+    common = {"n": 3, "weights": (1.0, 0.5, 0.25), "mask_repeated": True,
+              "reduction": "per_example"}
+    expected = teaforn_loss(body, output, inputs, targets,
+                            feed=_feed(feed, embedding, top_k), **common)
+    former = {"feed": feed}
+    if feed != "hidden":
+        former["embedding"] = embedding
+    if top_k is not None:
+        former["top_k"] = top_k
+    first, second, message = call_twice_warning_once(
+        teaforn_loss, body, output, inputs, targets, **former, **common)
+    for got in (first, second):
+        jax.tree.map(np.testing.assert_array_equal, got, expected)
+    replacement = {"hidden": "HiddenFeed()", "soft": "SoftFeed(embedding)",
+                   "topk": "TopKFeed(embedding, k=top_k)", "argmax": "ArgmaxFeed(embedding)"}
+    assert f"feed=jaxtricks.teaforn.{replacement[feed]}" in message
+    assert "teaforn_loss's string feed" in message

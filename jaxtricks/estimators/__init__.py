@@ -44,6 +44,7 @@ from jaxtricks.estimators._precision import rounding_floor_sigma, rounding_varia
 from jaxtricks.estimators._transforms import (
     EstimateState,
     forward_gradient_estimate,
+    keep_best_step,
     zeroth_order_estimate,
 )
 from jaxtricks.estimators._update import zeroth_order_update
@@ -63,6 +64,7 @@ __all__ = (
     "forward_gradient",
     "forward_gradient_estimate",
     "gaussian_policy",
+    "keep_best_step",
     "policy_gradient",
     "rounding_floor_sigma",
     "rounding_variance",

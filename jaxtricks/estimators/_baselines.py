@@ -47,7 +47,8 @@ class GroupBaseline:
 
     The `n` rewards are laid out `[n / group_size, group_size]` (consecutive samples
     form a group: the answers to one prompt in LLM RL); `m_i` is the mean of sample
-    `i`'s group (`center="group"`) or of the batch (`"batch"`), `s_i` the standard
+    `i`'s group (`center="group"`), of the batch (`"batch"`) or, for the zeroth-order
+    estimate, `f(x)` (`"unperturbed"`), `s_i` the standard
     deviation with `ddof` degrees of freedom of its group's or of the batch's centred
     rewards (`scale`), or none (`scale=None`):
 
@@ -57,6 +58,7 @@ class GroupBaseline:
     | Dr. GRPO | "group" | None | - | arXiv:2503.20783, section 3 |
     | REINFORCE++ | "batch" | "batch" | 0 | arXiv:2501.03262, section 3 |
     | REINFORCE++ with baseline | "group" | "batch" | 0 | verl's `reinforce_plus_plus_baseline` |
+    | FZOO (zeroth order) | "unperturbed" | "batch" | 0 | arXiv:2506.09034, eq. 4 |
 
     Every one is biased: `m_i` includes `r_i` itself (Dr. GRPO's expectation is exactly
     `(1 - 1/group_size)` times the gradient; "leave_one_out" removes that), and `s_i`
@@ -66,7 +68,7 @@ class GroupBaseline:
     Attributes:
         group_size: samples per group, a divisor of `num_samples` (>= 2); None for one
             group of all the samples.
-        center: "group" or "batch".
+        center: "group", "batch" or "unperturbed" (`zeroth_order_grad` only).
         scale: "group", "batch" or None.
         ddof: the degrees of freedom of the standard deviation (0: population, 1:
             sample, as `torch.std`).
@@ -74,19 +76,21 @@ class GroupBaseline:
     """
 
     group_size: int | None = None
-    center: Literal["group", "batch"] = "group"
+    center: Literal["group", "batch", "unperturbed"] = "group"
     scale: Literal["group", "batch"] | None = "group"
     ddof: int = 1
     eps: float = 1e-6
 
-    def advantages(self, rewards: jax.Array) -> jax.Array:
-        """`[n]` advantages of `[n]` rewards."""
+    def advantages(self, rewards: jax.Array, unperturbed: jax.Array | None = None) -> jax.Array:
+        """`[n]` advantages of `[n]` rewards (`unperturbed`: `f(x)`, for that center)."""
         size = rewards.shape[0] if self.group_size is None else self.group_size
         groups = rewards.reshape(-1, size)
         if self.center == "group":
             centred = groups - jnp.mean(groups, axis=1, keepdims=True)
-        else:
+        elif self.center == "batch":
             centred = groups - jnp.mean(groups)
+        else:
+            centred = groups - unperturbed
         if self.scale == "group":
             centred = centred / (jnp.std(groups, axis=1, keepdims=True, ddof=self.ddof)
                                  + self.eps)
@@ -96,7 +100,7 @@ class GroupBaseline:
 
     def check(self, num_samples: int) -> None:
         """Raises a `ValueError` naming the field that does not fit `num_samples`."""
-        checks.check_choice("center", self.center, ("group", "batch"))
+        checks.check_choice("center", self.center, ("group", "batch", "unperturbed"))
         checks.check_choice("scale", self.scale, ("group", "batch", None))
         checks.check_scalar("eps", self.eps, low=0.0)
         size = num_samples if self.group_size is None else self.group_size
@@ -170,6 +174,10 @@ def check_baseline(
     """
     if isinstance(baseline, GroupBaseline):
         baseline.check(num_samples)
+        if baseline.center == "unperturbed" and "unperturbed" not in accepted:
+            raise ValueError(
+                "baseline.center must be 'group' or 'batch' here (a policy has no "
+                "unperturbed sample), got 'unperturbed'.")
         return
     if isinstance(baseline, bool | np.bool_):
         raise _boolean_error(baseline, accepted)
@@ -218,6 +226,13 @@ def is_named(baseline: Baseline) -> TypeIs[str | None]:
     return baseline is None or isinstance(baseline, str)
 
 
+def needs_unperturbed(baseline: Baseline) -> bool:
+    """Whether the baseline needs `f(x)`: "unperturbed", or a `GroupBaseline` centred on it."""
+    if isinstance(baseline, GroupBaseline):
+        return baseline.center == "unperturbed"
+    return is_named(baseline) and baseline == "unperturbed"
+
+
 def needs_sq_norms(baseline: Baseline) -> bool:
     """Whether the baseline needs the squared norms of the scores (or directions)."""
     return is_named(baseline) and _RULES[baseline].needs_sq_norms
@@ -242,7 +257,8 @@ def centred_rewards(
         `[n]` centred rewards.
     """
     if isinstance(baseline, GroupBaseline):
-        return baseline.advantages(rewards)
+        return baseline.advantages(
+            rewards, None if unperturbed is None else unperturbed())
     if is_named(baseline):
         return rewards - _RULES[baseline].value(rewards, sq_norms, unperturbed)
     return rewards - baseline

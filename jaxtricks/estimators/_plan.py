@@ -149,7 +149,7 @@ def create(
     resolved = (jnp.ones((), jnp.float32) if sigma is None
                 else _sampling.resolved_sigma(sigma, params, kind))
     unperturbed = None
-    if difference == "forward" and _baselines.is_named(baseline) and baseline == "unperturbed":
+    if difference == "forward" and _baselines.needs_unperturbed(baseline):
         unperturbed = _sampling.value_at(fn, params)
     return Plan(fn, params, kind, difference, num_directions, resolved, baseline, unperturbed,
                 sample_sharding)

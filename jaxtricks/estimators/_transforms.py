@@ -168,3 +168,56 @@ def _estimate_transform(
         return estimate_, EstimateState(count=count, key=state.key)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def keep_best_step() -> optax.GradientTransformationExtraArgs:
+    r"""ZO-Bench's conservative step: of `x + u`, `x - u` and `x`, keep the lowest value.
+
+    .. math::
+
+        u' = s^* u, \qquad s^* = \arg\min_{s \in (1, -1, 0)} f(x + s u)
+
+    (ties: the order shown), with `f = value_fn` passed to `update` as an extra argument.
+    Chained after an optimiser, `optax.chain(zeroth_order_estimate(...), optax.sgd(lr),
+    keep_best_step())` is ZO-SGD-Cons: the step and its reverse each cost one evaluation
+    (and one params-sized temporary), `f(x)` a third; nothing is stored between steps.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs` with `optax.EmptyState`.
+
+    Raises:
+        ValueError: at `update`, without `params` or `value_fn`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> tx = estimators.keep_best_step()
+        >>> loss = lambda p: jnp.sum(p ** 2)
+        >>> step, _ = tx.update(jnp.array([0.5]), tx.init(None), jnp.array([1.0]),
+        ...                     value_fn=loss)  # x + u = 1.5 is worse: the reverse
+        >>> step
+        Array([-0.5], dtype=float32)
+
+    References:
+        Zhang et al. (ZO-Bench), https://arxiv.org/abs/2402.11592, ZO-SGD-Cons
+        (Kim et al., "Curvature-aware derivative-free optimization", arXiv:2109.13391).
+    """
+    def init(params: optax.Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates: optax.Updates, state: Any, params: optax.Params | None = None,
+               *, value_fn: Callable[[PyTree], jax.Array] | None = None,
+               **extra_args: Any) -> tuple[optax.Updates, optax.EmptyState]:
+        del extra_args
+        if params is None or value_fn is None:
+            raise ValueError(
+                "params and value_fn must be passed to update (value_fn(params) -> scalar, "
+                f"the objective), got params={type(params).__name__} and "
+                f"value_fn={value_fn!r}.")
+        values = jnp.stack([value_fn(optax.apply_updates(params, optax.tree.scale(s, updates)))
+                            for s in (1.0, -1.0)] + [value_fn(params)])
+        scale = jnp.array([1.0, -1.0, 0.0])[jnp.argmin(values)]
+        return optax.tree.scale(scale, updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -86,7 +86,7 @@ def select_validation(scores: jax.typing.ArrayLike, size: int) -> tuple[jax.Arra
     if scores.ndim != 1:
         raise ValueError(f"scores must have shape (n,), got shape {scores.shape}.")
     if jnp.issubdtype(scores.dtype, jnp.complexfloating):
-        raise ValueError(f"scores must be real (they are ranked), got dtype {scores.dtype}.")
+        raise ValueError(f"scores must be real, got dtype {scores.dtype}.")
     concrete = checks.concrete_value(scores)
     if concrete is not None and np.any(np.isnan(concrete)):
         raise ValueError("scores must not be NaN (a NaN has no rank), got NaN entries.")
