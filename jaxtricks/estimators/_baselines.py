@@ -90,6 +90,7 @@ class GroupBaseline:
         elif self.center == "batch":
             centred = groups - jnp.mean(groups)
         else:
+            assert unperturbed is not None, "center='unperturbed' needs f(x)"
             centred = groups - unperturbed
         if self.scale == "group":
             centred = centred / (jnp.std(groups, axis=1, keepdims=True, ddof=self.ddof)
