@@ -20,6 +20,7 @@ from jax.test_util import check_grads
 import jaxtricks
 from jaxtricks import (
     decoupled_weight_decay,
+    decoupled_weissi,
     l2_penalty,
     l2_regularization,
     weissi,
@@ -33,7 +34,8 @@ def transforms_under_test():
         "l2": lambda: l2_regularization(schedule),
         "decoupled": lambda: decoupled_weight_decay(0.1, learning_rate=schedule),
         "weissi": lambda: weissi(0.1, direction_weight=schedule, form="product"),
-        "weissi_decoupled": lambda: weissi(schedule, learning_rate=0.5, direction_weight=0.1),
+        "weissi_decoupled": lambda: decoupled_weissi(schedule, learning_rate=0.5,
+                                                     direction_weight=0.1),
     }
 
 
@@ -74,7 +76,7 @@ def test_inject_hyperparams_gives_the_same_updates_and_can_change_the_rate():
     params, grads = make_params(), make_params(seed=7)
     for factory, arguments in [
         (weissi, {"weight_decay": 0.1, "direction_weight": 0.05}),
-        (weissi, {"weight_decay": 0.1, "learning_rate": 0.5}),
+        (decoupled_weissi, {"weight_decay": 0.1, "learning_rate": 0.5}),
         (l2_regularization, {"weight_decay": 0.1}),
         (decoupled_weight_decay, {"weight_decay": 0.1, "learning_rate": 0.5}),
     ]:
@@ -149,7 +151,7 @@ def all_transforms():
         "l2": l2_regularization(0.1),
         "decoupled": decoupled_weight_decay(0.1, learning_rate=optax.constant_schedule(0.5)),
         "weissi": weissi(0.1, direction_weight=0.05),
-        "weissi_product_decoupled": weissi(0.1, learning_rate=0.5, form="product"),
+        "weissi_product_decoupled": decoupled_weissi(0.1, learning_rate=0.5, form="product"),
     }
 
 
@@ -227,7 +229,7 @@ def test_an_explicit_mask_selecting_an_integer_or_boolean_leaf_raises_naming_it(
         "l2": lambda mask: l2_regularization(0.1, mask=mask),
         "decoupled": lambda mask: decoupled_weight_decay(0.1, learning_rate=0.5, mask=mask),
         "weissi": lambda mask: weissi(0.1, direction_weight=0.05, mask=mask),
-        "weissi_decoupled": lambda mask: weissi(0.1, learning_rate=0.5, mask=mask),
+        "weissi_decoupled": lambda mask: decoupled_weissi(0.1, learning_rate=0.5, mask=mask),
     }
     table_error = r"mask must select floating-point leaves only .* \['table'\] of dtype int32"
     for name, factory in factories.items():

@@ -596,6 +596,26 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
         np.testing.assert_allclose(got, want, rtol=0.1)
 
 
+def test_norms_of_huge_tiny_and_zero_jacobians_and_gradients_are_computed_scaled():
+    # The probe's cases, by the default method (the slow tests below take every method):
+    # 1e20 gave NaN (its squares overflow), log(1e-21) gave -inf (its squares flush to
+    # zero), an exactly-zero Jacobian (saturated tanh) gave a NaN derivative.
+    carry, inputs = jnp.ones(3), jnp.zeros((2, 3))
+    np.testing.assert_allclose(
+        rnn.step_jacobian_norms(_linear_step(1e20 * jnp.eye(3)), carry, inputs), [1e20] * 2,
+        rtol=1e-5)
+    np.testing.assert_allclose(
+        rnn.step_jacobian_norms(_linear_step(1e-21 * jnp.eye(3)), carry, inputs,
+                                log_space=True), [np.log(1e-21)] * 2, rtol=1e-6)
+    grad = jax.grad(lambda a: rnn.jacobian_norms(_saturated_tanh_step(a), carry,
+                                                 jnp.zeros((3, 3))).sum())(1.0)
+    assert grad == 0.0
+    got = rnn.gradient_norms_over_time(lambda c, y: 1e20 * jnp.sum(c), _linear_step(jnp.eye(3)),
+                                       carry, inputs)
+    np.testing.assert_allclose(got.carry, [np.sqrt(3) * 1e20] * 2, rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_huge_and_tiny_jacobians_neither_overflow_nor_underflow_inside():
     # ||1e20 I_3|| = 1e20 and 1.7e20 are finite in float32, but the squares of the
     # Frobenius scale overflowed: NaN. The squares of 1e-21 flushed to zero: -inf.
@@ -638,6 +658,7 @@ def _inactive_relu_step(a):
     return lambda c_h, x: ((jax.nn.relu(a * c_h[0] - 5 + x), a * c_h[1]), x)
 
 
+@pytest.mark.slow
 def test_an_exactly_zero_jacobian_has_norm_zero_and_gradient_zero_not_nan():
     # The norm is constant 0 in `a` near a = 1, so its derivative is 0; sqrt and log at
     # the zero scale gave NaN.
@@ -662,22 +683,30 @@ def test_an_exactly_zero_jacobian_has_norm_zero_and_gradient_zero_not_nan():
     assert norms[0] == 0.0 and np.all(np.isnan(norms[1:]))
 
 
+@pytest.mark.slow
 def test_a_zero_per_leaf_block_has_gradient_zero_and_the_other_its_closed_form():
     # An inactive ReLU's c block is 0 and the h block a I: ||d carry_t / d carry_0|| = a^t
     # for h and for the whole carry, whose derivative at a = 1 is sum_t t = 6.
     carry, inputs = (jnp.ones(3), jnp.ones(3)), jnp.zeros((3, 3))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def norms_and_derivatives(method):  # one compile per method
+        def sums(a):
+            c_norms, h_norms = rnn.jacobian_norms(_inactive_relu_step(a), carry, inputs,
+                                                  per_leaf=True, method=method, key=KEY)
+            whole = rnn.jacobian_norms(_inactive_relu_step(a), carry, inputs, method=method,
+                                       key=KEY)
+            return jnp.stack([jnp.sum(c_norms), jnp.sum(h_norms), jnp.sum(whole)]), c_norms
+
+        return jax.jacrev(sums, has_aux=True)(1.0)
+
     for method in ("exact", "power"):
-        def norms(a, per_leaf, method=method):
-            return rnn.jacobian_norms(_inactive_relu_step(a), carry, inputs,
-                                      per_leaf=per_leaf, method=method, key=KEY)
-
-        np.testing.assert_array_equal(norms(1.0, True)[0], np.zeros(3))
-        grads = [jax.grad(lambda a, i=i: jnp.sum(norms(a, True)[i]))(1.0) for i in (0, 1)]
-        np.testing.assert_allclose(grads, [0.0, 6.0], rtol=1e-5)
-        np.testing.assert_allclose(jax.grad(lambda a: jnp.sum(norms(a, False)))(1.0), 6.0,
-                                   rtol=1e-5)
+        grads, c_norms = norms_and_derivatives(method)
+        np.testing.assert_array_equal(c_norms, np.zeros(3))
+        np.testing.assert_allclose(grads, [0.0, 6.0, 6.0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_norms_neither_overflow_nor_underflow_and_zero_has_gradient_zero():
     # ||dL/d h_t|| = 1.7e20 (1.7e-21) for L = 1e20 sum(h_T) (1e-21 sum(h_T)): the sum of
     # squares gave inf (0); and a saturated tanh, whose gradient is exactly zero, gave a

@@ -15,9 +15,12 @@ from _regularizer_params import (
     make_params,
     run_steps,
 )
+from test_losses_deprecated import call_twice_warning_once
 
 from jaxtricks import (
+    decoupled_weissi,
     l2_penalty,
+    regularizers,
     weissi,
     weissi_penalty,
 )
@@ -70,7 +73,7 @@ def test_coupled_weissi_adds_exactly_the_gradient_of_weissi_penalty(form):
 def test_decoupled_weissi_adds_minus_learning_rate_times_the_penalty_gradient(form):
     params = make_params()
     grads = jax.tree.map(jnp.zeros_like, params)
-    transform = weissi(0.01, direction_weight=0.02, learning_rate=0.1, form=form)
+    transform = decoupled_weissi(0.01, direction_weight=0.02, learning_rate=0.1, form=form)
     updates, _ = transform.update(grads, transform.init(params), params)
     penalty_grad = jax.grad(weissi_penalty)(
         params, weight_decay=0.01, direction_weight=0.02, form=form
@@ -83,7 +86,7 @@ def test_decoupled_weissi_clamp_never_flips_the_sign_of_a_small_layer():
     # ||W||^2 = 4e-4 << lr * wd = 0.5: unclamped, W - lr wd W/||W||^2 = W (1 - 1250).
     params = {"small": jnp.full((2, 2), 0.01), "big": jnp.full((2, 2), 10.0)}
     grads = jax.tree.map(jnp.zeros_like, params)
-    transform = weissi(0.5, learning_rate=1.0)
+    transform = decoupled_weissi(0.5, learning_rate=1.0)
     updates, _ = transform.update(grads, transform.init(params), params)
     new = optax.apply_updates(params, updates)
     np.testing.assert_array_equal(new["small"], 0.0)
@@ -161,8 +164,8 @@ def test_weissi_values_and_gradients_are_finite_at_zero_and_tiny_norms(scale):
         value, grad = jax.value_and_grad(weissi_penalty)(params, **arguments)
         assert np.isfinite(value)
         assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(grad))
-        for learning_rate in (None, 0.1):
-            transform = weissi(0.1, learning_rate=learning_rate, **arguments)
+        for transform in (weissi(0.1, **arguments),
+                          decoupled_weissi(0.1, learning_rate=0.1, **arguments)):
             updates, _ = transform.update(params, transform.init(params), params)
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(updates))
     # At W = 0 exactly the direction term and its gradient are 0.
@@ -215,3 +218,39 @@ def test_sharded_params_give_the_same_weissi_updates():
         sharded_grads, transform.init(sharded_params), sharded_params
     )
     assert_trees_close(updates, expected, rtol=1e-6)
+
+
+def test_weissi_with_a_learning_rate_is_deprecated_and_gives_the_decoupled_updates():
+    params = make_params()
+    grads = jax.tree.map(lambda leaf: 0.1 * jnp.ones_like(leaf), params)
+    schedule = optax.exponential_decay(0.5, 1, 0.5)
+    for form in FORMS:
+        arguments = {"direction_weight": 0.05, "form": form, "eps": 1e-10}
+        new = decoupled_weissi(0.2, learning_rate=schedule, **arguments)
+        first, second, message = call_twice_warning_once(
+            weissi, 0.2, learning_rate=schedule, **arguments)
+        assert "use jaxtricks.decoupled_weissi(..., learning_rate=lr)" in message
+        for old in (first, second):  # three steps: the schedule and the clamp agree too
+            old_state, new_state = old.init(params), new.init(params)
+            for _ in range(3):
+                old_updates, old_state = old.update(grads, old_state, params)
+                new_updates, new_state = new.update(grads, new_state, params)
+                jax.tree.map(np.testing.assert_array_equal, old_updates, new_updates)
+            jax.tree.map(np.testing.assert_array_equal, old_state, new_state)
+
+
+def test_coupled_and_decoupled_weissi_are_the_two_forms_of_the_l2_pair():
+    # weissi is coupled (no learning rate, never warns); decoupled_weissi needs one.
+    params = {"w": jnp.full((2, 2), 0.5)}  # ||w||^2 = 1
+    zeros = {"w": jnp.zeros((2, 2))}
+    coupled = weissi(0.1)
+    decoupled = decoupled_weissi(0.1, learning_rate=0.5)
+    np.testing.assert_allclose(coupled.update(zeros, coupled.init(params), params)[0]["w"],
+                               0.1 * 0.5)
+    np.testing.assert_allclose(decoupled.update(zeros, decoupled.init(params), params)[0]["w"],
+                               -0.5 * 0.1 * 0.5)
+    with pytest.raises(TypeError, match="learning_rate"):
+        decoupled_weissi(0.1)
+    with pytest.raises(ValueError, match="learning_rate must lie in"):
+        decoupled_weissi(0.1, learning_rate=-1.0)
+    assert regularizers.decoupled_weissi is decoupled_weissi

@@ -35,8 +35,32 @@ def check_scalar(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Checks that `value` is a scalar (its shape, always) and, where concrete, finite,
-    real and in range.
+    """Checks that `value` is a scalar (its shape, always) and, where concrete, a finite
+    real number in range (see `check_values`).
+
+    Raises:
+        ValueError: naming the argument, for an array of another shape (a vector
+            hyper-parameter would silently broadcast per example or per class), a string
+            or a callable, or a value `check_values` refuses.
+    """
+    if callable(value) or isinstance(value, str):
+        raise ValueError(f"{name} must be a scalar number, got {value!r}.")
+    shape = getattr(value, "shape", None)
+    check_shape(name, np.shape(value) if shape is None else shape, ())
+    check_values(name, value, low=low, high=high, low_inclusive=low_inclusive,
+                 high_inclusive=high_inclusive)
+
+
+def check_values(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Checks that every entry of a concrete array is a finite real number in range.
 
     Args:
         name: the argument's name, used in the message.
@@ -45,16 +69,8 @@ def check_scalar(
         low_inclusive, high_inclusive: whether each bound itself is allowed.
 
     Raises:
-        ValueError: naming the argument, the expected range and the value, for an array
-            of another shape (a vector hyper-parameter would silently broadcast per
-            example or per class), a string or a callable.
+        ValueError: naming the argument, the expected range and the value.
     """
-    if callable(value) or isinstance(value, str):
-        raise ValueError(f"{name} must be a scalar number, got {value!r}.")
-    shape = getattr(value, "shape", None)
-    if shape is None:
-        shape = np.shape(value)
-    check_shape(name, shape, ())
     array = concrete_value(value)
     if array is None:
         return

@@ -52,13 +52,13 @@ class GroupBaseline:
     deviation with `ddof` degrees of freedom of its group's or of the batch's centred
     rewards (`scale`), or none (`scale=None`):
 
-    | method | `center` | `scale` | `ddof` | source |
-    |---|---|---|---|---|
-    | GRPO | "group" | "group" | 1 (verl, tunix) | arXiv:2402.03300, eq. 3 (process: 1) |
-    | Dr. GRPO | "group" | None | - | arXiv:2503.20783, section 3 |
-    | REINFORCE++ | "batch" | "batch" | 0 | arXiv:2501.03262, section 3 |
-    | REINFORCE++ with baseline | "group" | "batch" | 0 | verl's `reinforce_plus_plus_baseline` |
-    | FZOO (zeroth order) | "unperturbed" | "batch" | 0 | arXiv:2506.09034, eq. 4 |
+    - GRPO: `center="group"`, `scale="group"`, `ddof=1` as verl and tunix compute it
+      (arXiv:2402.03300, eq. 3);
+    - Dr. GRPO: `center="group"`, `scale=None` (arXiv:2503.20783, section 3);
+    - REINFORCE++: `center="batch"`, `scale="batch"`, `ddof=0` (arXiv:2501.03262);
+      with a group baseline (verl's `reinforce_plus_plus_baseline`), `center="group"`;
+    - FZOO (zeroth order): `center="unperturbed"`, `scale="batch"`, `ddof=0`
+      (arXiv:2506.09034).
 
     Every one is biased: `m_i` includes `r_i` itself (Dr. GRPO's expectation is exactly
     `(1 - 1/group_size)` times the gradient; "leave_one_out" removes that), and `s_i`
@@ -73,6 +73,19 @@ class GroupBaseline:
         ddof: the degrees of freedom of the standard deviation (0: population, 1:
             sample, as `torch.std`).
         eps: added to the standard deviation (GRPO's implementations: 1e-6).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> grpo = estimators.GroupBaseline(group_size=2)
+        >>> jnp.round(grpo.advantages(jnp.array([1.0, 0.0, 0.5, 0.5])), 4)  # 2 groups
+        Array([ 0.7071, -0.7071,  0.    ,  0.    ], dtype=float32)
+
+    References:
+        Shao et al. (GRPO), https://arxiv.org/abs/2402.03300; Liu et al. (Dr. GRPO),
+        https://arxiv.org/abs/2503.20783; Hu (REINFORCE++),
+        https://arxiv.org/abs/2501.03262; Kool, van Hoof & Welling, "Buy 4 REINFORCE
+        samples, get a baseline for free!" (2019), for the leave-one-out alternative.
     """
 
     group_size: int | None = None

@@ -17,9 +17,13 @@ from jaxtricks.estimators import _baselines, _directions, _forward_gradient, _ze
 class EstimateState(NamedTuple):
     """The state of `zeroth_order_estimate` and `forward_gradient_estimate`.
 
-    count: the number of updates so far (int32).
-    key: the raw data of the transform's threefry key (uint32[2], as `optax.add_noise`
-        keeps its `rng_key`, so that the state saves like any array).
+    Attributes:
+        count: the number of updates so far (int32).
+        key: the raw data of the transform's threefry key (uint32[2]; `optax.add_noise`
+            keeps its `rng_key` too), so that the state saves like any array.
+
+    References:
+        Optax's `AddNoiseState`, https://optax.readthedocs.io (the key in the state).
     """
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in optax

@@ -32,7 +32,7 @@ def _per_class(name: str, values: jax.typing.ArrayLike, num_classes: int) -> jax
             f"{name} must be a scalar or have shape ({num_classes},) (one entry per "
             f"class), got shape {values.shape}."
         )
-    checks.check_scalar(name, values, low=0.0)
+    checks.check_values(name, values, low=0.0)
     return values
 
 

@@ -17,7 +17,7 @@ def _check_priors(priors: jax.typing.ArrayLike, num_classes: int) -> jax.Array:
     """Checks class priors (or counts): shape `[K]`, finite, >= 0, positive sum."""
     priors = jnp.asarray(priors)
     checks.check_shape("class_priors", priors.shape, (num_classes,))
-    checks.check_scalar("class_priors", priors, low=0.0)
+    checks.check_values("class_priors", priors, low=0.0)
     concrete = checks.concrete_value(priors)
     if concrete is not None and not np.sum(concrete) > 0:
         raise ValueError(

@@ -281,7 +281,7 @@ def _checked_weights(
     if weights is None:
         return jnp.ones((n,), jnp.float32)
     checks.check_shape("weights", np.shape(weights), (n,))
-    checks.check_scalar("weights", weights, low=0.0)
+    checks.check_values("weights", weights, low=0.0)
     return jnp.asarray(weights, jnp.float32)
 
 
