@@ -33,10 +33,12 @@ def forward_gradient(
     `zeroth_order_grad`, unbiased for the gradient itself (`E[p w^T] = I`), with no step
     size, no rounding floor and no smoothing bias. For Gaussian directions and a
     gradient `g`, the estimate's covariance is `(||g||^2 I + g g^T) / n`. It needs a
-    differentiable `fn`; a jvp costs about two evaluations and stores the tangents of
-    one evaluation's activations (about inference memory, not backprop's). The
-    strategies and their memory are those of `zeroth_order_grad` (one direction, in
-    blocks, or one at a time by the seed trick where two outgrow a block).
+    forward-differentiable `fn`; a jvp costs about two evaluations and holds the primal
+    and tangent activations of each evaluation it runs at once. The strategies are those
+    of `zeroth_order_grad`: blocks of directions where two fit the block budget, else
+    one at a time (XLA's plan on CPU: 0.87x `jax.grad`'s peak on OPT-1.3B shapes, but
+    1.4-1.5x on small decoders whose blocks run several jvps at once; pass
+    `chunk_size=1` for one at a time).
 
     Args:
         fn: `fn(params) -> scalar`, differentiable in forward mode.
