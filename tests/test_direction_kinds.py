@@ -204,15 +204,15 @@ def test_a_user_defined_kind_is_unbiased_with_its_own_trace():
 def test_a_user_defined_kind_runs_through_the_update_and_sharding():
     kind = Uniform()
     grad = estimators.zeroth_order_grad(quadratic, X, jax.random.key(6), num_samples=8,
-                                        directions=kind, chunk_size=2)
+                                        sigma=0.1, directions=kind, chunk_size=2)
     updated, _ = estimators.zeroth_order_update(quadratic, X, jax.random.key(6),
                                                 learning_rate=0.1, num_samples=8,
-                                                directions=kind)
+                                                sigma=0.1, directions=kind)
     jax.tree.map(lambda u, x, g: np.testing.assert_allclose(u, x - 0.1 * g, rtol=1e-4,
                                                             atol=1e-4), updated, X, grad)
     mesh = Mesh(np.array(jax.devices()[:4]), ("samples",))
     sharded = estimators.zeroth_order_grad(
-        quadratic, X, jax.random.key(6), num_samples=8, directions=kind,
+        quadratic, X, jax.random.key(6), num_samples=8, sigma=0.1, directions=kind,
         sample_sharding=NamedSharding(mesh, PartitionSpec("samples")))
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5),
                  sharded, grad)

@@ -20,15 +20,16 @@ def loss(params):
     return jnp.sum(params["w"] ** 2 * jnp.array([1.0, 3.0])) + jnp.sum(jnp.sin(params["b"]))
 
 
-close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6)
+# float32 differences of values, divided by sigma: a few ulps of f over sigma.
+close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize(
     ("transform", "function"),
-    [(functools.partial(estimators.zeroth_order_estimate, num_samples=8, sigma=0.01,
+    [(functools.partial(estimators.zeroth_order_estimate, num_samples=8, sigma=0.1,
                         directions="low_rank"),
-      functools.partial(estimators.zeroth_order_grad, num_samples=8, sigma=0.01,
+      functools.partial(estimators.zeroth_order_grad, num_samples=8, sigma=0.1,
                         directions="low_rank")),
      (functools.partial(estimators.forward_gradient_estimate, num_samples=4),
       functools.partial(estimators.forward_gradient, num_samples=4))],

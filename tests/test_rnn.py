@@ -615,6 +615,18 @@ def test_norms_of_huge_tiny_and_zero_jacobians_and_gradients_are_computed_scaled
     np.testing.assert_allclose(got.carry, [np.sqrt(3) * 1e20] * 2, rtol=1e-6)
 
 
+def test_a_bfloat16_carry_keeps_its_log_scales_in_float32():
+    # The block is rescaled by its largest entry, a bfloat16 number; its logarithm must
+    # still be taken in float32 (a bfloat16 log is good to 3 digits only). 37.25 is a
+    # bfloat16 number, so XLA's excess precision cannot change the product.
+    step = lambda h, x: (jnp.asarray(37.25, h.dtype) * h, h)  # noqa: E731
+    got = rnn.jacobian_norms(step, jnp.ones(3, jnp.bfloat16), jnp.zeros((3, 3), jnp.bfloat16),
+                             log_space=True)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, np.arange(1, 4) * np.log(37.25),
+                               rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_huge_and_tiny_jacobians_neither_overflow_nor_underflow_inside():
     # ||1e20 I_3|| = 1e20 and 1.7e20 are finite in float32, but the squares of the

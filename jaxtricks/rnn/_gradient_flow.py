@@ -134,15 +134,17 @@ def _norms_over_time(tree: Any, length: int) -> jax.Array:
     Each row is divided by its largest `|entry|` before it is squared and multiplied back
     after the square root, so gradients of 1e20 or 1e-21 neither overflow nor flush to
     zero in float32; a row of zeros gives 0 with a zero gradient (both `where`s of the
-    double-`where` trick), an infinite entry inf, a NaN entry NaN.
+    double-`where` trick), an infinite entry inf, a NaN entry NaN. The scale is held
+    constant under differentiation (the norm is homogeneous, so the derivative is that
+    of the unscaled norm).
     """
     leaves = jax.tree.leaves(tree)
     dtype = jnp.result_type(*leaves, jnp.float32)
     rows = [leaf.astype(dtype).reshape(length, math.prod(leaf.shape[1:])) for leaf in leaves]
-    peak = functools.reduce(
+    peak = jax.lax.stop_gradient(functools.reduce(
         jnp.maximum, [jnp.max(jnp.abs(row), axis=1, initial=0) for row in rows],
         jnp.zeros(length, dtype),
-    )
+    ))
     zero, infinite = peak == 0, peak == jnp.inf
     safe_peak = jnp.where(zero | infinite, jnp.ones_like(peak), peak)
     squares = sum(

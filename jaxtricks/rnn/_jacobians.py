@@ -267,18 +267,25 @@ def _leaf_blocks(carry: Carry) -> list[slice]:
 
 
 def _rescaled(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`(log p, matrix / p)` for `p = max |entry|`, in `matrix`'s dtype.
+    """`(log p, matrix / p)` for `p = max |entry|`: the quotient in `matrix`'s dtype, the
+    logarithm in at least float32 (a bfloat16 log would lose 3 digits).
 
     Dividing by the largest entry, rather than by a norm, keeps every square that a norm
     takes of the result in [0, 1] (the squares of entries of 1e20 overflow float32, and
     those of 1e-21 flush to zero). An exactly-zero matrix gives `(-inf, matrix)`, with
     both `where`s (the double-`where` trick) keeping `log 0` and `0 / 0` out of the
     gradient, which is then 0 and not NaN; a NaN entry gives a NaN `log p`.
+
+    `p` is held constant under differentiation: a norm is homogeneous, so
+    `log p + log ||M / p||` has the derivative of `log ||M||` whatever `p` is, and the
+    derivative of `max` (which finds the entries equal to the maximum) is not needed;
+    it gave NaN when the backward pass recomputed the entries an ulp apart.
     """
-    peak = jnp.max(jnp.abs(matrix), initial=0)
+    peak = jax.lax.stop_gradient(jnp.max(jnp.abs(matrix), initial=0))
     zero = peak == 0
     safe_peak = jnp.where(zero, jnp.ones_like(peak), peak)
-    log_peak = jnp.where(zero, -jnp.inf, jnp.log(safe_peak))
+    wide = jnp.promote_types(matrix.dtype, jnp.float32)
+    log_peak = jnp.where(zero, -jnp.inf, jnp.log(safe_peak.astype(wide)))
     return log_peak, matrix / safe_peak
 
 
