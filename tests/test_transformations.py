@@ -105,6 +105,23 @@ def _optax_row(name, make, **flags):
     return Row(name, build, out_dtype="same", **flags)
 
 
+def _params_objective(params):
+    return sum(jnp.sum(jnp.sin(leaf) + 0.5 * leaf**2) for leaf in jax.tree.leaves(params))
+
+
+def _estimate_row(name, make, **flags):
+    """An estimator as an Optax transform: init + one update with `value_fn`."""
+    def build(dtype):
+        def fn(key, params):
+            tx = make(key)
+            updates, _ = tx.update(None, tx.init(params), params, value_fn=_params_objective)
+            return optax.apply_updates(params, updates)
+
+        return fn, (_params(dtype),)
+
+    return Row(name, build, key=True, out_dtype="same", **flags)
+
+
 def _tanh_step(matrix):
     return lambda h, x: (jnp.tanh(matrix @ h + x), h)
 
@@ -371,6 +388,19 @@ ROWS = (
     Row("estimators.zeroth_order_grad[orthogonal]",
         functools.partial(_build_zeroth_order_grad, directions="orthogonal"), key=True),
     Row("estimators.forward_gradient", _build_forward_gradient, key=True),
+    _estimate_row("estimators.zeroth_order_estimate", lambda key: estimators.zeroth_order_estimate(
+        key, num_samples=4, sigma=0.1)),
+    _estimate_row("estimators.forward_gradient_estimate",
+                  lambda key: estimators.forward_gradient_estimate(key, num_samples=2)),
+    Row(
+        "estimators.keep_best_step",
+        lambda dtype: (
+            (lambda params, grads: optax.apply_updates(params, estimators.keep_best_step().update(
+                grads, optax.EmptyState(), params, value_fn=_params_objective)[0])),
+            (_params(dtype), jax.tree.map(lambda g: _arr(g, dtype), _GRADS)),
+        ),
+        fd=False, out_dtype="same",  # a choice among three steps: piecewise in params
+    ),
     Row("estimators.forward_gradient[low_rank]",
         functools.partial(_build_forward_gradient, directions=estimators.LowRank(1)), key=True),
     Row("estimators.zeroth_order_update", _build_zeroth_order_update, key=True),
