@@ -76,11 +76,14 @@ def zeroth_order_estimate(
         >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
         >>> tx = optax.chain(estimators.zeroth_order_estimate(
         ...     jax.random.key(0), num_samples=16), optax.sgd(0.05))
+        >>> @jax.jit
+        ... def step(params, state):
+        ...     updates, state = tx.update(params, state, params, value_fn=loss)
+        ...     return optax.apply_updates(params, updates), state
         >>> params = jnp.zeros(3)
         >>> state = tx.init(params)
         >>> for _ in range(100):
-        ...     updates, state = tx.update(params, state, params, value_fn=loss)
-        ...     params = optax.apply_updates(params, updates)
+        ...     params, state = step(params, state)
         >>> bool(loss(params) < 0.1)
         True
 
