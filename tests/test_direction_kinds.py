@@ -98,6 +98,7 @@ def test_orthogonal_directions_are_orthogonal_with_chi_norms():
     jax.tree.map(np.testing.assert_array_equal, perturbations, weights)
 
 
+@pytest.mark.slow
 def test_orthogonal_blocks_equal_the_stored_group(monkeypatch):
     # Two groups of 15 in blocks of one group each, against every direction at once.
     monkeypatch.setattr(_one_pass, "CPU_BLOCK_ELEMENTS", 16 * D)
@@ -134,6 +135,7 @@ def test_low_rank_leaves_are_rank_r_and_others_gaussian():
 
 
 @pytest.mark.parametrize("directions", [estimators.LowRank(2), "gaussian"])
+@pytest.mark.slow
 def test_the_seed_trick_gives_the_stored_numbers(directions):
     # Each direction drawn again, leaf by leaf, from its key, against every one stored.
     estimate = functools.partial(estimators.zeroth_order_grad, quadratic, X,
@@ -167,6 +169,7 @@ def test_rbg_keys_give_unbiased_estimates_by_every_strategy(impl, options):
     moments.assert_mean_is(samples, GRAD, covariance)
 
 
+@pytest.mark.slow
 def test_rbg_keys_give_the_numbers_of_the_threefry_key_of_the_same_seed():
     for function in (
         lambda k: estimators.zeroth_order_grad(quadratic, X, k, num_samples=8, chunk_size=2),
@@ -201,6 +204,7 @@ def test_a_user_defined_kind_is_unbiased_with_its_own_trace():
     _assert_trace_is(samples, Uniform().variance_factor(D) * (GRAD @ GRAD))
 
 
+@pytest.mark.slow
 def test_a_user_defined_kind_runs_through_the_update_and_sharding():
     kind = Uniform()
     grad = estimators.zeroth_order_grad(quadratic, X, jax.random.key(6), num_samples=8,
@@ -236,6 +240,7 @@ def test_the_precision_floor_comes_from_the_kind_not_its_name():
 
 # ------------------------------------------------------------------ forward gradient
 @pytest.mark.parametrize("directions", ["gaussian", "sphere", estimators.LowRank(2)])
+@pytest.mark.slow
 def test_forward_gradient_is_the_jacobian_times_each_direction(directions):
     with enable_x64():
         params = jax.tree.map(lambda x: x.astype(jnp.float64), X)
@@ -252,6 +257,7 @@ def test_forward_gradient_is_the_jacobian_times_each_direction(directions):
                 np.testing.assert_allclose(samples[name][i], derivative * w[name], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_forward_gradient_strategies_agree_and_match_the_gaussian_covariance():
     estimate = functools.partial(estimators.forward_gradient, quadratic, X,
                                  jax.random.key(12), num_samples=8)

@@ -35,6 +35,7 @@ close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5)
       functools.partial(estimators.forward_gradient, num_samples=4))],
     ids=["zeroth order", "forward gradient"],
 )
+@pytest.mark.slow
 def test_step_t_is_the_function_with_the_key_folded_with_t(transform, function, legacy):
     key = jax.random.PRNGKey(3) if legacy else jax.random.key(3)
     tx = transform(key)
@@ -55,6 +56,7 @@ def test_chained_with_sgd_it_is_zeroth_order_sgd():
     jax.tree.map(close, updates, optax.tree.scale(-0.1, expected))
 
 
+@pytest.mark.slow
 def test_multisteps_after_it_accumulates_the_estimates_of_each_step():
     key = jax.random.key(6)
     tx = optax.chain(estimators.zeroth_order_estimate(key, num_samples=4, sigma=0.01),
@@ -83,6 +85,7 @@ def test_inject_hyperparams_sets_sigma_and_the_learning_rate_at_run_time():
     jax.tree.map(close, updates, optax.tree.scale(-0.1, expected))
 
 
+@pytest.mark.slow
 def test_a_donated_jitted_step_and_nnx_optimizer_train():
     class Model(nnx.Module):
         def __init__(self):
@@ -130,6 +133,7 @@ def test_update_without_value_fn_is_refused_naming_it():
         tx.update(X, tx.init(X), X)
 
 
+@pytest.mark.slow
 def test_zo_sgd_cons_follows_a_direct_float64_implementation_step_by_step():
     # ZO-Bench's ZO-SGD-Cons: x_{t+1} = argmin over {x - lr g, x + lr g, x} of f.
     key, learning_rate = jax.random.key(9), 0.2

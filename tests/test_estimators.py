@@ -613,6 +613,7 @@ def test_a_four_word_prng_key_is_an_rbg_key_under_the_rbg_default():
     np.testing.assert_array_equal(two_words, estimate(jax.random.PRNGKey(0)))
 
 
+@pytest.mark.slow
 def test_empty_leaves_count_and_integer_values_are_cast_to_float():
     params = {"a": jnp.asarray(X, jnp.float32), "empty": jnp.zeros((0, 3))}
     for estimate in (

@@ -488,7 +488,8 @@ KEY_ROWS = [row for row in ROWS if row.key]
 SLOW_FUNCTIONS = {"validation.adversarial_validation", "estimators.policy_gradient",
                   "estimators.categorical_policy", "teaforn.teaforn_loss",
                   "losses.cross_entropy_weights", "rnn.jacobian_norms",
-                  "rnn.gradient_norms_over_time"}
+                  "rnn.gradient_norms_over_time", "estimators.zeroth_order_estimate",
+                  "estimators.forward_gradient_estimate"}
 
 
 def _cases(rows):
