@@ -199,3 +199,16 @@ def test_every_binary_loss_takes_where_and_ignores_what_it_masks(name):
     np.testing.assert_array_equal(grads[~keep], 0.0)
     with pytest.raises(ValueError, match=r"where must have shape \(10,\)"):
         loss(logits, labels, where=keep[:4])
+
+
+@pytest.mark.parametrize("name", BINARY_LOSSES)
+@pytest.mark.parametrize("label", [-1.0, 2.0])
+def test_labels_outside_zero_one_are_refused_unless_masked(name, label):
+    # A padding marker (-1) was trained as a label: smoothed accuracy left [-1, 0].
+    loss = BINARY_LOSSES[name]
+    logits, labels = jnp.array([2.0, -1.0, 0.5]), jnp.array([label, 0.0, 1.0])
+    with pytest.raises(ValueError, match="labels must lie in"):
+        loss(logits, labels)
+    where = jnp.array([False, True, True])
+    np.testing.assert_allclose(loss(logits, labels, where=where),
+                               loss(logits, labels.at[0].set(1.0), where=where))

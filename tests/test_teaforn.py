@@ -733,3 +733,22 @@ def test_the_former_string_feeds_give_identical_outputs_and_warn_once(feed, top_
                    "topk": "TopKFeed(embedding, k=top_k)", "argmax": "ArgmaxFeed(embedding)"}
     assert f"feed=jaxtricks.teaforn.{replacement[feed]}" in message
     assert "teaforn_loss's string feed" in message
+
+
+def test_integer_input_embeddings_or_table_are_refused_not_truncated():
+    # Each pass cast its fed vectors to the inputs' dtype: int truncated them silently.
+    table = jnp.linspace(-1, 1, 20).reshape(5, 4)
+    tokens = jnp.array([[0, 3, 1, 4, 2], [0, 2, 2, 1, 3]])
+    inputs, targets = table[tokens[:, :-1]], tokens[:, 1:]
+
+    def body(e):
+        return jnp.tanh(jnp.cumsum(e / 10.0, -2))
+
+    def output(h):
+        return h @ table.T
+
+    with pytest.raises(ValueError, match="input_embeddings must have a floating dtype"):
+        teaforn.teaforn_loss(body, output, (inputs * 10).astype(jnp.int32), targets, n=2)
+    with pytest.raises(ValueError, match="embedding must have a floating dtype"):
+        teaforn.teaforn_loss(body, output, inputs, targets, n=2,
+                             feed=teaforn.SoftFeed(table.astype(jnp.int32)))

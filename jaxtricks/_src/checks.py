@@ -90,6 +90,12 @@ def check_values(
         raise ValueError(f"{name} must lie in {left}{lo}, {hi}{right}, got {_show(array)}.")
 
 
+def check_floating(name: str, array: Any) -> None:
+    """Raises a ValueError unless `array` has a (real) floating dtype."""
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {array.dtype}.")
+
+
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
     """Checks that `value` is a Python integer >= `minimum` (a static size or count)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):

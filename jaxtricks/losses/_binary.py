@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtricks._src import checks, dtypes
-from jaxtricks.losses import _common
 
 
 def binary_inputs(
@@ -27,10 +27,32 @@ def binary_inputs(
     """Floating logits in the compute dtype and labels of the same shape and dtype."""
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
-    _common.check_floating("logits", logits)
+    checks.check_floating("logits", logits)
     checks.check_shape("labels", labels.shape, logits.shape)
     dtype = dtypes.compute_dtype(logits.dtype)
     return logits.astype(dtype), labels.astype(dtype)
+
+
+def check_label_range(labels: jax.typing.ArrayLike, mask: jax.Array | None) -> None:
+    """Checks that concrete labels lie in `[0, 1]` (hard or soft) where `mask` counts them.
+
+    Raises:
+        ValueError: naming `labels` and the first offending entry: a padding marker
+            such as -1 would otherwise be trained as a label (mask it with `where`).
+    """
+    values = checks.concrete_value(labels)
+    counted = None if mask is None else checks.concrete_value(mask)
+    if values is None or (mask is not None and counted is None):
+        return
+    bad = ~((values >= 0) & (values <= 1)) & ~np.isnan(values.astype(float))
+    if counted is not None:
+        bad &= counted
+    if np.any(bad):
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"labels must lie in [0, 1], got {values[index]} at index {index}; mask "
+            "padding with `where`."
+        )
 
 
 def elementwise_mask(
@@ -60,6 +82,7 @@ def binary_loss(
     logits = jnp.asarray(logits)
     z, y = binary_inputs(logits, labels)
     mask = elementwise_mask(where, z.shape)
+    check_label_range(labels, mask)
     if mask is not None:
         z, y = jnp.where(mask, z, 0.0), jnp.where(mask, y, 0.0)
     loss = formula(z, y, mask)

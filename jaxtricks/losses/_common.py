@@ -25,12 +25,6 @@ from jaxtricks._src.typing import DTypeLike
 Axis = int | tuple[int, ...]
 
 
-def check_floating(name: str, array: jax.Array) -> None:
-    """Raises a ValueError unless `array` has a floating dtype."""
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise ValueError(f"{name} must have a floating dtype, got {array.dtype}.")
-
-
 def canonical_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     """`axis` (an int or a tuple of ints, as in optax) as sorted non-negative axes."""
     if isinstance(axis, bool) or not isinstance(axis, int | tuple):
@@ -103,7 +97,7 @@ def prepare(
     """
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
-    check_floating("logits", logits)
+    checks.check_floating("logits", logits)
     layout = class_layout(logits.shape, axis)
     batch_shape, num_classes = layout.batch_shape, layout.num_classes
     mask = None

@@ -141,7 +141,7 @@ def adjust_logits(
     """
     checks.check_scalar("tau", tau)
     logits = jnp.asarray(logits)
-    _common.check_floating("logits", logits)
+    checks.check_floating("logits", logits)
     class_axes = _common.canonical_axes(axis, logits.ndim)
     class_shape = tuple(logits.shape[i] for i in class_axes)
     priors = _check_priors(class_priors, math.prod(class_shape))

@@ -182,7 +182,9 @@ def _checked_embedding(
 ) -> jax.Array:
     checks.check_shape("embedding", np.shape(embedding),
                        (vocab_size, input_embeddings.shape[-1]))
-    return jnp.asarray(embedding)
+    embedding = jnp.asarray(embedding)
+    checks.check_floating("embedding", embedding)
+    return embedding
 
 
 def check_feed(feed: object) -> None:

@@ -293,6 +293,8 @@ def _checked_where(
             "input_embeddings must have shape [B, T, D], got shape "
             f"{input_embeddings.shape}."
         )
+    # Integer vectors would truncate the fed hidden states and mixtures of every pass.
+    checks.check_floating("input_embeddings", input_embeddings)
     checks.check_shape("targets", targets.shape, input_embeddings.shape[:-1])
     if where is None:
         return jnp.ones(targets.shape, bool)
