@@ -360,11 +360,14 @@ def test_nnx_step_refuses_a_cell_whose_batch_norm_updates_its_statistics():
 def test_nnx_step_refuses_a_state_write_under_a_trace_that_the_attributes_miss():
     # A cell drawing from its own Rngs (no deterministic flag): flax's TraceContextError
     # inside jacobian_norms before; now a ValueError pointing to cell.eval().
-    step = rnn.nnx_step(_NoisyCell(nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"cell must not write its state.*TraceContextError"
-                                         r".*cell\.eval\(\)") as error:
-        rnn.jacobian_norms(step, jnp.zeros(3), jnp.zeros((2, 2)))
-    assert isinstance(error.value.__cause__, flax.errors.TraceContextError)
+    # (flax 0.11, the declared minimum, raises no TraceContextError for it: nothing to
+    # translate there.)
+    if tuple(int(part) for part in flax.__version__.split(".")[:2]) >= (0, 12):
+        step = rnn.nnx_step(_NoisyCell(nnx.Rngs(0)))
+        with pytest.raises(ValueError, match=r"cell must not write its state.*"
+                                             r"TraceContextError.*cell\.eval\(\)") as error:
+            rnn.jacobian_norms(step, jnp.zeros(3), jnp.zeros((2, 2)))
+        assert isinstance(error.value.__cause__, flax.errors.TraceContextError)
     # Attention with a dropout rate of 0 draws nothing and is accepted in train mode.
     rnn.nnx_step(nnx.MultiHeadAttention(2, 4, dropout_rate=0.0, deterministic=False,
                                         rngs=nnx.Rngs(0)))
