@@ -55,13 +55,9 @@ def policy_gradient(
             sample `i` uses `jax.random.split(key, n)[i]`, passed to `sample_fn` as a
             typed key.
         num_samples: the number of samples `n`.
-        baseline: a name of `POLICY_BASELINES` or a scalar array: None (`b = 0`);
-            "mean" (`b = mean_j r_j`: expectation `(1 - 1/n) grad J`, biased);
-            "leave_one_out" (RLOO, `b_i = mean_{j!=i} r_j`, unbiased, equal to
-            `n/(n-1)` times the mean-baseline estimate); "optimal"
-            (`b* = E[r ||s||^2] / E[||s||^2]`, estimated leave-one-out, unbiased); or a
-            scalar constant. The vocabulary is `zeroth_order_grad`'s, whose
-            "unperturbed" (`f(x)`) has no counterpart here: pass that value as a scalar.
+        baseline: None, "mean" (biased: `(1 - 1/n) grad J`), "leave_one_out" (RLOO,
+            unbiased), "optimal" (`E[r ||s||^2] / E||s||^2`, leave-one-out), a scalar
+            or a `GroupBaseline` (GRPO and kin, biased); `_baselines` has the table.
         return_samples: return the per-sample estimates `(r_i - b_i) s_i`, each leaf with
             a leading `[num_samples]` axis; their mean over that axis is the estimate.
         sample_sharding: a `jax.sharding.Sharding` of the 1-D array of sample keys: the
@@ -90,9 +86,8 @@ def policy_gradient(
 
     References:
         Williams, REINFORCE (1992). Su, https://kexue.fm/archives/7737 (2020), for the
-        "optimal" baseline. Kool, van
-        Hoof & Welling, "Buy 4 REINFORCE samples, get a baseline for free!" (2019).
-        Mohamed et al., https://arxiv.org/abs/1906.10652.
+        "optimal" baseline. Kool, van Hoof & Welling, "Buy 4 REINFORCE samples, get a
+        baseline for free!" (2019). Mohamed et al., https://arxiv.org/abs/1906.10652.
     """
     key = keys.as_key(key, "key")
     _sampling.check_params(params)

@@ -39,26 +39,23 @@ def zeroth_order_grad(
     drawn from `jax.random.split(key, n)[i]`. With Gaussian directions the forward estimate
     is, sample by sample, REINFORCE on `N(x, sigma^2 I)` (`gaussian_policy`).
 
-    Memory: by default each block of directions is drawn once and evaluated in one
-    `lax.scan` step, and where two directions would outgrow a block (2^20 numbers on CPU,
-    2^27 on accelerators) the directions are taken one at a time by MeZO's seed trick, so
-    the default plans at most `jax.grad`'s peak. The strategies and their planned memory
-    are tabulated on the estimators page; `sigma` is raised to the smallest step the
-    params' dtype resolves (see `rounding_floor_sigma` for the values' own floor).
+    By default blocks of directions are drawn once and evaluated in a `lax.scan`; where
+    two directions would outgrow a block (2^20 numbers on CPU), they are taken one at a
+    time by MeZO's seed trick, so the default plans at most `jax.grad`'s peak (the
+    estimators page tabulates the strategies). `sigma` is raised to the smallest step
+    the params' dtype resolves.
 
     Args:
         fn: `fn(params) -> scalar`, the objective (need not be differentiable).
         params: the point `x`, a non-empty pytree of real floating arrays.
         key: a `jax.random.key` (threefry, rbg or unsafe_rbg) or a legacy `PRNGKey`.
         num_samples: the number of perturbed evaluations of `fn` (even if antithetic).
-        sigma: the perturbation scale, a scalar `> 0` (1e-3, MeZO's, for smooth
-            objectives; a non-smooth one needs the scale over which it changes).
+        sigma: a scalar `> 0`: 1e-3 (MeZO's) for smooth objectives, else their scale.
         antithetic: central differences over `±p` (the baseline is then unused).
         directions: a name of `DIRECTION_KINDS` ("gaussian", "sphere", "rademacher",
             "orthogonal", "low_rank") or a `DirectionKind`, a user's own included.
-        baseline: `b_i` of forward differences: "unperturbed" (`f(x)`), None (0),
-            "mean", "leave_one_out", "optimal" (Su's `E[f ||w||^2] / E||w||^2`,
-            leave-one-out) or a scalar; booleans are refused.
+        baseline: `b_i` of forward differences: "unperturbed" (`f(x)`), a name or a
+            `GroupBaseline` as in `policy_gradient`, or a scalar.
         chunk_size: evaluations per chunk (a divisor of `num_samples`, even when
             antithetic) to bound memory by hand, or None for the default above.
         return_samples: return the per-direction estimates `c_i w_i` (leading axis `n`).
