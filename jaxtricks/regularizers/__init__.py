@@ -17,7 +17,8 @@ from jaxtricks.regularizers._weight_decay import (
     l2_penalty,
     l2_regularization,
 )
-from jaxtricks.regularizers._weissi import decoupled_weissi, weissi, weissi_penalty
+from jaxtricks.regularizers._weissi import weissi_penalty
+from jaxtricks.regularizers._weissi_transforms import decoupled_weissi, weissi
 
 __all__ = (
     "CountState",
