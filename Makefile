@@ -1,9 +1,10 @@
 # `make test` and `make bench` each create .venv when missing and install what they need.
-# `make test` runs lint, the type check, the fast tier of the suite with the docstring
-# examples (doctests) and the documentation build; `make docs` builds only the site, into
-# docs/_build/html. `make test-slow` runs the rest: the tests marked slow and the tests
-# of benchmarks/ (every benchmark at its smoke size). `make test-floor` runs the library's
-# whole suite (both tiers and the doctests) at the declared minimum versions, in
+# `make test` runs lint, the type check, the fast tier of the library's suite (tests/) with
+# the docstring examples (doctests) and the documentation build; `make docs` builds only
+# the site, into docs/_build/html. `make test-slow` runs the rest of the library's suite:
+# the tests marked slow. `make test-bench` installs the bench extra too and runs the tests
+# of benchmarks/ (benchmarks/tests: every benchmark at its smoke size). `make test-floor`
+# runs the fast tier and the doctests again at the declared minimum versions, in
 # .venv-floor.
 # `make check-dist` builds the sdist and wheel, runs twine check and imports the installed
 # wheel in fresh venvs (.ci/check-dist).
@@ -31,7 +32,7 @@ JAX_PLATFORMS_cuda12 := cuda
 JAX_PLATFORMS_cuda13 := cuda
 JAX_PLATFORMS_tpu := tpu
 
-.PHONY: test test-slow test-floor bench lint typecheck docs check-dist clean
+.PHONY: test test-slow test-bench test-floor bench bench-full lint typecheck docs check-dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,10 @@ $(PY):
 
 $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[test,docs]"
+	touch $@
+
+$(VENV)/.bench-test-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 
 $(VENV)/.bench-installed-$(BACKEND): pyproject.toml | $(PY)
@@ -63,20 +68,29 @@ docs: $(VENV)/.test-installed
 	$(PY) -m sphinx -W --keep-going -q -j auto -b html docs docs/_build/html
 
 test: lint typecheck
-	$(PY) -m pytest -m "not slow and not benchmarks"
+	$(PY) -m pytest -m "not slow"
 	$(MAKE) docs
 
 test-slow: $(VENV)/.test-installed
-	$(PY) -m pytest -m "slow or benchmarks"
+	$(PY) -m pytest -m slow
+
+test-bench: $(VENV)/.bench-test-installed
+	$(PY) -m pytest benchmarks/tests
 
 check-dist: $(VENV)/.test-installed
 	PY=$(PY) bash .ci/check-dist
 
 test-floor: $(FLOOR_VENV)/.test-installed
-	JAXTRICKS_FLOOR_CONSTRAINTS=$(FLOOR_CONSTRAINTS) $(FLOOR_PY) -m pytest -m "not benchmarks"
+	JAXTRICKS_FLOOR_CONSTRAINTS=$(FLOOR_CONSTRAINTS) $(FLOOR_PY) -m pytest -m "not slow"
 
+# `make bench`, the main job: every benchmark at the quick size (about 13 minutes on 2 CPU
+# cores); `make bench-full`: the full size, the figures of the README (well over an hour).
+# ARGS goes to the runner: `make bench ARGS="losses --tag bf16"`.
 bench: $(VENV)/.bench-installed-$(BACKEND)
-	JAX_PLATFORMS=$(JAX_PLATFORMS_$(BACKEND)) $(PY) -m benchmarks $(ARGS)
+	JAX_PLATFORMS=$(JAX_PLATFORMS_$(BACKEND)) $(PY) -m benchmarks --size quick $(ARGS)
+
+bench-full: $(VENV)/.bench-installed-$(BACKEND)
+	JAX_PLATFORMS=$(JAX_PLATFORMS_$(BACKEND)) $(PY) -m benchmarks --size full $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) benchmarks/results docs/_build

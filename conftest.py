@@ -1,6 +1,7 @@
-"""Test configuration for the suite (tests/) and the docstring examples (jaxtricks/, run
-as doctests): four host devices, so sharding tests run on any machine, and cheap
-compilation.
+"""Test configuration for the suite (tests/), the docstring examples (jaxtricks/, run as
+doctests) and the tests of the benchmarks (benchmarks/tests/): this file sits above all
+three, so pytest applies it to each. Four host devices, so sharding tests run on any
+machine, and cheap compilation.
 
 XLA reads `XLA_FLAGS` when the backend starts, so this must run before JAX is used (it
 does: pytest imports conftest first, in every xdist worker too). The suite compiles
@@ -17,8 +18,11 @@ marked `@pytest.mark.optimized` and compile as users' programs do.
 """
 
 import os
+import pathlib
 
 import pytest
+
+_BENCHMARKS = pathlib.Path(__file__).parent / "benchmarks"
 
 _FLAGS = (
     "--xla_force_host_platform_device_count=4",
@@ -37,3 +41,16 @@ def _cheap_compiles_unless_optimized(request):
     jax.config.update(flag, request.node.get_closest_marker("optimized") is None)
     yield
     jax.config.update(flag, previous)
+
+
+@pytest.fixture(autouse=True)
+def _strict_dtype_promotion(request):
+    # Users may run under strict promotion (equinox tests under it): no implicit casts. Not
+    # benchmarks/, nor an example training with optax's Adam (`b1 ** count`, an int32 count).
+    import jax
+
+    example = getattr(request.node, "dtest", None)
+    standard = request.node.path.is_relative_to(_BENCHMARKS) or (
+        example is not None and "optax.adam" in example.docstring)
+    with jax.numpy_dtype_promotion("standard" if standard else "strict"):
+        yield

@@ -1,6 +1,12 @@
 """Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick | --size SIZE]
 [--tag T] [--list]`.
 
+`make bench` runs every benchmark at the quick size (the main job, about 13 minutes on 2
+CPU cores), `make bench-full` at the full size (the README's figures, well over an hour).
+One progress bar follows the run (on a terminal); each table is printed to fit 120
+columns and written in full to `benchmarks/results/`; the run ends with each benchmark's
+duration and the files it wrote.
+
 A benchmark that fails does not stop the others: its traceback is printed, the others
 run and write their results, and the run ends with the list of failures and exit
 status 1 (Ctrl-C still stops it at once).
@@ -20,6 +26,7 @@ import pkgutil
 import sys
 import time
 import traceback
+from typing import NamedTuple
 
 import benchmarks
 from benchmarks import _harness
@@ -92,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(catalogue)}"
     )
     parser.add_argument("--size", choices=_harness.SIZES, default="full",
-                        help="full (the README's figures), quick (reduced) or smoke (tiny, "
-                        "checks the code runs)")
+                        help="full (the README's figures, `make bench-full`; the default), "
+                        "quick (the main job, `make bench`: about 13 min in all on 2 CPU "
+                        "cores) or smoke (tiny, checks the code runs)")
     parser.add_argument("--quick", action="store_const", const="quick", dest="size",
                         help="the same as --size quick")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
@@ -113,14 +121,23 @@ def main(argv: list[str] | None = None) -> int:
 
     env = _harness.environment()
     label = _harness.run_label(args.tag)
-    print(
+    print(_harness.wrap(
         f"jaxtricks benchmarks on backend={env['backend']} "
         f"devices={env['device_count']} ({env['device_kind']}), jax {env['jax']}, "
         f"matmul precision {env['default_matmul_precision']}, x64={env['x64']}, "
-        f"{env['machine']}, {env['cpu_count']} CPUs; results *.{label}.json"
-        + ("" if args.size == "full" else f" [{args.size}]")
-    )
+        f"{env['machine']}, {env['cpu_count']} CPUs; size {args.size}; results "
+        f"*.{label}.json"
+    ))
     return run_all(selected, size=args.size, label=label)
+
+
+class Outcome(NamedTuple):
+    """What one benchmark did: its wall time, the files it wrote, its error in one line
+    (None when it succeeded)."""
+
+    seconds: float
+    files: list[pathlib.Path]
+    error: str | None
 
 
 def run_all(
@@ -130,18 +147,33 @@ def run_all(
     """Runs the benchmarks `names` in turn, whatever the ones before did.
 
     Returns the exit status: 0, or 1 when a benchmark failed (each failure's traceback
-    is printed when it happens, and all of them are listed at the end).
+    is printed when it happens; the closing summary gives each benchmark's duration and
+    files, then the failures).
     """
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        def tqdm(iterable, **_):
-            return iterable
-    failures = {}
-    for name in tqdm(names, desc="benchmarks", unit="benchmark"):
-        error = _run_one(name, size=size, label=label, results_dir=results_dir)
-        if error:
-            failures[name] = error
+        tqdm = None
+    # One bar, on a terminal only (disable=None): the section under way as its postfix.
+    bar = None if tqdm is None else tqdm(
+        total=len(names), desc="benchmarks", disable=None,
+        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}{postfix}")
+    outcomes, start = {}, time.perf_counter()
+    try:
+        for name in names:
+            def status(text, name=name):
+                if bar is not None:
+                    bar.set_postfix_str(f"{name}: {text}")
+            status("starting")
+            outcomes[name] = _run_one(name, size=size, label=label,
+                                      results_dir=results_dir, on_progress=status)
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    _harness.echo(_closing_summary(outcomes, size, time.perf_counter() - start, results_dir))
+    failures = {name: outcome.error for name, outcome in outcomes.items() if outcome.error}
     if not failures:
         return 0
     _harness.echo(
@@ -151,26 +183,56 @@ def run_all(
     return 1
 
 
-def _run_one(name: str, *, size: str, label: str, results_dir: pathlib.Path) -> str | None:
-    """Runs one benchmark and writes its results; returns its error in one line, if any.
+def _run_one(
+    name: str, *, size: str, label: str, results_dir: pathlib.Path, on_progress=None
+) -> Outcome:
+    """Runs one benchmark and writes its results.
 
     An `Exception` is caught and its traceback printed; a `KeyboardInterrupt` stops the
     whole run.
     """
-    report = _harness.Report(name, size=size, label=label, results_dir=results_dir)
+    report = _harness.Report(name, size=size, label=label, results_dir=results_dir,
+                             on_progress=on_progress)
     start = time.perf_counter()
     try:
         with _harness.fast_compiles(size == "smoke"):
             importlib.import_module(f"benchmarks.{name}").run(report)
-        path = report.write()
+        report.write()
     except Exception as error:
-        _harness.echo(
-            f"{name}: FAILED after {time.perf_counter() - start:.1f} s\n"
-            f"{traceback.format_exc()}"
-        )
-        return traceback.format_exception_only(error)[0].splitlines()[0]
-    _harness.echo(f"{name}: done in {time.perf_counter() - start:.1f} s -> {path}")
-    return None
+        seconds = time.perf_counter() - start
+        _harness.echo(f"{name}: FAILED after {_duration(seconds)}\n{traceback.format_exc()}")
+        return Outcome(seconds, report.files,
+                       traceback.format_exception_only(error)[0].splitlines()[0])
+    seconds = time.perf_counter() - start
+    _harness.echo(f"{name}: done in {_duration(seconds)}")
+    return Outcome(seconds, report.files, None)
+
+
+def _closing_summary(
+    outcomes: dict[str, Outcome], size: str, seconds: float, results_dir: pathlib.Path
+) -> str:
+    """Each benchmark's duration and the files it wrote (under `results_dir`)."""
+    try:
+        where = results_dir.resolve().relative_to(pathlib.Path.cwd())
+    except ValueError:
+        where = results_dir
+    width = max((len(name) for name in outcomes), default=0)
+    lines = [f"\n{len(outcomes)} benchmark(s) at the {size} size in {_duration(seconds)}; "
+             f"files in {where}/:"]
+    for name, outcome in outcomes.items():
+        files = ", ".join(path.name for path in outcome.files) or "no files"
+        lines.append(_harness.wrap(
+            f"  {name:{width}}  {_duration(outcome.seconds):>10}  "
+            f"{'FAILED; ' if outcome.error else ''}{files}"))
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """`41.6 s` or `3 min 05 s`."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
 
 
 if __name__ == "__main__":

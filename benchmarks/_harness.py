@@ -14,18 +14,23 @@ import json
 import os
 import pathlib
 import platform
+import textwrap
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any
 
 import jax
 import numpy as np
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
-# The sizes a benchmark runs at: the figures of the README, a reduced run of a few
-# seconds to a minute (`--quick`), and a tiny run that only checks the code works
-# (`--size smoke`, what the test suite runs).
+# The sizes a benchmark runs at: the figures of the README (`make bench-full`), the main
+# job's size (`--quick`, `make bench`: each table at a size that shows its point, every
+# benchmark in about 13 minutes on 2 CPU cores), and a tiny run that only checks the code
+# works (`--size smoke`, what the test suite runs).
 SIZES = ("full", "quick", "smoke")
+# The width of the terminal the runner prints for: a wider table is printed as several
+# (`screen_groups`), and every table is written whole to `<name>.<label>.md`.
+SCREEN_WIDTH = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +219,9 @@ class Report:
         size: one of `SIZES`: "full", "quick" or "smoke".
         quick: whether `size` is a reduced one ("quick" or "smoke").
         label: the run's label in file names (`run_label`: the backend and a tag).
-        results_dir: where `<name>.<label>.json` and the PNG plots go.
+        results_dir: where `<name>.<label>.json`, `<name>.<label>.md` (every table in
+            full) and the PNG plots go.
+        files: the paths written so far (plots, then the JSON and Markdown files).
     """
 
     def __init__(
@@ -224,7 +231,10 @@ class Report:
         size: str = "full",
         label: str | None = None,
         results_dir: pathlib.Path = RESULTS_DIR,
+        on_progress: Callable[[str], None] | None = None,
     ):
+        """`on_progress` receives a short status line whenever a section advances
+        (`progress`); the runner shows it on its progress bar."""
         if size not in SIZES:
             raise ValueError(f"size must be one of {SIZES}, got {size!r}.")
         self.name = name
@@ -235,6 +245,8 @@ class Report:
         self.tables: dict[str, list[dict[str, Any]]] = {}
         self.notes: dict[str, Any] = {}
         self.figures: list[str] = []
+        self.files: list[pathlib.Path] = []
+        self._on_progress = on_progress
         self._start = time.perf_counter()
 
     def sized(self, sizes: Mapping[str, Any]) -> Any:
@@ -244,23 +256,41 @@ class Report:
         return sizes[self.size]
 
     def progress(self, iterable: Iterable, desc: str, total: int | None = None):
-        """A progress bar over `iterable` (tqdm when installed)."""
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return iterable
-        return tqdm(iterable, desc=f"{self.name}: {desc}", total=total, leave=False)
+        """Yields `iterable`, telling `on_progress` "desc i/total" at each item (the
+        runner's one progress bar shows it; no bar of its own)."""
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
+        for index, item in enumerate(iterable):
+            if self._on_progress is not None:
+                self._on_progress(f"{desc} {index + 1}/{'?' if total is None else total}")
+            yield item
 
-    def table(self, title: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Prints `rows` (dicts sharing keys) as an aligned table and records them."""
+    def table(
+        self, title: str, rows: Sequence[Mapping[str, Any]],
+        screen: Sequence[str] | None = None,
+    ) -> None:
+        """Records `rows` (dicts sharing keys) and prints them as aligned tables.
+
+        The screen gets the columns `screen` (default: all) in tables that fit
+        `SCREEN_WIDTH` (`screen_groups`), and the names of the columns left out; `write`
+        puts every column in one table in `<name>.<label>.md`, and in the JSON file.
+        """
         rows = [dict(row) for row in rows]
         self.tables[title] = rows
-        echo(f"\n{self.name} | {title}\n{format_table(rows)}")
+        columns = _columns(rows)
+        shown = [column for column in (columns if screen is None else screen)
+                 if column in columns]
+        text = "\n\n".join(format_table(rows, group) for group in screen_groups(rows, shown))
+        hidden = [column for column in columns if column not in shown]
+        if hidden:
+            text += "\n" + wrap(f"(not shown: {', '.join(hidden)}; every column in "
+                                f"{self.name}.{self.label}.md)")
+        echo(f"\n{wrap(f'{self.name} | {title}')}\n{text}")
 
     def note(self, key: str, value: Any) -> None:
         """Records a named figure or remark in the JSON results, and prints it."""
         self.notes[key] = value
-        echo(f"{self.name} | {key}: {value}")
+        echo(wrap(f"{self.name} | {key}: {value}"))
 
     def save_figure(self, figure, stem: str) -> pathlib.Path:
         """Saves a matplotlib figure as `<results_dir>/<name>_<stem>.<label>.png`, closes it."""
@@ -271,10 +301,13 @@ class Report:
         figure.savefig(path, dpi=120, bbox_inches="tight")
         _plots.close(figure)
         self.figures.append(path.name)
+        self.files.append(path)
         return path
 
     def write(self) -> pathlib.Path:
-        """Writes `<results_dir>/<name>.<label>.json`: the environment and every table."""
+        """Writes `<results_dir>/<name>.<label>.json` (the environment, every table and
+        note) and `<name>.<label>.md` (the tables in full, as Markdown); returns the
+        JSON file's path."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"{self.name}.{self.label}.json"
         payload = {
@@ -289,14 +322,73 @@ class Report:
             "figures": self.figures,
         }
         path.write_text(json.dumps(payload, indent=2, default=_to_json))
+        markdown = path.with_suffix(".md")
+        markdown.write_text("\n\n".join([
+            f"# {self.name} ({self.size} size, {self.label})",
+            *(f"## {title}\n\n{format_table(rows)}" for title, rows in self.tables.items()),
+            *(f"- {key}: {value}" for key, value in self.notes.items()),
+        ]) + "\n")
+        self.files += [path, markdown]
         return path
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Formats rows as a Markdown table (so it pastes into the README as it is)."""
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def screen_groups(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], width: int = SCREEN_WIDTH
+) -> list[list[str]]:
+    """`columns` split into tables (`format_table`) of at most `width` characters, each
+    after the first led again by the key columns: the fewest leading columns of labels
+    (`_label`: names, counts, settings such as sigma = 0.01) that tell the rows apart, or
+    as many as fit half the width (one at least)."""
+    widths = {c: max(len(c), *(len(_cell(row.get(c))) for row in rows)) for c in columns}
+
+    def table_width(group):
+        return 1 + sum(widths[column] + 3 for column in group)
+
+    keys: list[str] = []
+    for column in columns:
+        labels = all(_label(row.get(column)) for row in rows)
+        if keys and (not labels or table_width([*keys, column]) > width // 2):
+            break
+        keys.append(column)
+        if len({tuple(_cell(row.get(key)) for key in keys) for row in rows}) == len(rows):
+            break
+
+    def split(limit):
+        groups, group = [], list(keys)
+        for column in columns[len(keys):]:
+            if len(group) > len(keys) and table_width([*group, column]) > limit:
+                groups.append(group)
+                group = list(keys)
+            group.append(column)
+        return [*groups, group]
+
+    # As many tables as `width` needs, their widths evened out (no table of one column).
+    count = len(split(width))
+    return next(split(limit) for limit in range(width + 1) if len(split(limit)) == count)
+
+
+def _label(value: Any) -> bool:
+    """Whether `value` reads as a label rather than a measurement: a string, an integer,
+    None, or a number of at most three significant digits (a setting: 1.25, 1e-4)."""
+    if value is None or isinstance(value, str | bool | int | np.integer):
+        return True
+    if isinstance(value, float | np.floating) and np.isfinite(value):
+        return float(f"{float(value):.3g}") == float(value)
+    return False
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> str:
+    """Formats rows as a Markdown table (so it pastes into the README as it is), of
+    `columns` (default: every key, in order of appearance)."""
     if not rows:
         return "(no rows)"
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = _columns(rows) if columns is None else list(columns)
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     widths = [
         max(len(column), *(len(line[i]) for line in cells))
@@ -325,6 +417,14 @@ def _to_json(value: Any):
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     return str(value)
+
+
+def wrap(text: str, width: int = SCREEN_WIDTH) -> str:
+    """`text` wrapped at `width` characters, its continuation lines indented."""
+    return "\n".join(
+        textwrap.fill(paragraph, width, subsequent_indent="    ", break_on_hyphens=False)
+        for paragraph in text.splitlines() or [""]
+    )
 
 
 def echo(text: str) -> None:

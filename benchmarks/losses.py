@@ -4,9 +4,10 @@ Each row times `jax.grad` of the batch mean of a loss with respect to the logits
 jitted, as a ratio to `optax.softmax_cross_entropy_with_integer_labels` (softmax losses)
 or `optax.sigmoid_binary_cross_entropy` (elementwise binary losses) measured in the same
 interleaved rounds. A naive multi-class focal loss (plain autodiff through
-`log_softmax`) is timed for contrast. The plot shows the cross-entropy weight `w(p_y)`
-of each loss, measured with `cross_entropy_weights` (every loss of `p_y` is a
-re-weighted cross-entropy: Su, https://kexue.fm/archives/7708).
+`log_softmax`) is timed for contrast, and the multi-label loss next to its peer, optax's
+sigmoid BCE summed over the classes of the same multi-hot labels. The plot shows the
+cross-entropy weight `w(p_y)` of each loss, measured with `cross_entropy_weights` (every
+loss of `p_y` is a re-weighted cross-entropy: Su, https://kexue.fm/archives/7708).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def _softmax_losses(num_classes: int) -> dict:
             lambda s, y, m: losses.softmax_soft_truncated_cross_entropy(s, y, steepness=2.0)),
         "softmax_multilabel_cross_entropy": (
             lambda s, y, m: losses.softmax_multilabel_cross_entropy(s, m)),
+        "optax sigmoid BCE summed (multilabel peer)": (
+            lambda s, y, m: jnp.sum(optax.sigmoid_binary_cross_entropy(s, m), axis=-1)),
         "softmax_smoothed_f1_loss (batch-level)": (
             lambda s, y, m: losses.softmax_smoothed_f1_loss(s, y)),
     }

@@ -117,7 +117,7 @@ def _quadratic_rows(d, dtype_names, modes, sigmas, repeats):
 
 
 def dithered_objective(d, num_examples, dtype_name, sigma):
-    """Mean of K per-example values, each rounded (also used by tests/test_precision.py).
+    """Mean of K per-example values, each rounded (tested in benchmarks/tests/).
 
     The per-example slopes and curvatures are scaled with `1/sigma` and `1/sigma^2`, so
     that at every `sigma` each value moves by ~30 (odd part) and ~10 (even part)

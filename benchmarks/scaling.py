@@ -1,6 +1,6 @@
 """Estimator throughput against the number of devices: 1, 2, 4 host devices; 2 processes.
 
-Each configuration runs in fresh processes (`benchmarks/_distributed.py`), since the
+Each configuration runs in fresh processes (`jaxtricks._src.local_cluster`), since the
 host device count is fixed when JAX starts: antithetic `zeroth_order_grad` with its
 samples sharded over every device of the run (`sample_sharding`), two processes joined
 by `jax.distributed` (CPU collectives via gloo). Host devices share this machine's
@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from benchmarks import _distributed, _harness
+from jaxtricks._src import local_cluster
 
 LAYOUTS = ((1, 1), (1, 2), (1, 4), (2, 2))  # (processes, devices per process)
 SIZES = {"full": LAYOUTS, "quick": LAYOUTS[:2], "smoke": LAYOUTS[:1]}
@@ -31,7 +32,8 @@ def run(report: _harness.Report) -> None:
         for processes, devices in report.progress(layouts, "layouts"):
             out = f"{folder}/{processes}x{devices}.json"
             start = time.perf_counter()
-            _distributed.launch(processes, devices, "throughput", out, timeout_s=timeout_s)
+            local_cluster.launch(processes, devices, _distributed.throughput, out,
+                                 timeout_s=timeout_s)
             if not rows:
                 timeout_s = max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * (time.perf_counter() - start))
             with open(out) as file:

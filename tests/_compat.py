@@ -12,3 +12,18 @@ def enable_x64():
     from jax.experimental import enable_x64 as experimental_enable_x64
 
     return contextlib.nullcontext() if jax.config.jax_enable_x64 else experimental_enable_x64()
+
+
+def standard_promotion(tx):
+    """`tx` with its update traced under standard dtype promotion, the rest of the test
+    under the suite's strict promotion (conftest.py): optax's Adam promotes implicitly in
+    its bias correction (`b1 ** count`, an int32 count), which strict promotion refuses."""
+    import optax
+
+    tx = optax.with_extra_args_support(tx)
+
+    def update(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)

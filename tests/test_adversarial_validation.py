@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _compat import enable_x64
+from _compat import enable_x64, standard_promotion
 
 from jaxtricks import validation
 
@@ -203,7 +203,7 @@ def test_a_memorising_discriminator_still_scores_noise_at_half_out_of_fold():
     # The training objective each fold's MLP reaches in sample (read out of the loop
     # through `fit`) is far below log 2: it memorises noise; out of fold the AUC is 1/2.
     train, test = gaussian_sets(64, 64, np.zeros(16), seed=5)
-    optimizer = optax.adam(1e-2)
+    optimizer = standard_promotion(optax.adam(1e-2))
     final_losses = []
 
     def fit(loss_fn, params):
@@ -229,7 +229,7 @@ def test_the_default_loop_is_adam_and_an_injected_equal_loop_gives_the_same_numb
     train, test = gaussian_sets(60, 40, np.full(3, 0.5), seed=12)
     run = functools.partial(validation.adversarial_validation, train, test, KEY, num_folds=2)
     default = run(steps=30)
-    adam = optax.adam(0.05)
+    adam = standard_promotion(optax.adam(0.05))
 
     def adam_loop(loss_fn, params):  # an independent copy of the documented default loop
         def step(carry, _):

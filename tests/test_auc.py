@@ -132,9 +132,9 @@ def test_roc_auc_refuses_concrete_labels_that_are_not_binary(bad):
 def test_roc_auc_refuses_complex_scores_or_labels_and_a_whole_result():
     scores, labels = jnp.array([0.1, 0.4, 0.35, 0.8]), jnp.array([0, 0, 1, 1])
     with pytest.raises(ValueError, match="scores must be real, got dtype complex64"):
-        validation.roc_auc(scores + 0j, labels)  # used to rank the real parts: 0.75
+        validation.roc_auc(scores.astype(jnp.complex64), labels)  # used to rank the real parts
     with pytest.raises(ValueError, match="labels must be real, got dtype complex64"):
-        validation.roc_auc(scores, labels + 0j)
+        validation.roc_auc(scores, labels.astype(jnp.complex64))
     result = validation.AdversarialValidation(*[jnp.zeros(4)] * 9)
     with pytest.raises(ValueError, match=r"scores .* whole AdversarialValidation.*\.test_sc"):
         validation.roc_auc(result, labels)  # used to fail in jnp.concatenate

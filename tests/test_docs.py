@@ -82,6 +82,40 @@ def test_every_public_callable_has_a_references_section():
     assert missing == []
 
 
+# ---- optax's docstring shape: short, with a doctested example ------------------------
+
+MAX_DOCSTRING_LINES = 50
+
+
+def _is_namedtuple(value):
+    return isinstance(value, type) and issubclass(value, tuple) and hasattr(value, "_fields")
+
+
+@pytest.mark.parametrize("name", sorted(_public_callables()))
+def test_every_public_docstring_is_at_most_50_lines(name):
+    """A docstring holds the summary, formula, Args, Returns, Raises, an example and
+    References; strategies, tables and derivations belong on the technique page."""
+    import inspect
+
+    lines = len((inspect.getdoc(_public_callables()[name]) or "").splitlines())
+    assert lines <= MAX_DOCSTRING_LINES, (
+        f"{name}'s docstring has {lines} lines (at most {MAX_DOCSTRING_LINES}): move the "
+        "discussion to docs/techniques/ and link it")
+
+
+def test_every_public_callable_has_a_doctest_example():
+    """Every public function and class shows a `>>>` example with its printed output (run
+    by `--doctest-modules`); NamedTuple states and results are shown by the examples of
+    the functions that return them, as optax's states are."""
+    import inspect
+
+    callables = _public_callables()
+    missing = sorted(name for name, value in callables.items()
+                     if not _is_namedtuple(value) and ">>> " not in (inspect.getdoc(value) or ""))
+    assert len(callables) >= 60
+    assert missing == []
+
+
 # ---- dead local links (docs/_ext/local_links.py) -------------------------------------
 
 local_links = pytest.importorskip("local_links")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compat import standard_promotion
 from flax import nnx
 
 from jaxtricks import estimators
@@ -60,7 +61,9 @@ def test_chained_with_sgd_it_is_zeroth_order_sgd():
 def test_multisteps_after_it_accumulates_the_estimates_of_each_step():
     key = jax.random.key(6)
     tx = optax.chain(estimators.zeroth_order_estimate(key, num_samples=4, sigma=0.01),
-                     optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2).gradient_transformation())
+                     standard_promotion(  # MultiSteps divides by its int32 step count
+                         optax.MultiSteps(optax.sgd(1.0), every_k_schedule=2)
+                         .gradient_transformation()))
     state = tx.init(X)
     params = X
     for _ in range(2):
@@ -96,7 +99,7 @@ def test_a_donated_jitted_step_and_nnx_optimizer_train():
 
     model = Model()
     tx = optax.chain(estimators.zeroth_order_estimate(jax.random.key(0), num_samples=16),
-                     optax.adam(0.1))
+                     standard_promotion(optax.adam(0.1)))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     graph, _ = nnx.split(model)
 

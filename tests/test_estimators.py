@@ -28,9 +28,9 @@ import numpy as np
 import optax
 import pytest
 from _compat import enable_x64
+from _sharded_estimates import estimates as sharded_estimates
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from benchmarks import _distributed
 from jaxtricks import estimators
 from jaxtricks.estimators import _baselines
 
@@ -365,7 +365,7 @@ def test_sharded_samples_give_the_single_device_numbers(axis_type):
     # Both estimators on a non-smooth objective, as the two-process test runs them.
     jax.tree.map(
         functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
-        _distributed.estimates(sample_sharding), _distributed.estimates(None),
+        sharded_estimates(sample_sharding), sharded_estimates(None),
     )
 
 
@@ -637,10 +637,10 @@ def test_empty_leaves_count_and_integer_values_are_cast_to_float():
 
 @pytest.mark.parametrize(
     ("estimate", "message"),
-    [(lambda x: estimators.zeroth_order_grad(lambda p: jnp.sum(p) * 1j, x, jax.random.key(0),
-                                             num_samples=2), "real"),
-     (lambda x: estimators.zeroth_order_update(lambda p: jnp.sum(p) * 1j, x,
-                                               jax.random.key(0), learning_rate=0.1,
+    [(lambda x: estimators.zeroth_order_grad(lambda p: jnp.sum(p).astype(jnp.complex64) * 1j,
+                                             x, jax.random.key(0), num_samples=2), "real"),
+     (lambda x: estimators.zeroth_order_update(lambda p: jnp.sum(p).astype(jnp.complex64) * 1j,
+                                               x, jax.random.key(0), learning_rate=0.1,
                                                num_samples=2), "real"),
      (lambda x: estimators.forward_gradient(lambda p: jnp.argmax(p), x, jax.random.key(0),
                                             num_samples=2), "real floating"),

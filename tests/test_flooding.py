@@ -20,7 +20,8 @@ C = 0.05
 
 
 def quadratic(theta):
-    return 0.5 * theta @ A @ theta + C
+    theta = theta.astype(np.promote_types(theta.dtype, A.dtype))  # explicit: strict promotion
+    return 0.5 * theta @ A.astype(theta.dtype) @ theta + C
 
 
 def test_flood_gradient_is_the_loss_gradient_above_the_level_and_its_negative_below():
@@ -143,7 +144,7 @@ class CountingModel(nnx.Module):
 
     def __call__(self, x):
         self.calls[...] += 1
-        return self.dropout(self.linear(x)) * (0.05 * jnp.sum(self.table[...]))
+        return self.dropout(self.linear(x)) * (0.05 * jnp.sum(self.table[...]).astype(x.dtype))
 
 
 def nnx_loss(model, x):
@@ -186,7 +187,8 @@ def test_gradient_norm_penalty_holds_integer_and_key_leaves_of_a_pytree_constant
 
     def loss_fn(p, x):
         noise = jax.random.normal(p["key"], (3,))
-        return jnp.sum(jnp.sin(p["w"] * x * p["step"] + noise)) + jnp.sum(p["codes"])
+        step, codes = p["step"].astype(x.dtype), p["codes"].astype(x.dtype)
+        return jnp.sum(jnp.sin(p["w"] * x * step + noise)) + jnp.sum(codes)
 
     def float_only(w, x):
         return loss_fn({**params, "w": w}, x)

@@ -7,7 +7,9 @@ in a fresh namespace. A block that must not run is written as ```{code-block} py
 import pathlib
 import re
 
+import optax
 import pytest
+from _compat import standard_promotion
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "techniques").glob("*.md")),
@@ -37,8 +39,16 @@ def test_every_technique_page_has_snippets_for_optax_and_flax(name):
 
 @pytest.mark.parametrize(("page", "index", "code"), SNIPPETS,
                          ids=[f"{page}:{index}" for page, index, _ in SNIPPETS])
-def test_snippet_runs(page, index, code):
+def test_snippet_runs(page, index, code, monkeypatch):
+    # Adam's updates run under standard dtype promotion (see standard_promotion), the rest
+    # of the snippet under the suite's strict promotion.
+    for name in ("adam", "adamw"):
+        monkeypatch.setattr(optax, name, _with_standard_promotion(getattr(optax, name)))
     exec(compile(code, f"{page} snippet {index}", "exec"), {})
+
+
+def _with_standard_promotion(factory):
+    return lambda *args, **kwargs: standard_promotion(factory(*args, **kwargs))
 
 
 # ---- what `make test` runs: the Makefile, and every page that says it ------------------
@@ -52,7 +62,7 @@ MAKE_TEST_PARTS = {
     "docs build": r"\b(docs|documentation) build\b",
 }
 # The test commands every page that lists the commands names.
-TEST_TARGETS = ("test", "test-slow", "test-floor", "check-dist")
+TEST_TARGETS = ("test", "test-slow", "test-bench", "test-floor", "check-dist")
 
 
 def _makefile_targets():
@@ -81,7 +91,7 @@ def makefile_test_parts():
         parts.add("ruff")
     if "mypy" in text:
         parts.add("mypy")
-    if re.search(r'pytest -m "not slow and not benchmarks"', text):
+    if re.search(r'pytest -m "not slow"', text):
         parts.add("fast tier")
         if "--doctest-modules" in (ROOT / "pyproject.toml").read_text():
             parts.add("doctests")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _compat import enable_x64
+from _compat import enable_x64, standard_promotion
 from _regularizer_params import (
     FORMS,
     assert_trees_close,
@@ -47,8 +47,9 @@ def test_transforms_keep_dtypes_and_state_shapes_under_jit_chain_and_multisteps(
         (name, wrapper): optimizer
         for name, factory in transforms_under_test().items()
         for wrapper, optimizer in (
-            ("chain", optax.chain(factory(), optax.adam(1e-2))),
-            ("multisteps", optax.MultiSteps(optax.chain(optax.sgd(0.1), factory()), 2)),
+            ("chain", optax.chain(factory(), standard_promotion(optax.adam(1e-2)))),
+            ("multisteps", standard_promotion(  # MultiSteps divides by its int32 step count
+                optax.MultiSteps(optax.chain(optax.sgd(0.1), factory()), 2))),
         )
     }
     states = {key: optimizer.init(params) for key, optimizer in optimizers.items()}

@@ -196,7 +196,7 @@ def test_select_validation_ranks_integer_and_bool_scores_without_wrapping(scores
 
 def test_select_validation_refuses_complex_scores():
     with pytest.raises(ValueError, match="scores must be real, got dtype complex64"):
-        validation.select_validation(jnp.array([0.1, 0.9, 0.5]) + 0j, 1)
+        validation.select_validation(jnp.array([0.1, 0.9, 0.5], jnp.complex64), 1)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +220,7 @@ def test_importance_weights_of_infinite_logits_are_their_limits(logits, normaliz
 
 def test_importance_weights_refuse_complex_logits_and_keep_nan_next_to_an_infinite_one():
     with pytest.raises(ValueError, match="logits must be real, got dtype complex64"):
-        validation.importance_weights(jnp.array([0.0, 1.0]) + 1j)
+        validation.importance_weights(jnp.array([1j, 1 + 1j], jnp.complex64))
     result = validation.importance_weights(jnp.array([np.nan, np.inf, 0.0]), clip=None)
     assert np.all(np.isnan(result.normalized)) and np.isnan(result.ess)
 
@@ -245,4 +245,4 @@ def test_resample_validation_refuses_concrete_negative_non_finite_or_complex_wei
         with pytest.raises(ValueError, match=message):
             validation.resample_validation(KEY, np.array(weights), 3)
     with pytest.raises(ValueError, match="weights must be real, got dtype complex64"):
-        validation.resample_validation(KEY, jnp.ones(3) + 0j, 3)
+        validation.resample_validation(KEY, jnp.ones(3, jnp.complex64), 3)

@@ -108,7 +108,7 @@ def test_one_pass_equals_teacher_forcing_cross_entropy():
     )
     logits = _output(params, _body(params, inputs))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    expected = jnp.sum(ce * where) / jnp.sum(where)
+    expected = jnp.sum(ce * where.astype(ce.dtype)) / jnp.sum(where, dtype=ce.dtype)
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     np.testing.assert_allclose(per_pass, [expected], rtol=1e-6)
 
@@ -170,7 +170,8 @@ def _per_position_ce(params, inputs, targets, n, **kwargs):
     """
     def prefix_sums(length):
         where = (jnp.arange(T) < length)[None]
-        return length * _loss(params, inputs[:1], targets[:1], n=n, where=where, **kwargs)[1]
+        per_pass = _loss(params, inputs[:1], targets[:1], n=n, where=where, **kwargs)[1]
+        return length.astype(per_pass.dtype) * per_pass
 
     sums = jax.jit(jax.vmap(prefix_sums))(jnp.arange(T + 1))
     return jnp.diff(sums, axis=0)
@@ -225,7 +226,7 @@ def test_left_padding_keeps_the_start_token_and_matches_the_unpadded_loss():
     where = jnp.broadcast_to(jnp.arange(T + pad) >= pad, (B, T + pad))
 
     def masked_body(vectors):
-        return _body(params, vectors * where[..., None])
+        return _body(params, vectors * where[..., None].astype(vectors.dtype))
 
     _, per_pass_padded = teaforn_loss(masked_body, functools.partial(_output, params),
                                       padded_inputs, padded_targets, n=3, where=where)
@@ -457,8 +458,9 @@ def test_default_reduction_is_the_token_pooled_mean_of_the_per_token_losses():
     loss, per_pass = _loss(params, inputs, targets, n=2, where=where)
     token_loss, per_token = _loss(params, inputs, targets, n=2, where=where,
                                   reduction="none")
-    np.testing.assert_allclose(per_pass, per_token.sum((1, 2)) / where.sum(), rtol=1e-6)
-    np.testing.assert_allclose(loss, token_loss.sum() / where.sum(), rtol=1e-6)
+    count = float(where.sum())
+    np.testing.assert_allclose(per_pass, per_token.sum((1, 2)) / count, rtol=1e-6)
+    np.testing.assert_allclose(loss, token_loss.sum() / count, rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -7,6 +7,11 @@ transform is `init` + one `update` + `optax.apply_updates`. Each test below runs
 under one transformation and compares it with an independent computation: the eager call,
 a Python loop, central finite differences in float64, reverse mode. A transformation that
 does not apply to a row is excluded by a flag of the row, with the reason next to it.
+
+`make test` (the fast tier) runs every row under `jit`, `grad`, `vmap` and the dtype
+check in float32 and bfloat16; the other columns (forward mode, Hessians, `checkpoint`,
+`scan`, key kinds and implementations, float64 outputs) compile a second program per
+row and run in `make test-slow`, as do the rows that compile training loops.
 """
 
 import dataclasses
@@ -628,6 +633,7 @@ def test_vmap_matches_a_loop(row):
     assert_trees_close(got, loop, row.rtol, row.rtol / 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", _cases(GRAD_ROWS))
 def test_jvp_jacfwd_linearize_match_reverse_mode(row):
     f, x = _flat_out(row.name)
@@ -649,6 +655,7 @@ def test_jvp_jacfwd_linearize_match_reverse_mode(row):
 SCALAR_ROWS = [row for row in GRAD_ROWS if row.scalar]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", _cases(SCALAR_ROWS))
 def test_hessian_matches_reverse_over_reverse(row):
     fn, args = _built(row.name, "float32")
@@ -658,6 +665,7 @@ def test_hessian_matches_reverse_over_reverse(row):
     np.testing.assert_allclose(hessian, reverse, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", _cases(ROWS))
 def test_checkpoint_matches_the_plain_call(row):
     fn, args = _built(row.name, "float32")
@@ -673,6 +681,7 @@ def test_checkpoint_matches_the_plain_call(row):
         np.testing.assert_allclose(jacobian, _reverse_jacobian(row.name), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", _cases(ROWS))
 def test_inside_scan_matches_two_calls(row):
     fn, args = _built(row.name, "float32")
@@ -687,6 +696,7 @@ def test_inside_scan_matches_two_calls(row):
     assert_trees_close(got, two_calls, row.rtol, row.rtol / 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", _cases(KEY_ROWS))
 def test_typed_and_legacy_keys_give_identical_outputs(row):
     fn, args = row.build(jnp.float32)
@@ -702,6 +712,7 @@ def test_typed_and_legacy_keys_give_identical_outputs(row):
     assert_trees_close(got, loop, row.rtol, row.rtol / 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["rbg", "unsafe_rbg"])
 @pytest.mark.parametrize("row", _cases(KEY_ROWS))
 def test_every_key_implementation_gives_the_same_distribution(row, impl):
@@ -749,6 +760,7 @@ def test_output_is_finite_with_the_documented_dtype(row, dtype_name):
     _check_dtype(row, dtype_name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", _cases(ROWS))
 def test_output_is_finite_with_the_documented_dtype_in_float64(row):
     with enable_x64():

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _compat import standard_promotion
 from _regularizer_params import (
     assert_trees_close,
     kernel_mask,
@@ -29,9 +30,11 @@ def test_decoupled_weight_decay_after_adam_equals_optax_adamw(scheduled):
     learning_rate = optax.linear_schedule(1e-1, 1e-2, 6) if scheduled else 3e-2
     params = make_params()
     ours = optax.chain(
-        optax.adam(learning_rate), decoupled_weight_decay(0.3, learning_rate=learning_rate)
+        standard_promotion(optax.adam(learning_rate)),
+        decoupled_weight_decay(0.3, learning_rate=learning_rate),
     )
-    reference = optax.adamw(learning_rate, weight_decay=0.3, mask=kernel_mask)
+    reference = standard_promotion(
+        optax.adamw(learning_rate, weight_decay=0.3, mask=kernel_mask))
     assert_trees_close(
         jax.jit(run_steps, static_argnums=(0, 1, 3))(ours, quadratic_loss, params, 6),
         jax.jit(run_steps, static_argnums=(0, 1, 3))(reference, quadratic_loss, params, 6),

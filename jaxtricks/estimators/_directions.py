@@ -121,6 +121,12 @@ class DirectionKind:
 class Gaussian(DirectionKind):
     """`u ~ N(0, I)`, perturbation = weight = `u`.
 
+    Examples:
+        >>> from jaxtricks import estimators
+        >>> kind = estimators.Gaussian()  # directions="gaussian"
+        >>> kind.second_moment(10), kind.variance_factor(10)  # W = d, c_I = d + 1
+        (10.0, 11.0)
+
     References:
         Nesterov & Spokoiny, "Random gradient-free minimization of convex functions",
         Found. Comput. Math. (2017); Malladi et al. (MeZO),
@@ -132,6 +138,13 @@ class Gaussian(DirectionKind):
 class Sphere(DirectionKind):
     """`v = u / ||u||` uniform on the unit sphere, perturbation `v`, weight `d v`: unbiased
     for the gradient of the ball smoothing `E_{w ~ U(B)} f(x + sigma w)`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> p, w = estimators.Sphere().draw(jax.random.key(0), jnp.zeros(4))
+        >>> round(float(jnp.linalg.norm(p)), 4), bool(jnp.allclose(w, 4 * p))
+        (1.0, True)
 
     References:
         Nesterov & Spokoiny, "Random gradient-free minimization of convex functions",
@@ -156,6 +169,13 @@ class Sphere(DirectionKind):
 @dataclasses.dataclass(frozen=True)
 class Rademacher(DirectionKind):
     """`Δ_j = ±1`, perturbation = weight = `Δ` (SPSA): exact on quadratics.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> p, w = estimators.Rademacher().draw(jax.random.key(0), jnp.zeros(4))
+        >>> jnp.abs(p).tolist(), bool(jnp.all(w == p))
+        ([1.0, 1.0, 1.0, 1.0], True)
 
     References:
         Spall, "Multivariate stochastic approximation using a simultaneous perturbation
@@ -186,6 +206,13 @@ class LowRank(DirectionKind):
 
     Attributes:
         rank: `r >= 1`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> p, _ = estimators.LowRank(rank=2).draw(jax.random.key(0), jnp.zeros((6, 5)))
+        >>> int(jnp.linalg.matrix_rank(p))
+        2
 
     References:
         Chen et al. (LOZO), https://arxiv.org/abs/2410.07698; Yu et al. (SubZero),
@@ -228,6 +255,15 @@ class Orthogonal(DirectionKind):
     A direction depends on its whole group, so a group is drawn at once and kept
     (`m x params` numbers and a `d x m` QR, `O(d m^2)`): not regenerable from a key
     alone, so neither `chunk_size` nor `zeroth_order_update` take this kind.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxtricks import estimators
+        >>> keys = jax.random.split(jax.random.key(0), 3)  # one group of m = d = 3
+        >>> u, _ = estimators.Orthogonal().draw_group(keys, jnp.zeros(3))
+        >>> gram = u @ u.T
+        >>> bool(jnp.allclose(gram, jnp.diag(jnp.diag(gram)), atol=1e-5))
+        True
 
     References:
         Choromanski et al., "Structured evolution with compact architectures for scalable

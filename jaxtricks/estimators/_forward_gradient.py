@@ -26,20 +26,16 @@ def forward_gradient(
 
     .. math::
 
-        \hat g = \frac{1}{n} \sum_{i=1}^n (\nabla f(x) \cdot p_i)\, w_i
+        \hat g = \frac{1}{n} \sum_{i=1}^n (\nabla f(x) \cdot p_i)\, w_i, \qquad
+        \operatorname{Cov}(\hat g) = \frac{\lVert g \rVert^2 I + g g^\top}{n}
+        \ \text{(Gaussian directions)},
 
-    with the perturbations `p_i` and weights `w_i` of `directions` (`p = w = u ~ N(0,
-    I)` for "gaussian"), each `grad f . p_i` one `jax.jvp`: the `sigma -> 0` limit of
+    with the perturbations `p_i` and weights `w_i` of `directions` (`p = w = u ~ N(0, I)`
+    for "gaussian"), each `grad f . p_i` one `jax.jvp`: the `sigma -> 0` limit of
     `zeroth_order_grad`, unbiased for the gradient itself (`E[p w^T] = I`), with no step
-    size, no rounding floor and no smoothing bias. For Gaussian directions and a
-    gradient `g`, the estimate's covariance is `(||g||^2 I + g g^T) / n`. It needs a
-    forward-differentiable `fn`; a jvp costs about two evaluations and holds the primal
-    and tangent activations of each evaluation it runs at once. The strategies are those
-    of `zeroth_order_grad`: blocks of directions where two fit the block budget, else
-    one at a time. XLA's plan on CPU is not always below `jax.grad`'s: 1.01x on a 42M
-    MLP, 0.87x on OPT-1.3B shapes, but 1.25x on an 8-layer decoder and 1.4-1.5x on small
-    decoders (the jvp keeps primal and tangent activations); `zeroth_order_grad` is the
-    estimate whose default never exceeds it.
+    size, no rounding floor and no smoothing bias. `fn` must be forward-differentiable; a
+    jvp costs about two evaluations. Memory, not always below `jax.grad`'s:
+    :ref:`estimators-strategies`.
 
     Args:
         fn: `fn(params) -> scalar`, differentiable in forward mode.

@@ -35,6 +35,7 @@ class Plan:
     baseline: _baselines.Baseline = None
     unperturbed: jax.Array | None = None
     sample_sharding: jax.sharding.Sharding | None = None
+    sign: bool = False  # each c_i replaced by sign(c_i) (ZO-Bench's ZO-SGD-Sign)
 
     @property
     def evaluations_per_direction(self) -> int:
@@ -106,25 +107,27 @@ class Plan:
         return jax.vmap(lambda k: self.draw(k)[1])(chunk_keys)
 
     def coefficients(self, first: jax.Array, second: jax.Array) -> jax.Array:
-        """`c_i` of the estimate `(1/n) sum_i c_i w_i` from `values`."""
+        """`c_i` of the estimate `(1/n) sum_i c_i w_i` from `values` (their signs if `sign`)."""
         if self.difference == "tangent":
-            return first
-        if self.difference == "central":
-            return (first - second) / (2 * self.sigma)
-        return _baselines.centred_rewards(
-            first, self.baseline, sq_norms=second, unperturbed=lambda: self.unperturbed
-        ) / self.sigma
+            coefficients = first
+        elif self.difference == "central":
+            coefficients = jnp.divide(*dtypes.promoted(first - second, 2 * self.sigma))
+        else:
+            coefficients = jnp.divide(*dtypes.promoted(_baselines.centred_rewards(
+                first, self.baseline, sq_norms=second, unperturbed=lambda: self.unperturbed
+            ), self.sigma))
+        return jnp.sign(coefficients) if self.sign else coefficients
 
     @property
     def dtype(self) -> jnp.dtype:
         """The dtype of the coefficients' arithmetic (float32, or wider with `sigma`)."""
-        return jnp.result_type(jnp.float32, self.sigma)
+        return dtypes.result_type(jnp.float32, self.sigma)
 
     def zeros(self) -> PyTree:
         """The accumulator of `sum_i c_i w_i`, in `compute_dtype` of each leaf."""
         return jax.tree.map(
             lambda p: jnp.zeros(
-                p.shape, jnp.result_type(self.dtype, dtypes.compute_dtype(p.dtype))),
+                p.shape, dtypes.result_type(self.dtype, dtypes.compute_dtype(p.dtype))),
             self.params,
         )
 
@@ -139,7 +142,7 @@ def create(
     fn: Callable[[PyTree], jax.Array], params: PyTree, *, num_samples: int,
     sigma: jax.typing.ArrayLike | None, difference: Difference,
     directions: str | _directions.DirectionKind, baseline: _baselines.Baseline = None,
-    sample_sharding: jax.sharding.Sharding | None = None,
+    sample_sharding: jax.sharding.Sharding | None = None, sign: bool = False,
 ) -> Plan:
     """The `Plan` of checked arguments: `sigma` resolved (`_sampling.resolved_sigma`), and
     `f(x)` evaluated, first, for the "unperturbed" baseline of forward differences."""
@@ -152,7 +155,7 @@ def create(
     if difference == "forward" and _baselines.needs_unperturbed(baseline):
         unperturbed = _sampling.value_at(fn, params)
     return Plan(fn, params, kind, difference, num_directions, resolved, baseline, unperturbed,
-                sample_sharding)
+                sample_sharding, sign)
 
 
 def check_arguments(params: PyTree, num_samples: int, sigma: jax.typing.ArrayLike,

@@ -34,32 +34,26 @@ def policy_gradient(
 ) -> PyTree:
     r"""Score-function estimate of `grad_params E_{y ~ p_params}[reward(y)]`.
 
-    With `y_i = sample_fn(params, key_i)`, `r_i = reward_fn(y_i)` and the scores
-    `s_i = grad_params log_prob_fn(params, y_i)`:
+    .. math::
 
-        g = (1/n) sum_i (r_i - b_i) s_i,        n = num_samples,
+        \hat g = \frac{1}{n} \sum_{i=1}^n (r_i - b_i)\, \nabla_\theta \log p_\theta(y_i),
+        \qquad y_i \sim p_\theta, \quad r_i = \mathrm{reward}(y_i),
 
-    unbiased whenever `b_i` does not depend on `y_i`, since `E[s] = 0`. The reward
-    need not be differentiable (accuracy, F1, BLEU, a hard argmax). Without
-    per-sample outputs the sum is one reverse-mode pass through
-    `sum_i (r_i - b_i) log p(y_i)` (no per-sample score is stored); the estimate is
-    itself differentiable in `params` (forward and reverse mode) where the policy and
-    the reward are.
+    unbiased whenever `b_i` does not depend on `y_i`, since `E[s] = 0` for the score `s`.
+    The reward need not be differentiable (accuracy, F1, BLEU, a hard argmax); the estimate
+    itself is differentiable where the policy and the reward are. Baselines: :ref:`estimators-math`.
 
     Args:
         sample_fn: `sample_fn(params, key) -> y`, a sample of the policy (any pytree).
         log_prob_fn: `log_prob_fn(params, y) -> scalar`, its log-probability.
         reward_fn: `reward_fn(y) -> scalar`.
         params: the policy's parameters, any pytree of float arrays.
-        key: a `jax.random.key` or a legacy `jax.random.PRNGKey` (the same numbers);
-            sample `i` uses `jax.random.split(key, n)[i]`, passed to `sample_fn` as a
-            typed key.
+        key: a `jax.random.key` or a legacy `PRNGKey` (the same numbers); sample `i` gets
+            the typed key `jax.random.split(key, n)[i]`.
         num_samples: the number of samples `n`.
-        baseline: None, "mean" (biased: `(1 - 1/n) grad J`), "leave_one_out" (RLOO,
-            unbiased), "optimal" (`E[r ||s||^2] / E||s||^2`, leave-one-out), a scalar
-            or a `GroupBaseline` (GRPO and kin, biased); `_baselines` has the table.
-        return_samples: return the per-sample estimates `(r_i - b_i) s_i`, each leaf with
-            a leading `[num_samples]` axis; their mean over that axis is the estimate.
+        baseline: "leave_one_out" (RLOO, unbiased), None, "mean" (biased), "optimal"
+            (leave-one-out, unbiased), a scalar or a `GroupBaseline` (GRPO and kin, biased).
+        return_samples: return the per-sample estimates `(r_i - b_i) s_i` (leading axis `n`).
         sample_sharding: a `jax.sharding.Sharding` of the 1-D array of sample keys: the
             samples are then drawn and scored on the mesh's devices.
 
@@ -69,8 +63,7 @@ def policy_gradient(
     Raises:
         ValueError: for `num_samples < 1` (`< 2` for the leave-one-out baselines), a
             boolean or unknown baseline (the message lists the accepted ones), a
-            non-scalar reward or log-probability, or a `key` that is neither a typed
-            key nor a `PRNGKey`.
+            non-scalar reward or log-probability, or a `key` that is not a key.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -116,7 +109,7 @@ def policy_gradient(
     # no stop_gradient, so that the estimate's own derivative in `params` is right.
     def surrogate(p: PyTree) -> jax.Array:
         log_probs = jax.vmap(log_prob_fn, in_axes=(None, 0))(p, samples)
-        return jnp.sum(coefficients * log_probs) / num_samples
+        return jnp.sum(jnp.multiply(*dtypes.promoted(coefficients, log_probs))) / num_samples
 
     return jax.grad(surrogate)(params)
 
@@ -124,25 +117,18 @@ def policy_gradient(
 def gaussian_policy(sigma: jax.typing.ArrayLike) -> tuple[SampleFn, LogProbFn]:
     r"""The Gaussian policy `N(params, sigma^2 I)` over the parameters themselves.
 
-    `sample_fn(params, key) = params + sigma u`, `u ~ N(0, I)` drawn exactly as
-    `zeroth_order_grad(directions="gaussian")` draws its directions, and
-    `log_prob_fn(params, w) = -||w - params||^2 / (2 sigma^2) - d log(sigma sqrt(2 pi))`,
-    whose score is `(w - params) / sigma^2 = u / sigma`. Hence, an exact identity,
-    `policy_gradient(*gaussian_policy(sigma), fn, x, key, ...)` equals, sample by sample
-    for the same key, `zeroth_order_grad(fn, x, key, sigma=sigma, antithetic=False)` with
-    the same baseline (None, "mean", "leave_one_out", "optimal"; ZO's "unperturbed" is
-    PG's scalar `fn(x)`), up to floating-point rounding. (Su's post,
-    https://kexue.fm/archives/7737, argues something else: that for an objective of a
-    model's argmax output, zeroth-order perturbation of the parameters approximates the
-    policy gradient of the model's softmax policy, via a Taylor step in `sigma`.)
+    .. math::
 
-    As in `zeroth_order_grad`, the sample is added in float32 (or wider) and rounded
-    once to the params' dtype, and `sigma` is raised to `sigma_min = 4 max_j eps_j
-    |x_j|` (four spacings of the dtype at the largest parameter, computed at run time),
-    below which the sample rounds back to `params` and the score, hence the estimate,
-    is 0 (bfloat16 with `sigma = 1e-3`). At `sigma_min` the score taken at the rounded
-    sample overstates its second moment by at most `1/192` (Sheppard's correction
-    `h^2 / (12 sigma^2)`, `h <= sigma / 4` the spacing).
+        w = x + \sigma u, \quad u \sim \mathcal{N}(0, I_d), \qquad
+        \log p_x(w) = -\frac{\lVert w - x \rVert^2}{2 \sigma^2} - d \log(\sigma \sqrt{2 \pi}),
+        \qquad \nabla_x \log p_x(w) = \frac{u}{\sigma},
+
+    `u` drawn exactly as `zeroth_order_grad(directions="gaussian")` draws it. So, an exact
+    identity, `policy_gradient(*gaussian_policy(sigma), fn, x, key, ...)` equals, sample by
+    sample, `zeroth_order_grad(fn, x, key, sigma=sigma, antithetic=False)` with the same
+    baseline (ZO's "unperturbed" is PG's scalar `fn(x)`), up to rounding
+    (:ref:`estimators-math`). The sample is rounded once to the params' dtype, `sigma`
+    raised to `zeroth_order_grad`'s `sigma_min` (:ref:`estimators-precision`).
 
     Args:
         sigma: the policy's standard deviation, `> 0` (checked when concrete).

@@ -101,7 +101,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, dtypes
 from jaxtricks._src.typing import DTypeLike
 from jaxtricks.estimators import _directions
 from jaxtricks.estimators._directions import DirectionKind
@@ -126,41 +126,33 @@ def rounding_variance(
 ) -> jax.Array:
     r"""The rounding contribution to the variance trace of one `zeroth_order_grad` estimate.
 
-    With `W = E||w||^2` (`d` for "gaussian" and "rademacher", `d^2` for "sphere"), `n =
-    num_directions`, `h(v) = eps 2^floor(log2 |v|)` the spacing of `value_dtype` at
-    `|value|` and `eps_p = jnp.finfo(dtype).eps`,
+    .. math::
 
-        tau_out^2 = num_roundings h(value)^2 / 12,
-        tau_in^2  = eps_p^2 / (32 ln 2) param_scale^2 grad_norm^2,
-        forward:    V = W (2 tau_out^2 + tau_in^2) / (n sigma^2),
-        antithetic: V = W (tau_out^2 / 2 + tau_in^2) / (n sigma^2).
+        \tau_{\mathrm{out}}^2 = \kappa \frac{h(\mathrm{value})^2}{12}, \quad
+        \tau_{\mathrm{in}}^2 = \frac{\epsilon_p^2 s^2 \lVert g \rVert^2}{32 \ln 2}, \quad
+        V = \frac{W}{n \sigma^2} \begin{cases}
+        2 \tau_{\mathrm{out}}^2 + \tau_{\mathrm{in}}^2 & \text{(forward)} \\
+        \tau_{\mathrm{out}}^2 / 2 + \tau_{\mathrm{in}}^2 & \text{(antithetic)} \end{cases}
 
-    `tau_out^2` is the variance of the computed value's rounding (uniform on half a
-    spacing each side, `num_roundings` roundings of the size of `value`); `tau_in^2` that
-    of `g.e`, `e` the rounding of the perturbed point to `dtype`, averaged over
-    log-uniform mantissas. The module docstring derives them; they assume dithered
-    rounding (values moving over many spacings between evaluations). Add the
-    estimator's own variance (`(d + 1) ||g||^2 / n` for small `sigma` and Gaussian
-    directions) for the total.
+    with `h(v) = eps 2^floor(log2 |v|)` the spacing of `value_dtype` at `|v|`, `eps_p` the
+    `eps` of `dtype` and `W = E||w||^2` (`d` for "gaussian" and "rademacher", `d^2` for
+    "sphere"). It assumes dithered rounding; derivation: :ref:`estimators-precision`. Add
+    the estimator's own variance (`(d + 1) ||g||^2 / n` for Gaussian directions).
 
     Args:
-        sigma: the perturbation scale, `> 0` (the one `zeroth_order_grad` used, i.e.
-            after raising it to `sigma_min`).
+        sigma: the perturbation scale, `> 0`, after `zeroth_order_grad` raised it.
         value: the typical value of `f` near `x` (its magnitude sets the spacing).
-        grad_norm: `||grad f(x)||`, `>= 0` (used by the input term only).
+        grad_norm: `||g|| = ||grad f(x)||`, `>= 0` (used by the input term only).
         dtype: the params' dtype, in which the perturbed points are rounded.
         num_params: `d`, the number of parameters.
         num_directions: `n`: `num_samples / 2` when antithetic, else `num_samples`.
         antithetic: central (True) or forward (False, baseline "unperturbed") differences.
-        directions: a name of `DIRECTION_KINDS` or a `DirectionKind`, whose
-            `second_moment` gives `W` (and `variance_factor` gives `c_I` for the floor).
-        value_dtype: the dtype of the last rounding of `f` (default `dtype`); float32
-            for an objective computed in float32 from bfloat16 params.
-        num_roundings: `kappa >= 0`, the effective number of roundings of the size of
-            `value` reaching the output: 1 for one final rounding, `1/K` for a mean of
-            `K` values each rounded (and of the size of the mean), 0 for none.
-        param_scale: `>= 0`, the gradient-weighted RMS of the params, `sqrt(sum_j (x_j
-            g_j)^2) / ||g||` (at most `max_j |x_j|`); 0 ignores the input rounding.
+        directions: a name of `DIRECTION_KINDS` or a `DirectionKind` (its `second_moment`).
+        value_dtype: the dtype of the last rounding of `f` (default `dtype`).
+        num_roundings: `kappa >= 0`, roundings of the size of `value` reaching the output:
+            1 for one final rounding, `1/K` for a mean of `K` rounded values, 0 for none.
+        param_scale: `s >= 0`, the gradient-weighted RMS of the params,
+            `sqrt(sum_j (x_j g_j)^2) / ||g||`; 0 ignores the input rounding.
 
     Returns:
         The predicted variance trace (a float32 scalar, or wider with wider inputs).
@@ -168,12 +160,8 @@ def rounding_variance(
     Raises:
         ValueError: for a concrete `sigma <= 0`, a non-finite `value`, a negative
             `grad_norm`, `num_roundings` or `param_scale`, a non-float `dtype` or
-            `value_dtype`, `num_params` or `num_directions` not a positive integer, or an
-            unknown `directions`.
-
-    References:
-        Higham, "Accuracy and Stability of Numerical Algorithms" (SIAM, 2002), ch. 2.
-        Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333.
+            `value_dtype`, a non-positive `num_params` or `num_directions`, or an unknown
+            `directions`.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -181,11 +169,15 @@ def rounding_variance(
         >>> v = rounding_variance(0.01, 768.0, 1.0, jnp.bfloat16, num_params=10)
         >>> round(float(v), 1)  # 10 (16 / 12) / 2 / 0.01^2: h = 4 at 768 in bfloat16
         66666.7
+
+    References:
+        Higham, "Accuracy and Stability of Numerical Algorithms" (SIAM, 2002), ch. 2.
+        Malladi et al. (MeZO), https://arxiv.org/abs/2305.17333.
     """
     checks.check_scalar("sigma", sigma, low=0.0, low_inclusive=False)
-    return _rounding_terms(value, grad_norm, dtype, num_params, antithetic, directions,
-                           value_dtype, num_roundings, param_scale,
-                           num_directions)[0] / jnp.square(sigma)
+    terms = _rounding_terms(value, grad_norm, dtype, num_params, antithetic, directions,
+                            value_dtype, num_roundings, param_scale, num_directions)[0]
+    return jnp.divide(*dtypes.promoted(terms, jnp.square(sigma)))
 
 
 def rounding_floor_sigma(
@@ -252,7 +244,8 @@ def rounding_floor_sigma(
     total, intrinsic = _rounding_terms(value, grad_norm, dtype, num_params, antithetic,
                                        directions, value_dtype, num_roundings,
                                        param_scale, 1)
-    return jnp.sqrt(total / (ratio * intrinsic)) / grad_norm
+    floor = jnp.sqrt(jnp.divide(*dtypes.promoted(total, ratio * intrinsic)))
+    return jnp.divide(*dtypes.promoted(floor, grad_norm))
 
 
 def _rounding_terms(
@@ -274,10 +267,11 @@ def _rounding_terms(
     eps_value = _float_eps("value_dtype", final_dtype)
     largest = float(jnp.finfo(final_dtype).max)  # the value must be representable
     checks.check_scalar("value", value, low=-largest, high=largest)
-    value = jnp.asarray(value, jnp.result_type(value, jnp.float32))
+    value = jnp.asarray(value, dtypes.result_type(value, jnp.float32))
     spacing = _spacing(value, eps_value, final_dtype)
     tau_out = jnp.square(spacing) * num_roundings / 12.0
     tau_in = LOG_UNIFORM_FACTOR * (eps_params * param_scale * grad_norm) ** 2
+    tau_out, tau_in = dtypes.promoted(tau_out, tau_in)
     weight = kind.second_moment(num_params)
     total = tau_out / 2 + tau_in if antithetic else 2 * tau_out + tau_in
     intrinsic = kind.variance_factor(num_params)

@@ -225,14 +225,23 @@ def _sample_devices(sample_sharding: jax.sharding.Sharding) -> int:
 
 def weighted_sum(coefficients: jax.Array, stacked: PyTree) -> PyTree:
     """`sum_i coefficients[i] * stacked[i]` for every leaf of a stacked pytree."""
-    return jax.tree.map(lambda leaf: jnp.tensordot(coefficients, leaf, axes=1), stacked)
+
+    def weighted(leaf: jax.Array) -> jax.Array:
+        scale, values = dtypes.promoted(coefficients, leaf)
+        return jnp.tensordot(scale, values, axes=1)
+
+    return jax.tree.map(weighted, stacked)
 
 
 def scale_samples(coefficients: jax.Array, stacked: PyTree) -> PyTree:
     """`coefficients[i] * stacked[i]` for every leaf, keeping the leading sample axis."""
-    return jax.tree.map(
-        lambda leaf: coefficients.reshape((-1,) + (1,) * (leaf.ndim - 1)) * leaf, stacked
-    )
+
+    def scaled(leaf: jax.Array) -> jax.Array:
+        scale, values = dtypes.promoted(
+            coefficients.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf)
+        return scale * values
+
+    return jax.tree.map(scaled, stacked)
 
 
 def check_scalar_output(name: str, output: object, floating: bool = False) -> None:

@@ -9,9 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks._src import keys
+from jaxtricks._src import checks, keys
 from jaxtricks._src.typing import KeyLike, PyTree
 from jaxtricks.estimators import _baselines, _directions, _forward_gradient, _zeroth_order
+
+Mask = PyTree | Callable[[PyTree], PyTree] | None
+"""Where to perturb: a pytree of booleans shaped like the params (each leaf a bool
+array broadcastable to its parameter, or a bool for the whole leaf), a callable of the
+params returning one, or None (everywhere)."""
 
 
 class EstimateState(NamedTuple):
@@ -39,6 +44,8 @@ def zeroth_order_estimate(
     directions: str | _directions.DirectionKind = "gaussian",
     baseline: _baselines.Baseline = "unperturbed",
     chunk_size: int | None = None,
+    sign_coefficients: bool = False,
+    mask: Mask = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replaces the updates with a zeroth-order estimate of the gradient of `value_fn`.
 
@@ -48,27 +55,26 @@ def zeroth_order_estimate(
         \texttt{fold\_in}(\texttt{key}, t), \ldots)
 
     `update(updates, state, params, *, value_fn)` ignores the incoming `updates` and
-    returns `g_t`, the estimate at `params` with the key `jax.random.fold_in(key, t)`,
-    `t` the step count kept in the state. `value_fn(params) -> scalar` is an extra
-    argument, as in `optax.scale_by_backtracking_linesearch`. Chained, the zeroth-order
-    optimisers of ZO-Bench are optax's: ZO-SGD `chain(zeroth_order_estimate(...),
-    optax.sgd(lr))`, with momentum `optax.sgd(lr, momentum)` (one params-sized buffer),
-    ZO-Adam `optax.adam(lr)` (two), ZO-SignSGD (elementwise) `optax.sign_sgd(lr)`;
-    gradient accumulation is `optax.MultiSteps` after it; schedules are optax
-    schedules. For MeZO's in-place step without any gradient buffer, use
-    `zeroth_order_update`.
+    returns `g_t`, `t` the step count kept in the state; `value_fn(params) -> scalar` is an
+    extra argument, as in `optax.scale_by_backtracking_linesearch`. Chained with optax it
+    gives ZO-Bench's optimisers (:ref:`estimators-zo-optimisers`); MeZO's in-place step
+    without any gradient buffer is `zeroth_order_update`.
 
     Args:
         key: a `jax.random.key` (threefry, rbg or unsafe_rbg) or a legacy `PRNGKey`.
         num_samples, sigma, antithetic, directions, baseline, chunk_size: as in
             `zeroth_order_grad`.
+        sign_coefficients: `(1/n) sum_i sign(c_i) w_i`, ZO-Bench's ZO-SGD-Sign (the signs
+            of the directions' coefficients; elementwise signs: `optax.sign_sgd` after).
+        mask: perturb, and estimate, only where True (SparseMeZO, arXiv:2402.15751): bools
+            like `params` (or broadcastable), or a callable of the params; elsewhere 0.
 
     Returns:
         An `optax.GradientTransformationExtraArgs` whose state is an `EstimateState`.
 
     Raises:
         ValueError: for a `key` that is not a key; the other arguments as
-            `zeroth_order_grad` does, at the first update.
+            `zeroth_order_grad` does, and a bad `mask`, at the first update.
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -93,12 +99,12 @@ def zeroth_order_estimate(
     """
     def estimate(value_fn: Callable[[PyTree], jax.Array], params: PyTree,
                  step_key: jax.Array) -> PyTree:
-        return _zeroth_order.zeroth_order_grad(
+        return _zeroth_order.estimate(
             value_fn, params, step_key, num_samples=num_samples, sigma=sigma,
             antithetic=antithetic, directions=directions, baseline=baseline,
-            chunk_size=chunk_size)
+            chunk_size=chunk_size, sign=sign_coefficients)
 
-    return _estimate_transform(key, estimate)
+    return _estimate_transform(key, estimate, mask)
 
 
 def forward_gradient_estimate(
@@ -107,6 +113,7 @@ def forward_gradient_estimate(
     num_samples: int,
     directions: str | _directions.DirectionKind = "gaussian",
     chunk_size: int | None = None,
+    mask: Mask = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replaces the updates with a forward-gradient estimate of `grad value_fn`.
 
@@ -117,6 +124,7 @@ def forward_gradient_estimate(
     Args:
         key: a `jax.random.key` (threefry, rbg or unsafe_rbg) or a legacy `PRNGKey`.
         num_samples, directions, chunk_size: as in `forward_gradient`.
+        mask: as in `zeroth_order_estimate`: tangents only where True.
 
     Returns:
         An `optax.GradientTransformationExtraArgs` whose state is an `EstimateState`.
@@ -144,16 +152,17 @@ def forward_gradient_estimate(
             value_fn, params, step_key, num_samples=num_samples, directions=directions,
             chunk_size=chunk_size)
 
-    return _estimate_transform(key, estimate)
+    return _estimate_transform(key, estimate, mask)
 
 
 def _estimate_transform(
     key: KeyLike,
     estimate: Callable[[Callable[[PyTree], jax.Array], PyTree, jax.Array], PyTree],
+    mask: Mask = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The transform of `estimate(value_fn, params, step_key)`, step `t` keyed by
-    `fold_in(key, t)`."""
-    key_data = jax.random.key_data(keys.batch_invariant(keys.as_key(key, "key"), "key"))
+    `fold_in(key, t)`, perturbing only where `mask` is True."""
+    key_data = stored_key(key)
 
     def init(params: PyTree) -> EstimateState:
         del params
@@ -163,18 +172,80 @@ def _estimate_transform(
                *, value_fn: Callable[[PyTree], jax.Array] | None = None,
                **extra_args: Any) -> tuple[optax.Updates, EstimateState]:
         del updates, extra_args
-        if params is None or value_fn is None:
-            raise ValueError(
-                "params and value_fn must be passed to update (value_fn(params) -> scalar, "
-                f"the objective), got params={type(params).__name__} and "
-                f"value_fn={value_fn!r}."
-            )
-        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
-        estimate_ = estimate(value_fn, params, step_key)
+        params, value_fn = require_objective(params, value_fn)
+        step_key = key_at_step(state)
+        if mask is None:
+            estimate_ = estimate(value_fn, params, step_key)
+        else:
+            estimate_ = _masked_estimate(estimate, value_fn, params, step_key, mask)
         count = jnp.asarray(optax.safe_increment(state.count))
         return estimate_, EstimateState(count=count, key=state.key)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def stored_key(key: KeyLike) -> jax.Array:
+    """The raw data of `key` as a threefry key, kept in a transform's state.
+
+    Raises:
+        ValueError: naming `key`, for anything that is not a single key.
+    """
+    return jax.random.key_data(keys.batch_invariant(keys.as_key(key, "key"), "key"))
+
+
+def key_at_step(state: Any) -> jax.Array:
+    """`fold_in(key, t)`: the typed key of step `t = state.count` of a transform's state."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
+
+
+def require_objective(
+    params: optax.Params | None, value_fn: Callable[[PyTree], jax.Array] | None,
+    name: str = "value_fn",
+) -> tuple[optax.Params, Callable[[PyTree], jax.Array]]:
+    """`(params, value_fn)`, both given to `update`.
+
+    Raises:
+        ValueError: naming both, when either is None.
+    """
+    if params is None or value_fn is None:
+        raise ValueError(
+            f"params and {name} must be passed to update ({name}(params) -> scalar, "
+            f"the objective), got params={type(params).__name__} and {name}={value_fn!r}.")
+    return params, value_fn
+
+
+def _masked_estimate(
+    estimate: Callable[[Callable[[PyTree], jax.Array], PyTree, jax.Array], PyTree],
+    value_fn: Callable[[PyTree], jax.Array], params: PyTree, step_key: jax.Array, mask: Mask,
+) -> PyTree:
+    """The estimate of `value_fn` restricted to the entries where `mask` is True.
+
+    `value_fn` is evaluated at `where(mask, y, x)`: the perturbed point `y` where True,
+    `x` exactly elsewhere; the estimate is then `where(mask, g, 0)`.
+    """
+    mask_tree = mask(params) if callable(mask) else mask
+    checks.check_same_structure("mask", mask_tree, "params", params)
+    for (path, selected), leaf in zip(jax.tree_util.tree_leaves_with_path(mask_tree),
+                                      jax.tree.leaves(params), strict=True):
+        dtype, shape = jnp.result_type(selected), jnp.shape(selected)
+        if dtype != jnp.bool_ or not _broadcasts_to(shape, leaf.shape):
+            raise ValueError(
+                "mask must hold booleans broadcastable to the params' shapes, got dtype "
+                f"{dtype} and shape {shape} at {jax.tree_util.keystr(path)} for a "
+                f"parameter of shape {leaf.shape}.")
+
+    def restricted(point: PyTree) -> jax.Array:
+        return value_fn(jax.tree.map(jnp.where, mask_tree, point, params))
+
+    return jax.tree.map(lambda selected, g: jnp.where(selected, g, jnp.zeros((), g.dtype)),
+                        mask_tree, estimate(restricted, params, step_key))
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return jnp.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
 
 
 def keep_best_step() -> optax.GradientTransformationExtraArgs:
@@ -217,14 +288,10 @@ def keep_best_step() -> optax.GradientTransformationExtraArgs:
                *, value_fn: Callable[[PyTree], jax.Array] | None = None,
                **extra_args: Any) -> tuple[optax.Updates, optax.EmptyState]:
         del extra_args
-        if params is None or value_fn is None:
-            raise ValueError(
-                "params and value_fn must be passed to update (value_fn(params) -> scalar, "
-                f"the objective), got params={type(params).__name__} and "
-                f"value_fn={value_fn!r}.")
+        params, value_fn = require_objective(params, value_fn)
         values = jnp.stack([value_fn(optax.apply_updates(params, optax.tree.scale(s, updates)))
                             for s in (1.0, -1.0)] + [value_fn(params)])
         scale = jnp.array([1.0, -1.0, 0.0])[jnp.argmin(values)]
-        return optax.tree.scale(scale, updates), state
+        return jax.tree.map(lambda u: scale.astype(u.dtype) * u, updates), state  # exact
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -42,7 +42,7 @@ def estimate(plan: _plan.Plan, sample_keys: jax.Array, chunk_size: int) -> PyTre
         scale = _sampling.weight_scale(one_key, params, plan.kind)
         if plan.difference == "tangent":  # the carried buffer holds the direction
             return perturbation, (plan.tangent(perturbation), jnp.zeros(()), scale)
-        point = _sampling.perturb(params, sign * plan.sigma, perturbation)
+        point = _sampling.perturb(params, jnp.asarray(sign, plan.dtype) * plan.sigma, perturbation)
         value = _sampling.value_at(plan.fn, point)
         second = jnp.zeros((), plan.dtype) if plan.difference == "central" else plan.sq_norm(
             None, one_key)

@@ -193,7 +193,7 @@ def _operation(
     if scales is not None:  # perturbation `a z`, weight `b z`
         draw = optax.tree.scale(jnp.where(update, scales[1], scales[0]), draw)
     params = _sampling.perturb(params, jnp.where(update, -steps[direction],
-                                                 multiple * plan.sigma), draw)
+                                                 multiple.astype(plan.dtype) * plan.sigma), draw)
     if evaluates:
         value, sq_norm = jax.lax.cond(
             slot >= 0, functools.partial(_evaluate, plan),

@@ -21,11 +21,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks._src import checks
+from jaxtricks._src.typing import DTypeLike
 from jaxtricks.losses import _common, _kernel
 
 
-def _per_class(name: str, values: jax.typing.ArrayLike, num_classes: int) -> jax.Array:
-    """A scalar or `[K]` vector of non-negative per-class values, checked."""
+def _per_class(
+    name: str, values: jax.typing.ArrayLike, num_classes: int, dtype: DTypeLike
+) -> jax.Array:
+    """A scalar or `[K]` vector of non-negative per-class values, checked, in `dtype`."""
     values = jnp.asarray(values)
     if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != num_classes):
         raise ValueError(
@@ -33,7 +36,7 @@ def _per_class(name: str, values: jax.typing.ArrayLike, num_classes: int) -> jax
             f"class), got shape {values.shape}."
         )
     checks.check_values(name, values, low=0.0)
-    return values
+    return values.astype(dtype)
 
 
 def _gather(values: jax.Array, labels: jax.Array) -> jax.Array:
@@ -132,7 +135,7 @@ def softmax_focal_loss(
         loss = _focal_term(log_prob, jnp.asarray(gamma, log_prob.dtype))
         if alpha is None:
             return loss
-        return _gather(_per_class("alpha", alpha, scores.shape[-1]), labels) * loss
+        return _gather(_per_class("alpha", alpha, scores.shape[-1], loss.dtype), labels) * loss
 
     return _common.softmax_loss(formula, logits, labels, axis, where)
 
@@ -180,7 +183,7 @@ def softmax_weighted_cross_entropy(
     """
 
     def formula(scores: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-        weights = _per_class("class_weights", class_weights, scores.shape[-1])
+        weights = _per_class("class_weights", class_weights, scores.shape[-1], scores.dtype)
         return -_gather(weights, labels) * _kernel.log_target_probability(scores, labels, mask)
 
     return _common.softmax_loss(formula, logits, labels, axis, where)

@@ -97,7 +97,8 @@ def softmax_smoothed_f1_loss(
         if average == "micro":
             true_positives, totals = jnp.sum(true_positives), jnp.sum(totals)
         f1, defined = _soft_f1(true_positives, totals)
-        mean_f1 = jnp.sum(jnp.where(defined, f1, 0.0)) / jnp.maximum(jnp.sum(defined), 1)
+        count = jnp.maximum(jnp.sum(defined, dtype=f1.dtype), 1)
+        mean_f1 = jnp.sum(jnp.where(defined, f1, 0.0)) / count
         return 1.0 - jnp.where(jnp.any(defined), mean_f1, 1.0)
 
     return _common.softmax_loss(formula, logits, labels, axis, where, per_example=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxtricks._src import checks, deprecation
+from jaxtricks._src import checks, deprecation, dtypes
 from jaxtricks.losses import _common
 
 _LOGITS_DEPRECATED = (
@@ -206,8 +206,8 @@ def _mean_recall(
                             length=num_classes)
 
     totals = per_class_count(counted)
-    hits = per_class_count(counted & (predictions == labels))
+    hits = per_class_count(counted & jnp.equal(*dtypes.promoted(predictions, labels)))
     present = totals > 0  # integer counts: this guard cannot hide a NaN
     recall = jnp.where(present, hits / jnp.where(present, totals, 1), 0.0)
-    accuracy = jnp.sum(recall) / jnp.sum(present)
+    accuracy = jnp.sum(recall) / jnp.sum(present, dtype=recall.dtype)
     return jnp.where(jnp.all(valid), accuracy, jnp.nan).astype(jnp.float32)

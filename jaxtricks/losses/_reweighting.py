@@ -26,41 +26,27 @@ def cross_entropy_weights(
 ) -> jax.Array:
     r"""Per-example weights `w` with `grad loss_fn = w * grad(cross-entropy)`.
 
-    With `G` the gradient of `sum(loss_fn(logits, labels))` in the logits and `c` the
-    cross-entropy gradient (`softmax(s) - e_y`, or `sigmoid(z) - y` for `kind="sigmoid"`),
-
     .. math:: w = \frac{\langle G, c \rangle}{\lVert c \rVert^2},
 
-    the least-squares projection of `G` on `c`, per example. For a loss that depends on
-    the logits only through `p_y`, `G = w c` exactly, so this is the closed form
-    `w = -l'(p_y) p_y` (focal: `(1-p)^g - g p (1-p)^(g-1) log p`; smoothed accuracy:
-    `p`; hard truncation: `theta(m - p)`) up to rounding. Otherwise (logit adjustment,
-    batch F1) it is the best single weight, and `G - w c` is what no re-weighting
-    explains. Where `c = 0` in floating point (`p_y` rounds to 1) the weight is
-    undefined and returned as NaN, never computed as 0/0. A NaN (or, softmax, +inf)
-    score, a NaN gradient of `loss_fn`, or a traced label outside `[0, num_classes)`
-    gives NaN for its example; an empty batch gives empty weights.
-
-    `loss_fn` must return per-example losses, one per weight: shape `[...]` (softmax)
-    or the logits' shape (sigmoid). A `loss_fn` that already averages (or sums) them
-    would give weights divided by the batch size, so its output shape is checked; a
-    loss that is a batch-level scalar by nature (the F1 losses) needs
-    `batch_level=True`.
+    `G` the gradient of `sum(loss_fn(logits, labels))` in the logits and `c` the
+    cross-entropy's (`softmax(s) - e_y`, or `sigmoid(z) - y` for `kind="sigmoid"`), per
+    example: the least-squares projection of `G` on `c`, exact for a loss of `p_y` alone
+    (`w = -l'(p_y) p_y`), else the best single weight. NaN where `c = 0` in floating point
+    (`p_y` rounds to 1). Closed forms, non-finite input: :ref:`the losses page <losses-weights>`.
 
     Args:
-        loss_fn: `(logits, labels) -> losses`, per example (`batch_level=False`) or a
-            batch-level scalar (`batch_level=True`). With `where`, it should apply the
-            same mask itself.
+        loss_fn: `(logits, labels) -> losses`, one per weight (shape `[...]` for softmax,
+            the logits' shape for sigmoid; checked, as an averaged loss would divide the
+            weights by the batch size), or a scalar with `batch_level=True`. With
+            `where`, it should apply the same mask itself.
         logits: `[..., num_classes]` scores (softmax) or binary logits (sigmoid).
         labels: integer labels `[...]` in `[0, num_classes)`, any integer dtype
             (softmax), or `{0, 1}` labels of the logits' shape (sigmoid).
         kind: "softmax" or "sigmoid": which cross-entropy to compare with.
         axis: the class axis or axes (softmax), as in the losses.
-        where: None or a mask as in the losses (softmax: of shape `[...]` or of the
-            logits' shape; sigmoid: of the logits' shape): the cross-entropy compared
-            with is the masked one, and examples (elements) it excludes entirely get
-            weight 0, as they get loss 0.
-        batch_level: whether `loss_fn` returns a scalar rather than per-example losses.
+        where: None or a mask as in the losses: the cross-entropy compared with is the
+            masked one, and the examples (elements) it excludes entirely get weight 0.
+        batch_level: whether `loss_fn` returns a batch-level scalar (the F1 losses).
 
     Returns:
         The weights, in the compute dtype (at least float32): shape `[...]` (softmax) or

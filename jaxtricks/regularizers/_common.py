@@ -168,11 +168,12 @@ def add_scaled_params(
     Unlike `optax.add_decayed_weights`, a float32 (e.g. scheduled) coefficient does not
     promote bfloat16 updates, so the optimiser states after it keep their dtypes.
     """
-    return jax.tree.map(
-        lambda update, param: update + (coefficient * param).astype(update.dtype),
-        updates,
-        params,
-    )
+
+    def add(update: jax.Array, param: jax.Array) -> jax.Array:
+        scaled = jnp.multiply(*dtypes.promoted(coefficient, param))
+        return update + scaled.astype(update.dtype)
+
+    return jax.tree.map(add, updates, params)
 
 
 def accumulation_dtype(leaf: jax.typing.ArrayLike) -> jnp.dtype:

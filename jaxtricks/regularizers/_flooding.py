@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxtricks._src import checks
+from jaxtricks._src import checks, dtypes
 from jaxtricks.regularizers._common import accumulation_dtype
 
 
@@ -178,7 +178,8 @@ def gradient_norm_penalty(
         value_and_grad_fn = nnx_value_and_grad if holds_module else value_and_grad
         value, grads = value_and_grad_fn(params, *args, **kwargs)
         loss, aux = value if has_aux else (value, None)
-        penalised_loss = loss + coefficient * _squared_norm(grads)
+        penalty = jnp.multiply(*dtypes.promoted(coefficient, _squared_norm(grads)))
+        penalised_loss = jnp.add(*dtypes.promoted(loss, penalty))
         return (penalised_loss, aux) if has_aux else penalised_loss
 
     return penalised

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtricks._src import dtypes
 from jaxtricks.regularizers._common import (
     CountState,
     Mask,
@@ -67,8 +68,9 @@ def l2_penalty(params: optax.Params, *, mask: Mask = None) -> jax.Array:
         Su, `L2正则没有想象那么好？可能是“权重尺度偏移”惹的祸 (L2 regularisation is not as good
         as you think? Blame the weight scale shift) <https://kexue.fm/archives/7681>`_, 2020
     """
-    zero = jnp.zeros([], jnp.float32)
-    return 0.5 * sum((squared_norm(leaf) for leaf in selected_leaves(params, mask)), zero)
+    norms = [squared_norm(leaf) for leaf in selected_leaves(params, mask)]
+    dtype = dtypes.result_type(jnp.float32, *norms)  # float64 if a leaf is
+    return 0.5 * sum((norm.astype(dtype) for norm in norms), jnp.zeros([], dtype))
 
 
 def _add_scaled_params_transform(

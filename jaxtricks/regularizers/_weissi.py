@@ -95,31 +95,29 @@ def weissi_penalty(
     mask: Mask = None,
     eps: jax.typing.ArrayLike = 1e-12,
 ) -> jax.Array:
-    """The WEISSI penalty `weight_decay * R_form + direction_weight * R_dir`.
+    r"""The WEISSI penalty `weight_decay * R_form + direction_weight * R_dir`.
 
-    Per selected weight tensor `W_l` (L of them), `n_l^2 = ||W_l||^2 + eps`:
-    `R_log = sum_l log n_l` (default), `R_product = prod_l n_l`,
-    `R_gm = (prod_l n_l)^(1/L)`, `R_dir = sum_l ||W_l||_1 / n_l`. `R_log` and
+    .. math::
+
+        R_{\log} = \sum_l \log n_l, \quad R_{\mathrm{product}} = \prod_l n_l, \quad
+        R_{\mathrm{gm}} = \Bigl(\prod_l n_l\Bigr)^{1/L}, \quad
+        R_{\mathrm{dir}} = \sum_l \frac{\lVert W_l \rVert_1}{n_l},
+
+    with `n_l^2 = ||W_l||^2 + eps` over the L selected weight tensors. `R_log` and
     `R_product` are invariant under `W_l -> g_l W_l` with `prod_l g_l = 1` (the
-    weight-scale shift of a ReLU network), unlike the L2 penalty. `R_log` is
-    unbounded below as a layer shrinks to 0: only the data loss stops the collapse.
-    The post's penalty is `R_log` with `R_dir`; `R_product` and `R_gm` are extensions
-    of this library.
-
-    For monitoring or for adding to a loss. With the same keyword arguments,
-    `weissi(...)` adds exactly `jax.grad(weissi_penalty)(params, ...)`; with the
-    defaults, `weissi(wd)` adds `wd * jax.grad(weissi_penalty)(params)`.
+    weight-scale shift of a ReLU network), unlike L2; `R_log` is unbounded below
+    (:ref:`regularizers-math`). The post's penalty is `R_log` with `R_dir`; `R_product` and
+    `R_gm` are extensions. `weissi(...)` adds exactly `jax.grad(weissi_penalty)(params, ...)`.
 
     Args:
         params: a pytree of arrays.
         weight_decay: coefficient of the scale term (default 1: the bare `R_form`).
         direction_weight: coefficient of the direction term `R_dir`.
         form: "log" (the post's), or the extensions "product" and "geometric_mean".
-        mask: a pytree of bools shaped like `params`, a callable of the params
-            returning one, or None (default) for the floating-point leaves with
-            `ndim >= 2`.
-        eps: added to every squared norm (> 0), so that values and gradients are
-            finite at `W = 0`.
+        mask: a pytree of bools shaped like `params`, a callable of the params returning
+            one, or None (default) for the floating-point leaves with `ndim >= 2`.
+        eps: added to every squared norm (> 0), so that values and gradients are finite
+            at `W = 0`.
 
     Returns:
         A scalar (at least float32); 0 when no leaf is selected.

@@ -124,42 +124,37 @@ def weissi(
     eps: jax.typing.ArrayLike = 1e-12,
     learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Coupled WEISSI regularisation (the post's), placed before the optimiser.
+    r"""Coupled WEISSI regularisation (the post's), placed before the optimiser.
 
-        updates <- updates + weight_decay * grad R_form + direction_weight * grad R_dir
+    .. math::
+
+        u \leftarrow u + \lambda_1 \nabla R_{\mathrm{form}} + \lambda_2 \nabla R_{\mathrm{dir}},
+        \qquad \nabla_{W_l} R_{\log} = \frac{W_l}{\lVert W_l \rVert^2 + \epsilon},
 
     exactly `jax.grad(weissi_penalty)` with the same arguments, e.g.
-    `optax.chain(weissi(1e-3), optax.adam(1e-3))`: WEISSI's `l2_regularization`. For the
-    default log form the added term on layer `l` is `weight_decay * W_l / ||W_l||^2`:
-    weight decay with a per-layer coefficient `weight_decay / ||W_l||^2` (big layers
-    decay less, the opposite of L2). The decoupled (AdamW-style) form, placed after the
-    optimiser, is `decoupled_weissi`.
+    `optax.chain(weissi(1e-3), optax.adam(1e-3))`. The log form is weight decay with a
+    per-layer coefficient `weight_decay / ||W_l||^2`: big layers decay less, the opposite
+    of L2. The decoupled (AdamW-style) form, placed after the optimiser, is `decoupled_weissi`.
 
     Args:
-        weight_decay: coefficient of the scale term (>= 0), or a schedule.
-        direction_weight: coefficient of the direction term `R_dir` (>= 0), or a
-            schedule.
-        form: "log" (default, the post's), or the extensions "product" and
-            "geometric_mean" (see `weissi_penalty`).
-        mask: a pytree of bools shaped like the params, a callable of the params
-            returning one, or None (default) for the floating-point leaves with
-            `ndim >= 2`. The product and geometric-mean forms couple all the selected
-            leaves. Under `optax.inject_hyperparams`, a callable mask must be listed
-            in `static_args`.
+        weight_decay: `lambda_1 >= 0`, the coefficient of the scale term, or a schedule.
+        direction_weight: `lambda_2 >= 0`, that of the direction term `R_dir`, or a schedule.
+        form: "log" (default, the post's), or the extensions "product" and "geometric_mean"
+            (see `weissi_penalty`), which couple all the selected leaves.
+        mask: a pytree of bools shaped like the params, a callable of the params returning
+            one, or None for the floating-point leaves with `ndim >= 2` (a callable mask
+            goes in `optax.inject_hyperparams`'s `static_args`).
         eps: added to every squared norm (> 0): finite at `W = 0`.
-        learning_rate: deprecated (removed in 0.3.0, a `DeprecationWarning` once): a
-            learning rate gives `decoupled_weissi(..., learning_rate=learning_rate)`.
+        learning_rate: deprecated (removed in 0.3.0): gives `decoupled_weissi` with this rate.
 
     Returns:
         An `optax.GradientTransformationExtraArgs` whose state is `optax.MaskedState`
         around a `CountState(count)` (the step count for schedules).
 
     Raises:
-        ValueError: for a negative or non-finite constant rate, an unknown `form` or
-            `eps <= 0`; from `init` and `update`, for a mask whose structure differs
-            from the params' or that selects a leaf that is not floating-point (an
-            integer or boolean leaf cannot hold its decay); from `update`, when called
-            without `params`.
+        ValueError: for a negative or non-finite constant rate, an unknown `form` or `eps <= 0`;
+            from `init` and `update`, for a mask not of the params' structure or selecting a
+            leaf that is not floating-point; from `update`, when called without `params`.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -202,32 +197,28 @@ def decoupled_weissi(
     mask: Mask = None,
     eps: jax.typing.ArrayLike = 1e-12,
 ) -> optax.GradientTransformationExtraArgs:
-    """Decoupled (AdamW-style) WEISSI, placed after the optimiser.
+    r"""Decoupled (AdamW-style) WEISSI, placed after the optimiser.
 
-        updates <- updates - min(1, lr * weight_decay * a_l) W_l
-                           - lr * direction_weight * grad R_dir(W_l)
+    .. math::
 
-    with `a_l W_l = grad_{W_l} R_form` (`a_l = 1/||W_l||^2` for the log form):
-    WEISSI's `decoupled_weight_decay`, e.g.
-    `optax.chain(optax.adam(lr), decoupled_weissi(wd, learning_rate=lr))`. The clamp
-    `min(1, .)` is the factor `max(0, 1 - lr wd / ||W||^2)`: the decay never flips the
-    sign of a layer. Without the clamp, the update is `-lr * jax.grad(weissi_penalty)`
-    with the same arguments. An extension of this library, not in the post, whose
-    WEISSI is the coupled `weissi`.
+        u \leftarrow u - \min(1, \eta \lambda_1 a_l)\, W_l - \eta \lambda_2 \nabla R_{\mathrm{dir}},
+        \qquad a_l W_l = \nabla_{W_l} R_{\mathrm{form}}
+
+    (`a_l = 1/(||W_l||^2 + eps)` for the log form), e.g. `optax.chain(optax.adam(lr),
+    decoupled_weissi(wd, learning_rate=lr))`. The clamp keeps the decay from flipping a
+    layer's sign; without it the update is `-lr * jax.grad(weissi_penalty)` (same arguments).
+    An extension of this library, not in the post, whose WEISSI is the coupled `weissi`.
 
     Args:
-        weight_decay: coefficient of the scale term (>= 0), or a schedule.
-        learning_rate: the optimiser's learning rate (>= 0), or its schedule; the step
-            count is kept in the state, so give the same schedule as the optimiser.
-        direction_weight: coefficient of the direction term `R_dir` (>= 0), or a
-            schedule.
-        form: "log" (default, the post's), or the extensions "product" and
-            "geometric_mean" (see `weissi_penalty`).
-        mask: a pytree of bools shaped like the params, a callable of the params
-            returning one, or None (default) for the floating-point leaves with
-            `ndim >= 2`. The product and geometric-mean forms couple all the selected
-            leaves. Under `optax.inject_hyperparams`, a callable mask must be listed
-            in `static_args`.
+        weight_decay: `lambda_1 >= 0`, the coefficient of the scale term, or a schedule.
+        learning_rate: `eta >= 0`, the optimiser's learning rate, or the same schedule as
+            the optimiser's (the step count is kept in the state).
+        direction_weight: `lambda_2 >= 0`, that of the direction term `R_dir`, or a schedule.
+        form: "log" (default, the post's), or the extensions "product" and "geometric_mean"
+            (see `weissi_penalty`), which couple all the selected leaves.
+        mask: a pytree of bools shaped like the params, a callable of the params returning
+            one, or None for the floating-point leaves with `ndim >= 2` (a callable mask
+            goes in `optax.inject_hyperparams`'s `static_args`).
         eps: added to every squared norm (> 0): finite at `W = 0`.
 
     Returns:
@@ -235,11 +226,9 @@ def decoupled_weissi(
         around a `CountState(count)` (the step count for schedules).
 
     Raises:
-        ValueError: for a negative or non-finite constant rate, an unknown `form` or
-            `eps <= 0`; from `init` and `update`, for a mask whose structure differs
-            from the params' or that selects a leaf that is not floating-point (an
-            integer or boolean leaf cannot hold its decay); from `update`, when called
-            without `params`.
+        ValueError: for a negative or non-finite constant rate, an unknown `form` or `eps <= 0`;
+            from `init` and `update`, for a mask not of the params' structure or selecting a
+            leaf that is not floating-point; from `update`, when called without `params`.
 
     Examples:
         >>> import jax.numpy as jnp, optax

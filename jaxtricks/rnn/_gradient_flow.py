@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxtricks._src import dtypes
 from jaxtricks.rnn import _steps
 from jaxtricks.rnn._steps import Carry, StepFn
 
@@ -139,7 +140,7 @@ def _norms_over_time(tree: Any, length: int) -> jax.Array:
     of the unscaled norm).
     """
     leaves = jax.tree.leaves(tree)
-    dtype = jnp.result_type(*leaves, jnp.float32)
+    dtype = dtypes.result_type(*leaves, jnp.float32)
     rows = [leaf.astype(dtype).reshape(length, math.prod(leaf.shape[1:])) for leaf in leaves]
     peak = jax.lax.stop_gradient(functools.reduce(
         jnp.maximum, [jnp.max(jnp.abs(row), axis=1, initial=0) for row in rows],

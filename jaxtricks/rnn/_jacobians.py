@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks, dtypes, keys
 from jaxtricks.rnn import _spectral, _steps
 from jaxtricks.rnn._steps import Carry, StepFn
 
@@ -37,69 +37,40 @@ def jacobian_norms(
     max_iterations: int = 100,
     log_space: bool = False,
 ) -> Any:
-    """Norms `||d carry_t / d carry_0||` for t = 1..T, in one forward pass through time.
+    r"""Norms `||d carry_t / d carry_0||` for t = 1..T, in one forward pass through time.
 
-    Forward mode over the whole carry: the tangent block `P_t = (d carry_t / d carry_0)^T`
-    (`[D, D]`, D the number of carry entries) is carried through `jax.lax.scan`, each step
-    applying the step's linearisation to its D rows (`jax.linearize` + `jax.vmap`), so the
-    cost is D Jacobian-vector products per step and only one `[D, D]` block lives at a
-    time (never the T Jacobians). The block is renormalised every step and its scale
-    kept as a logarithm, so norms of 1e-300 or 1e300 neither underflow nor overflow
-    inside (see `log_space`).
+    .. math::
 
-    The Frobenius norm is exact. The spectral norm is computed per step by
+        \frac{\partial\, \mathrm{carry}_t}{\partial\, \mathrm{carry}_0} = J_t J_{t-1} \cdots J_1,
+        \qquad J_k = \frac{\partial\, \mathrm{carry}_k}{\partial\, \mathrm{carry}_{k-1}}.
 
-    - `method="exact"`: singular values of the block (SVD, O(D^3) per step);
-    - `method="power"`: subspace (block power) iteration with 8 vectors on the block M,
-      `V <- qr(M^T M V)`, with the Rayleigh-Ritz pair `sigma = sigma_max(M V)`,
-      `v = V w` (`w` the top eigenvector of `(M V)^T M V`), `u = M v / sigma`, stopped
-      when the residual `||M^T u - sigma v|| <= tol * sigma` (or after
-      `max_iterations`). Then `sigma` is a lower bound of `||M||_2` with relative error
-      about `tol^2 sigma / gap` (gap: `sigma_1 - sigma_2`) and its derivative, given by
-      the implicit rule `d sigma = u^T (dM) v` (a `jax.custom_jvp`, linear in `dM`, so
-      forward and reverse mode both work), has relative error about `tol`. The first
-      step starts from a Gaussian basis drawn with `key` (required), every later step
-      from the previous step's basis (the leading right singular vectors of
-      `d carry_t / d carry_0` converge in t, so a few iterations suffice). O(D^2) per
-      iteration;
-    - `method="auto"`: "exact" when the block has at most 64 rows, else "power" (then
-      `key` is required).
-
-    Every method can be differentiated (`jax.grad`, `jax.jvp`, `jax.jacfwd`) with respect
-    to the carry and to anything `step_fn` closes over, e.g. the cell's parameters.
+    A `[D, D]` tangent block (D carry entries, D Jacobian-vector products a step) goes
+    through `jax.lax.scan`, its log-scale kept (no underflow at 1e-300). Frobenius norms are
+    exact, spectral ones exact (SVD) or a lower bound (:ref:`rnn-spectral`); all differentiable.
 
     Args:
-        step_fn: `(carry, x_t) -> (new_carry, y_t)`, with `new_carry` of the same
-            structure, shapes and dtypes as `carry`; see `linen_step`, `nnx_step`.
+        step_fn: `(carry, x_t) -> (new_carry, y_t)` (see `linen_step`, `nnx_step`), keeping
+            the carry's structure, shapes and dtypes.
         carry: the initial carry, a pytree of floating arrays (e.g. `(c, h)`).
-        inputs: a pytree of arrays with a leading time axis `[T, ...]`, T >= 0; any
-            dtype (integer tokens too).
-        key: a `jax.random` key (typed or legacy `PRNGKey`, the same numbers for both)
-            for the power iteration's starting basis. Required when the power iteration
-            runs (`ord="spectral"` with `method="power"`, or `"auto"` with a block above
-            64 rows); unused otherwise. Different keys agree to `tol`.
+        inputs: a pytree of arrays with a leading time axis `[T, ...]`, T >= 0, any dtype.
+        key: a `jax.random` key starting the power iteration, required where it runs.
         ord: "spectral" (largest singular value) or "fro" (Frobenius).
-        per_leaf: False: the norm of the Jacobian of the whole carry, flattened.
-            True: for each carry leaf a, the norm of its own block `d a_t / d a_0`
-            (e.g. the `c` block and the `h` block of an LSTM), as a pytree like
-            `carry`.
-        method: "auto", "exact" or "power" (spectral norm only; see above).
-        tol: relative residual at which the power iteration stops, > 0.
+        per_leaf: False: the norm of the whole carry's Jacobian; True: for each leaf `a`,
+            that of its own block `d a_t / d a_0`, as a pytree like `carry`.
+        method: "exact" (SVD), "power" (subspace iteration) or "auto" (exact up to 64
+            rows, power above); spectral norms only.
+        tol: relative residual `||M^T u - sigma v|| / sigma` ending the iteration, > 0.
         max_iterations: most power iterations per time step, >= 1.
         log_space: return the natural logarithms of the norms instead.
 
     Returns:
-        `[T]` norms (or a pytree of them with `per_leaf=True`), in the carry's floating
-        dtype promoted to at least float32 (float64 for a float64 carry). A NaN
-        entering at step t (in the carry or in `x_t`) gives NaN from step t on.
+        `[T]` norms (a pytree of them with `per_leaf=True`) in the carry's floating dtype,
+        at least float32. A NaN entering at step t gives NaN from step t on.
 
     Raises:
-        ValueError: unknown `ord` or `method`, `tol` not > 0, `max_iterations` < 1,
-            `inputs` without a common time axis, a carry that is not floating point or
-            (for a `linen_step` or `nnx_step` cell that fails on it) not of the shapes
-            of the cell's `initialize_carry`, a missing `key` where the power iteration
-            runs, a `key` that is not a key, or a `step_fn` whose carry changes
-            structure, shape or dtype.
+        ValueError: for an unknown `ord` or `method`, `tol <= 0`, `max_iterations < 1`,
+            `inputs` without a common time axis, a carry that is not floating, that the cell
+            rejects or that `step_fn` changes, or a missing or bad `key` where needed.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -114,8 +85,7 @@ def jacobian_norms(
         gradient as a product of one-step Jacobians)
 
         Magnus, `On differentiating eigenvalues and eigenvectors
-        <https://doi.org/10.1017/S0266466600011129>`_, 1985 (Econometric Theory 1(2);
-        the derivative of a simple singular value)
+        <https://doi.org/10.1017/S0266466600011129>`_, 1985 (`d sigma = u^T (dM) v`)
     """
     return _jacobian_scan(
         step_fn, carry, inputs, cumulative=True, key=key, ord=ord, per_leaf=per_leaf,
@@ -204,7 +174,7 @@ def _jacobian_scan(
     _steps.check_sequence(inputs)
     _steps.check_step(step_fn, carry, inputs)
     flat_carry, unravel = ravel_pytree(carry)
-    dtype = jnp.result_type(flat_carry, jnp.float32)
+    dtype = dtypes.compute_dtype(flat_carry.dtype)
     blocks = _leaf_blocks(carry) if per_leaf else [slice(0, flat_carry.size)]
     sizes = [block.stop - block.start for block in blocks]
     use_power = ord == "spectral" and (
@@ -284,7 +254,7 @@ def _rescaled(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
     peak = jax.lax.stop_gradient(jnp.max(jnp.abs(matrix), initial=0))
     zero = peak == 0
     safe_peak = jnp.where(zero, jnp.ones_like(peak), peak)
-    wide = jnp.promote_types(matrix.dtype, jnp.float32)
+    wide = dtypes.compute_dtype(matrix.dtype)
     log_peak = jnp.where(zero, -jnp.inf, jnp.log(safe_peak.astype(wide)))
     return log_peak, matrix / safe_peak
 

@@ -37,143 +37,53 @@ def teaforn_loss(
 ) -> tuple[jax.Array, jax.Array]:
     r"""TeaForN loss: N decoding passes, each fed the previous pass's shifted outputs.
 
-    The decoder is split into the input embedding `E`, the body `M` (`body_fn`:
-    positions, self-attention, attention to the encoder, layers) and the output layer
-    (`output_fn`). With `e_0..e_{T-1} = E(w_0..w_{T-1})` (`w_0` the start token) and
-    targets `w_1..w_T`::
+    .. math::
 
-        h^(1) = M(e_0, e_1,     ..., e_{T-1})          (pass 1: teacher forcing)
-        h^(i) = M(e_0, v_1^(i-1), ..., v_{T-1}^(i-1))    (pass i > 1)
-        ce[i-1, t] = -log softmax(output_fn(h^(i)))_t[w_t]
-        per_pass_losses[i-1] = mean_{scored t} ce[i-1, t]     (reduction="mean")
-        loss = sum_i weights[i-1] * per_pass_losses[i-1]
+        h^{(i)} = M\bigl(e_0, v^{(i-1)}_1, \dots, v^{(i-1)}_{T-1}\bigr),\ v^{(0)} = e, \qquad
+        \mathcal{L} = -\sum_{i=1}^{n} \lambda_i \operatorname{mean}_t \log p^{(i)}_t[w_t],
 
-    where `v^(i-1)` is computed from pass i-1 by `feed`, an object that carries the
-    options of its kind only:
-
-    - `HiddenFeed()`: `v = h` itself (the paper's main variant). Needs `h` and `e` in
-      one space, e.g. an output projection tied to the input embedding.
-    - `SoftFeed(E)`: `v_t = p_t^T E`, the probability-weighted embedding (top-k with
-      `k = |V|`).
-    - `TopKFeed(E, k)`:
-      `v_t = sum_{w in top_k(p_t)} p_t[w] e_w / sum_{w in top_k(p_t)} p_t[w]`.
-    - `ArgmaxFeed(E)`: `v_t = e_{argmax p_t}` forward, with the gradient of `p_t^T E`
-      (straight-through). An extension beyond the paper, which feeds only `h` or
-      top-k mixtures.
-
-    Every pass is scored against the same targets: the look-ahead comes from the shifted
-    inputs (position t of pass i has seen gold tokens `w_0..w_{t-i}` only). Gradients
-    flow from pass i back through `h^(i-1), ..., h^(1)`, so with `weights=(0, 1)` the
-    parameters still get gradients through pass 1's outputs. With `n=1` this is the
-    teacher-forcing cross-entropy. Inference uses pass 1 only (ordinary decoding).
-
-    Repeated positions: for a causal body, position t (1-based) of pass i equals that
-    of pass i-1 when `t < i`, since it sees only inputs that coincide. By default
-    (`mask_repeated=False`, the post's loss, which sums over every t and i) these
-    positions are scored in every pass; `mask_repeated=True` drops them from pass i.
-
-    Padding: `where` marks the valid target positions (right or left padding). A pass
-    feeds `v_{t-1}` at input position t only when target position t-1 is valid and
-    keeps the original `e_t` otherwise, so outputs at padded positions never reach the
-    next pass; with `where=None` the feed is exactly `(e_0, v_1, ..., v_{T-1})`.
-    Packed sequences (several per row) are not supported.
-
-    Reductions: a position is scored in pass i when `where` marks it valid and (with
-    `mask_repeated`) `t >= i`. `"mean"` averages the scored CEs of the whole batch
-    (token-pooled: long sequences weigh more); `"per_example"` averages each sequence's
-    own scored CEs (a batch mean of these weighs sequences alike); `"none"` returns
-    `ce` itself, 0 at the positions not scored, so that any other reduction is one
-    line (e.g. `per_token.sum(-1)` for per-sequence sums).
+    with `M = body_fn`, `p^{(i)} = softmax(output_fn(h^{(i)}))`, `e_t = E(w_t)` and `v^{(i)}` fed
+    by `feed` from pass i; `n=1` is teacher forcing. More in :ref:`teaforn-options`.
 
     Args:
-        body_fn: the causal decoder body, `[B, T, D] -> hidden [B, T, H]` (any
-            architecture: a closure over parameters and the encoder output, a linen
-            `apply`, or an nnx module itself). With `HiddenFeed()`, `H = D`.
-            Leading batch dimensions may be any.
-        output_fn: `hidden [B, T, H] -> logits [B, T, V]`, a function or an nnx
-            module. An nnx module with RNG streams or other state (`nnx.Dropout`,
-            `nnx.RNN`, batch statistics) works in every mode (`unroll`, `remat`):
-            its state other than `nnx.Param` goes from pass to pass (each pass
-            draws new dropout masks) and is written back to the module after the
-            last pass, so call it eagerly or inside nnx transforms (`nnx.jit`,
-            `nnx.grad`), as any stateful nnx module. Pass the module itself, not a
-            closure calling it.
-        input_embeddings: `E(w_0..w_{T-1})`, shape `[B, T, D]`.
-        targets: `w_1..w_T`, integers of any integer dtype in `[0, V)`, shape `[B, T]`,
-            as the labels of `jaxtricks.losses`: a concrete target outside `[0, V)`
-            (e.g. -1 or -100 padding) raises unless `where` masks it out; a traced one
-            (under `jit`) gives NaN in the loss and its derivatives.
-        n: number of passes, >= 1.
-        weights: `n` non-negative loss weights, one per pass (default all ones).
-        feed: what a pass feeds the next: `HiddenFeed()` (default), `SoftFeed(E)`,
-            `TopKFeed(E, k)` or `ArgmaxFeed(E)`, `E` the token embedding table `[V, D]`
-            and `k` in `[1, V]`. Deprecated (removed in 0.3.0, a `DeprecationWarning`
-            once): the former strings `"hidden"`, `"soft"`, `"topk"`, `"argmax"`.
-        where: valid target positions, bools of shape `[B, T]` (default all valid).
+        body_fn: the causal body `[B, T, D] -> [B, T, H]`, a function or an nnx module.
+        output_fn: `[B, T, H] -> logits [B, T, V]`, a function or an nnx module.
+        input_embeddings: `E(w_0..w_{T-1})`, floating, `[B, T, D]`.
+        targets: `w_1..w_T`, integers in `[0, V)`, `[B, T]`.
+        n: the number of passes, >= 1.
+        weights: `n` non-negative loss weights `lambda_i` (default all ones).
+        feed: `HiddenFeed()` (default), `SoftFeed(E)`, `TopKFeed(E, k)` or `ArgmaxFeed(E)`.
+        where: valid target positions, bools `[B, T]` (default all valid).
         mask_repeated: drop positions `t < i` (1-based) of pass i, which repeat pass i-1.
-        reduction: `"mean"`, `"per_example"` or `"none"` (see Reductions).
-        unroll: run the passes as a Python loop (default, faster in our benchmark and
-            any `body_fn` works) instead of a `jax.lax.scan` (one trace of `body_fn`,
-            shorter compile; `body_fn` must be scannable: a pure function or an nnx
-            module).
-        remat: wrap each pass in `jax.checkpoint`, keeping only its inputs for the
-            backward pass (memory ~1 pass instead of n, for about one more forward).
-        embedding: deprecated, with a string `feed` only: the table of `SoftFeed`,
-            `TopKFeed` and `ArgmaxFeed`.
-        top_k: deprecated, with `feed="topk"` only: `TopKFeed`'s `k`.
+        reduction: `"mean"` (over the batch's scored tokens), `"per_example"` or `"none"`.
+        unroll: a Python loop over the passes (default) rather than `jax.lax.scan`.
+        remat: `jax.checkpoint` each pass (memory of one pass, one more forward).
+        embedding, top_k: deprecated (removed in 0.3.0), with a former string `feed` only.
 
     Returns:
-        `(loss, per_pass_losses)`, float32, with `loss = sum_i weights[i] *
-        per_pass_losses[i]`. Shapes by `reduction` (`B` any batch dimensions):
-        `"mean"`: `()` and `[n]`, a pass with no scored position giving 0;
-        `"per_example"`: `[B]` and `[n, B]`, a sequence with no scored position
-        giving 0; `"none"`: `[B, T]` and `[n, B, T]`.
+        `(loss, per_pass_losses)`, float32: `()`, `[n]` ("mean"); `[B]`, `[n, B]`
+        ("per_example"); `[B, T]`, `[n, B, T]` ("none", 0 where not scored).
 
     Raises:
-        ValueError: for `n < 1`, `weights` of the wrong length or negative, shapes
-            that disagree (checked abstractly, with `jax.eval_shape`), non-integer
-            `targets` or concrete ones outside `[0, V)` where `where` marks them valid,
-            a `feed` that is not a feed object (or a former string), an embedding table
-            of the wrong shape, `k` outside `[1, V]`, an unknown `reduction`, `embedding`
-            or `top_k` given with a feed object (or, with a string `feed`, missing where
-            it needs them or given where it does not), or a `body_fn` or `output_fn`
-            that writes the state of an nnx module it reaches through a bound method or
-            a closure.
+        ValueError: for a bad `n`, `weights`, `feed`, `k`, `reduction` or `targets`, shapes
+            that disagree, misused `embedding` or `top_k`, or a closure writing nnx state.
 
     Examples:
-        A causal body (a prefix sum) and an output layer tied to the embedding:
-
         >>> import jax.numpy as jnp
         >>> from jaxtricks.teaforn import teaforn_loss
         >>> table = jnp.linspace(-1.0, 1.0, 20).reshape(5, 4)  # V=5 tokens, D=4
         >>> tokens = jnp.array([[0, 3, 1, 4, 2], [0, 2, 2, 1, 3]])  # w_0 = 0 starts
-        >>> body = lambda e: jnp.tanh(jnp.cumsum(e, axis=-2))
-        >>> output = lambda h: h @ table.T
+        >>> body, output = lambda e: jnp.tanh(jnp.cumsum(e, -2)), lambda h: h @ table.T
         >>> inputs, targets = table[tokens[:, :-1]], tokens[:, 1:]
         >>> loss, per_pass = teaforn_loss(body, output, inputs, targets, n=2)
         >>> round(float(loss), 4), per_pass.shape
         (6.4226, (2,))
-        >>> token_loss, ce = teaforn_loss(body, output, inputs, targets, n=2,
-        ...                               reduction="none")
-        >>> token_loss.shape, ce.shape
-        ((2, 4), (2, 2, 4))
-        >>> bool(jnp.allclose(ce.mean(axis=(1, 2)), per_pass))
-        True
-
-        The other feeds need the embedding table, which their object carries:
-
-        >>> from jaxtricks.teaforn import SoftFeed
-        >>> loss, _ = teaforn_loss(body, output, inputs, targets, n=2, feed=SoftFeed(table))
-        >>> round(float(loss), 4)
-        6.4246
 
     References:
         Goodman, Ding & Soricut, `TeaForN: Teacher-Forcing with N-grams
-        <https://arxiv.org/abs/2010.03494>`_, EMNLP 2020, section 3 (the N decoders,
-        the hidden and top-k embedding feeds, the summed per-decoder losses).
+        <https://arxiv.org/abs/2010.03494>`_, EMNLP 2020, section 3.
 
-        Su, `TeaForN：让Teacher Forcing更有“远见”一些
-        <https://kexue.fm/archives/7818>`_, 2020 (the notation used here).
+        Su, `TeaForN：让Teacher Forcing更有“远见”一些 <https://kexue.fm/archives/7818>`_, 2020.
     """
     input_embeddings = jnp.asarray(input_embeddings)
     targets = jnp.asarray(targets)
@@ -272,7 +182,8 @@ def _reduced(token_ce: jax.Array, scored: jax.Array, reduction: str) -> jax.Arra
     if reduction == "none":
         return token_ce
     axis = None if reduction == "mean" else -1
-    return jnp.sum(token_ce, axis=axis) / jnp.maximum(jnp.sum(scored, axis=axis), 1)
+    count = jnp.sum(scored, axis=axis, dtype=token_ce.dtype)
+    return jnp.sum(token_ce, axis=axis) / jnp.maximum(count, 1)
 
 
 def _checked_weights(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks._src import checks, keys
+from jaxtricks._src import checks, dtypes, keys
 from jaxtricks._src.typing import KeyLike, PyTree
 from jaxtricks.validation import _auc, _discriminator
 
@@ -97,7 +97,7 @@ def _flatten_rows(name: str, features: PyTree) -> jax.Array:
         raise ValueError(
             f"{name} leaves must share the leading row axis, got row counts {sorted(rows)}."
         )
-    dtype = jnp.result_type(*leaves, jnp.float32)
+    dtype = dtypes.result_type(*leaves, jnp.float32)
     return jnp.concatenate([leaf.reshape(leaf.shape[0], -1).astype(dtype) for leaf in leaves], 1)
 
 
@@ -169,7 +169,8 @@ def _cross_fit(
     train_folds = _fold_ids(train_key, num_train, num_folds)
     test_folds = _fold_ids(test_key, num_rows - num_train, num_folds)
     folds = jnp.concatenate([train_folds, test_folds])
-    held_out = folds[None, :] == jnp.arange(num_folds)[:, None]  # (num_folds, num_rows)
+    # (num_folds, num_rows)
+    held_out = folds[None, :] == jnp.arange(num_folds, dtype=folds.dtype)[:, None]
     if fit is None:
         # Built here so that a traced learning rate does not recompile (a schedule is
         # static, compared by identity).
@@ -217,78 +218,41 @@ def adversarial_validation(
     optimizer: optax.GradientTransformation | None = None,
     fit: _discriminator.Fit | None = None,
 ) -> AdversarialValidation:
-    """Scores how test-like every row is with a cross-fitted train-vs-test discriminator.
+    r"""Scores how test-like every row is with a cross-fitted train-vs-test discriminator.
 
-    Training rows get label 0, test rows label 1. Both sets are split at random into
-    `num_folds` folds; for each fold k, a discriminator `D_k` is trained on the rows of
-    both sets outside fold k and scores the rows inside it, so every row's score is
-    out-of-fold. The `num_folds` discriminators train together in one jitted `vmap` on
-    the balanced cross-entropy of the post
+    Each of `num_folds` discriminators `D_k` (in one jitted `vmap`) trains on the rows outside
+    fold k and scores those inside it, labels 0 (train) and 1 (test), each set weighing 1/2:
 
-        L(D) = -1/2 mean_{train} log(1 - D(x)) - 1/2 mean_{test} log D(x)
-               + weight_decay * l2_penalty(kernels),
+    .. math::
 
-    (`l2_penalty` = `0.5 * sum ||kernel||^2`, biases excluded), each set weighing 1/2
-    whatever its size, so at the optimum `D = q / (p + q)` and
-    `logit D = log q(x)/p(x)` with no size correction. Features are standardised with
-    the mean and standard deviation of each fold's own training rows (constant features
-    become 0), computed after dividing each column by its largest `|x|`: scores do not
-    depend on the features' scale, even near float32's range (`1e20` or `1e-30`). The
-    L2 penalty and a simple model keep the discriminator from memorising; for logistic
-    regression it is scikit-learn's
-    `LogisticRegression(C=1 / (weight_decay * n_fit), class_weight="balanced")`
-    objective.
+        L(D) = -\tfrac12 \operatorname{mean}_{x \in \mathrm{train}} \log(1 - D(x))
+        - \tfrac12 \operatorname{mean}_{x \in \mathrm{test}} \log D(x)
+        + \tfrac{\lambda}{2} \textstyle\sum_l \lVert K_l \rVert^2,
 
-    The training loop is the default full-batch one (`steps` steps of `optimizer`,
-    Adam with `learning_rate` unless given) or any `fit(loss_fn, params) -> params`.
-
-    Works under `jax.jit` (bind the static `num_folds`, `model`, `hidden_sizes`,
-    `steps`, a schedule `learning_rate`, `optimizer` and `fit`, e.g. with
-    `functools.partial`; the latter three are compared by identity, so reuse one object
-    to avoid recompiling), `jax.vmap` (over
-    keys or over stacked train/test sets), `jax.checkpoint` and inside `jax.lax.scan`;
-    the NaN check then is skipped, and a NaN or inf feature gives NaN scores, logits and
-    AUC. Differentiating the result with respect to the features (through the training
-    loop) is not supported as a meaningful quantity.
+    `K_l` the kernels (biases excluded), so that `logit D(x) = log q(x)/p(x)` at the
+    optimum. Scaling, scikit-learn's equivalent, `jit`: :ref:`validation-discriminator`.
 
     Args:
-        train_x: an array `(num_train, ...)` or a pytree of such arrays (same leading
-            row axis), the training inputs.
-        test_x: the test inputs, the same tree structure and feature shapes with
-            `num_test` rows.
-        key: a `jax.random` key, typed or a legacy `PRNGKey` (the same numbers for
-            both): fold assignment and initialisation.
+        train_x: an array `(num_train, ...)` or a pytree of them (one leading row axis).
+        test_x: the test inputs, of the same tree structure and feature shapes.
+        key: a `jax.random` key, typed or a legacy `PRNGKey`: folds and initialisation.
         num_folds: K >= 2, the number of folds.
-        model: "logistic" (logistic regression, `hidden_sizes` must be empty) or "mlp"
-            (ReLU MLP with `hidden_sizes`, non-empty).
-        hidden_sizes: a sequence of positive integers, the widths of the MLP's hidden
-            layers.
-        weight_decay: the L2 coefficient `lambda` on the kernels, a scalar >= 0.
+        model: "logistic" (`hidden_sizes` empty) or "mlp" (a ReLU MLP, `hidden_sizes` set).
+        hidden_sizes: the widths of the MLP's hidden layers, positive integers.
+        weight_decay: `lambda >= 0`, the L2 coefficient on the kernels.
         steps: full-batch steps of the default loop, >= 1; None for 500.
-        learning_rate: Adam's learning rate when `optimizer` is None: a scalar > 0 or an
-            optax schedule (`step -> rate`, static); None for 0.05.
-        optimizer: the optimiser of the default loop, an `optax.GradientTransformation`
-            (`update` receives the params); None for `optax.adam(learning_rate)`.
-        fit: a training loop `fit(loss_fn, params) -> params` replacing the default one:
-            given the scalar full-batch objective `loss_fn(params)` above (loss and
-            penalty) and the initial params, it returns the trained params; it is traced
-            once under `jax.jit` and `jax.vmap` over the folds (a `jax.lax.scan` or
-            `jax.lax.while_loop`, no Python control flow on values). None for the
-            default loop.
+        learning_rate: Adam's rate, > 0 or a static optax schedule; None for 0.05.
+        optimizer: the default loop's `optax.GradientTransformation`; None for Adam.
+        fit: a traceable `fit(loss_fn, params) -> params` replacing the default loop.
 
     Returns:
-        An `AdversarialValidation`: out-of-fold `train_scores`, `test_scores` and their
-        logits, the cross-validated `auc` and its `auc_stderr` over folds, `fold_auc`,
-        and the fold of every row.
+        An `AdversarialValidation`: out-of-fold scores and logits of both sets, the
+        cross-validated `auc` with its `auc_stderr`, `fold_auc`, and every row's fold.
 
     Raises:
-        ValueError: if a feature leaf is a scalar (no row axis) or complex, train and
-            test feature shapes or tree structures differ, either set has fewer rows
-            than `num_folds`, concrete features hold NaN or inf, `key` is not a key (or
-            None), a hyper-parameter is out of range or not a scalar (`hidden_sizes` not
-            a sequence of integers), or arguments of different loops are mixed
-            (`learning_rate` with `optimizer`; `steps`, `learning_rate` or `optimizer`
-            with `fit`).
+        ValueError: for scalar or complex feature leaves, train and test shapes or trees
+            that differ, fewer rows than `num_folds`, concrete NaN or inf features, a bad
+            `key` or hyper-parameter, or mixed loop arguments (`fit` with `steps`, ...).
 
     Examples:
         >>> import jax, numpy as np
@@ -302,9 +266,7 @@ def adversarial_validation(
 
     References:
         Su, `如何划分一个跟测试集更接近的验证集？ (How to split off a validation set closer
-        to the test set) <https://kexue.fm/archives/7805>`_, 2020 (the discriminator and
-        its density ratio; K-fold cross-fitting and the cross-validated AUC are standard
-        practice)
+        to the test set) <https://kexue.fm/archives/7805>`_, 2020 (`D` and `w = D/(1-D)`)
     """
     checks.check_positive_int("num_folds", num_folds, minimum=2)
     checks.check_choice("model", model, _MODELS)

@@ -92,13 +92,14 @@ def auc_and_variance(
     valid = jnp.ones(scores.shape, bool) if where is None else jnp.asarray(where, bool)
     checks.check_shape("where", valid.shape, scores.shape)
     _check_binary_labels(labels, where)
-    positive = valid & (labels == 1)
-    negative = valid & (labels == 0)
+    positive = valid & (labels == jnp.ones((), labels.dtype))  # bool labels too
+    negative = valid & (labels == jnp.zeros((), labels.dtype))
     below_negatives = _share_below(scores, negative)
     above_positives = 1.0 - _share_below(scores, positive)
     auc = _masked_mean(below_negatives, positive)
-    variance = (_masked_variance(below_negatives, positive) / jnp.sum(positive)
-                + _masked_variance(above_positives, negative) / jnp.sum(negative))
+    dtype = below_negatives.dtype
+    variance = (_masked_variance(below_negatives, positive) / jnp.sum(positive, dtype=dtype)
+                + _masked_variance(above_positives, negative) / jnp.sum(negative, dtype=dtype))
     # NaN sorts above +inf, so the ranks alone would count a NaN score as the largest. A
     # label that is neither 0 nor 1 (NaN included) belongs to no class.
     unranked = jnp.any(valid & (jnp.isnan(scores) | ~(positive | negative)))
@@ -124,19 +125,21 @@ def _check_binary_labels(labels: jax.Array, where: jax.typing.ArrayLike | None) 
 
 def _share_below(scores: jax.Array, reference: jax.Array) -> jax.Array:
     """Per row: (#reference rows with a smaller score + #equal / 2) / #reference rows."""
-    count = jnp.sum(reference)
     # Non-reference rows sort to the end; counts are clipped to the real reference rows.
     ordered = jnp.sort(jnp.where(reference, scores, jnp.inf))
-    below = jnp.minimum(jnp.searchsorted(ordered, scores, side="left"), count)
+    below = jnp.searchsorted(ordered, scores, side="left")
+    count = jnp.sum(reference, dtype=below.dtype)
+    below = jnp.minimum(below, count)
     at_or_below = jnp.minimum(jnp.searchsorted(ordered, scores, side="right"), count)
-    return (below + 0.5 * (at_or_below - below)) / count
+    real = jnp.result_type(float)  # the default float dtype, as `0.5 * int` gives
+    return (below + at_or_below).astype(real) / (2 * count).astype(real)
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.sum(mask)
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.sum(mask, dtype=values.dtype)
 
 
 def _masked_variance(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Unbiased (ddof=1) variance of the entries where `mask`."""
     deviation = jnp.where(mask, values - _masked_mean(values, mask), 0.0)
-    return jnp.sum(jnp.square(deviation)) / (jnp.sum(mask) - 1)
+    return jnp.sum(jnp.square(deviation)) / (jnp.sum(mask, dtype=values.dtype) - 1)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtricks._src import dtypes
 from jaxtricks.regularizers import l2_penalty
 
 
@@ -25,9 +26,10 @@ class Discriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        # In the features' dtype (float32 or wider): float32 kernels, cast explicitly.
         for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(1)(x)[..., 0]
+            x = nn.relu(nn.Dense(width, dtype=x.dtype)(x))
+        return nn.Dense(1, dtype=x.dtype)(x)[..., 0]
 
 
 Fit = Callable[[Callable[[optax.Params], jax.Array], optax.Params], optax.Params]
@@ -50,7 +52,10 @@ def optimizer_steps(
     ) -> tuple[tuple[optax.Params, optax.OptState], None]:
         params, opt_state = carry
         grads = jax.grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        # optax's Adam promotes implicitly (`b1 ** count`, an int32 count), which a user's
+        # strict dtype promotion refuses: the optimiser alone runs under standard rules.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), None
 
     (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), length=steps)
@@ -70,7 +75,8 @@ def standardize(features: jax.Array, fit_rows: jax.Array) -> jax.Array:
     magnitude = jnp.max(jnp.where(fit_rows[:, None], jnp.abs(features), 0), axis=0)
     scaled = features / jnp.where(magnitude == 0, 1, magnitude)
     shifted = scaled - scaled[jnp.argmax(fit_rows)]
-    row_weight = fit_rows / jnp.sum(fit_rows)
+    row_weight = fit_rows.astype(features.dtype)
+    row_weight /= jnp.sum(row_weight)
     mean = row_weight @ shifted
     std = jnp.sqrt(row_weight @ jnp.square(shifted - mean))
     return (shifted - mean) / jnp.where(std == 0, 1, std)
@@ -93,8 +99,8 @@ def fit_and_score(
     depends on.
     """
     inputs = standardize(features, fit_rows)
-    fit_test = fit_rows & is_test
-    fit_train = fit_rows & ~is_test
+    fit_test = (fit_rows & is_test).astype(inputs.dtype)
+    fit_train = (fit_rows & ~is_test).astype(inputs.dtype)
     # Balanced: each set carries total weight 1/2 whatever its size.
     class_weight = 0.5 * (fit_test / jnp.sum(fit_test) + fit_train / jnp.sum(fit_train))
     model = Discriminator(hidden_sizes)
@@ -105,7 +111,8 @@ def fit_and_score(
         logits = cast(jax.Array, model.apply(params, inputs))
         cross_entropy = optax.sigmoid_binary_cross_entropy(logits, is_test.astype(logits.dtype))
         # The default mask selects exactly the Dense kernels (the only leaves with ndim 2).
-        return class_weight @ cross_entropy + weight_decay * l2_penalty(params)
+        penalty = jnp.multiply(*dtypes.promoted(weight_decay, l2_penalty(params)))
+        return class_weight @ cross_entropy + penalty.astype(cross_entropy.dtype)
 
     trained: Any = fit(loss_fn, params)
     return cast(jax.Array, model.apply(trained, inputs))

@@ -114,40 +114,30 @@ def importance_weights(
     num_test: int | None = None,
     clip: float | None = 100.0,
 ) -> ImportanceWeights:
-    """Density ratios `w = q(x)/p(x)` of training rows from a discriminator's logits.
+    r"""Density ratios `w = q(x)/p(x)` of training rows from a discriminator's logits.
 
-    `log w = logit_D(x) + log(num_train / num_test)`, i.e. `w = D/(1-D) * N_train/N_test`
-    (the post's density ratio), clipped above at `clip` (truncated importance sampling), with the
-    effective sample size `ESS = (sum w)^2 / sum w^2`, all in log space.
+    .. math::
 
-    Which normalisation applies:
+        \log w_i = \operatorname{logit} D(x_i) + \log \frac{N_{\mathrm{train}}}{N_{\mathrm{test}}},
+        \qquad w_i \le \mathrm{clip}, \qquad
+        \mathrm{ESS} = \frac{(\sum_i w_i)^2}{\sum_i w_i^2},
 
-    - Discriminator trained **balanced** (each set weighing 1/2, as in
-      `adversarial_validation`): `D/(1-D)` already is `q/p`. Pass its
-      `train_logits` and leave `num_train` and `num_test` as None.
-    - Discriminator trained on the **raw, unbalanced** sets (every row weighing the
-      same): `D/(1-D) = N_test q / (N_train p)`; pass both `num_train` and `num_test`
-      (the sizes it was trained on) to remove the prior ratio.
-
-    The constant factor does not change `normalized` or `ess`; it matters for `weights`
-    and for where `clip` bites. From probabilities `D`, pass
-    `jax.scipy.special.logit(D)` (less accurate near 0 and 1 than the logits).
+    all in log space. The size factor is for a discriminator fitted on the raw, unbalanced
+    sets; leave both sizes None for a balanced one such as `adversarial_validation`'s
+    (see :ref:`validation-math`). From probabilities, pass `jax.scipy.special.logit(D)`.
 
     Args:
         logits: `(n,)` the discriminator's logits `log D - log(1 - D)` on training rows
-            (e.g. `train_logits` of `adversarial_validation`), any real dtype (not
-            complex).
+            (e.g. `train_logits` of `adversarial_validation`), any real dtype.
         num_train: rows of the training set the discriminator was fitted on, or None.
         num_test: rows of the test set the discriminator was fitted on, or None.
         clip: upper bound on `w` (`log w <= log clip`), > 0; None for no clipping.
 
     Returns:
-        `ImportanceWeights(weights, log_weights, normalized, ess)`, computed in the
-        logits' dtype promoted to at least float32 (integer logits included). A NaN
-        logit gives a NaN weight for its row and NaN `normalized` and `ess` (they
-        depend on every row). Infinite logits give the limits of `normalized` and
-        `ess` described in `ImportanceWeights`. For `n = 0`: empty arrays and
-        `ess = 0`.
+        `ImportanceWeights(weights, log_weights, normalized, ess)`, in the logits' dtype
+        promoted to at least float32. A NaN logit gives a NaN weight for its row and NaN
+        `normalized` and `ess`; infinite logits give the limits described in
+        `ImportanceWeights`. For `n = 0`: empty arrays and `ess = 0`.
 
     Raises:
         ValueError: if `logits` is not `(n,)` (e.g. a whole `AdversarialValidation`
@@ -163,12 +153,10 @@ def importance_weights(
 
     References:
         Su, `如何划分一个跟测试集更接近的验证集？ (How to split off a validation set closer
-        to the test set) <https://kexue.fm/archives/7805>`_, 2020 (`w = D/(1-D)`, the
-        discriminator's density ratio)
+        to the test set) <https://kexue.fm/archives/7805>`_, 2020 (`w = D/(1-D)`)
 
         Ionides, `Truncated Importance Sampling <https://doi.org/10.1198/106186008X320456>`_,
-        Journal of Computational and Graphical Statistics 17(2), 2008 (the weights
-        clipped above, `clip`)
+        Journal of Computational and Graphical Statistics 17(2), 2008 (`clip`)
 
         Kish, Survey Sampling (Wiley), 1965 (the effective sample size)
     """

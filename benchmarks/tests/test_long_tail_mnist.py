@@ -9,9 +9,6 @@ import pytest
 
 from benchmarks import _data, _harness, _mnist, long_tail, long_tail_mnist
 
-# Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
-pytestmark = pytest.mark.benchmarks
-
 
 def test_the_mnist_subset_has_500_unit_scaled_images_per_digit():
     x, y = _mnist.mnist()

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _compat import enable_x64
 
 from benchmarks import zo_policy
 
@@ -36,7 +35,7 @@ def _brute_force_expected_reward(params, x, rewards, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_policy_gradient_helper_matches_brute_force_over_joint_actions(temperature):
     params, x, rewards = _tiny_problem()
-    with enable_x64():
+    with jax.enable_x64(True):
         grad = zo_policy.expected_reward_policy_gradient(
             lambda p: x @ p["w"] + p["b"], jax.tree.map(jnp.asarray, params),
             jnp.asarray(rewards), temperature)

@@ -13,9 +13,6 @@ from benchmarks import _g2p_data
 from benchmarks._g2p_data import BOS, EOS, PAD
 from benchmarks._seq2seq import Seq2Seq, beam_search, decode
 
-# Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
-pytestmark = pytest.mark.benchmarks
-
 
 @pytest.fixture(scope="module")
 def data():

@@ -9,9 +9,6 @@ import pytest
 
 from benchmarks import _harness, _zo_memory, estimators, zo_finetune
 
-# Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
-pytestmark = pytest.mark.benchmarks
-
 
 def _row(rows, computation):
     (row,) = [r for r in rows if r["computation"] == computation]

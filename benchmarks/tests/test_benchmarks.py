@@ -25,20 +25,21 @@ from benchmarks import (
     _train,
     scaling,
 )
-
-# Tests of benchmarks/, not of the library: run by `make test-slow` (and CI), not `make test`.
-pytestmark = pytest.mark.benchmarks
+from jaxtricks._src import local_cluster
 
 
 @pytest.mark.parametrize("name", sorted(runner.available()))
-def test_every_benchmark_runs_at_the_smoke_size(name, tmp_path):
-    report = _harness.Report(name, size="smoke", label="smoke", results_dir=tmp_path)
-    with _harness.fast_compiles():
-        importlib.import_module(f"benchmarks.{name}").run(report)
-    payload = json.loads(report.write().read_text())
+def test_every_benchmark_runs_at_the_smoke_size_within_120_columns(name, tmp_path, capsys):
+    status = runner.run_all([name], size="smoke", label="smoke", results_dir=tmp_path)
+    output = capsys.readouterr().out
+    assert status == 0, output
+    payload = json.loads((tmp_path / f"{name}.smoke.json").read_text())
     assert payload["size"] == "smoke"
     assert payload["tables"] or payload["notes"]
     assert all((tmp_path / figure).exists() for figure in payload["figures"])
+    markdown = (tmp_path / f"{name}.smoke.md").read_text()
+    assert all(f"## {title}" in markdown for title in payload["tables"])
+    assert [line for line in output.splitlines() if len(line) > 120] == []
 
 
 def _benchmark(monkeypatch, name, run):
@@ -71,6 +72,53 @@ def test_a_failing_benchmark_does_not_stop_the_next_one(monkeypatch, tmp_path, c
     summary = output[output.index("1 of 2 benchmark(s) failed"):]
     assert summary.splitlines()[1:] == ["  fails: ValueError: planted failure"]
     assert runner.run_all(["works"], size="smoke", label="t", results_dir=tmp_path) == 0
+
+
+def _wide_table_with_a_plot(report):
+    from benchmarks import _plots
+
+    rows = [{"k": 1, "name": name * 30, **{f"measurement_{i}": 0.1234 for i in range(8)}}
+            for name in "xy"]
+    report.table("wide", rows)
+    report.table("picked", rows, screen=("name", "measurement_7", "k"))
+    for _ in report.progress(range(3), "steps"):
+        pass
+    report.save_figure(_plots.subplots()[0], "plot")
+
+
+def test_wide_tables_are_split_on_screen_and_the_summary_lists_the_files(
+    monkeypatch, tmp_path, capsys
+):
+    _benchmark(monkeypatch, "wide", _wide_table_with_a_plot)
+    _benchmark(monkeypatch, "fails", _fails)
+    assert runner.run_all(["wide", "fails"], size="smoke", label="t", results_dir=tmp_path) == 1
+    output = capsys.readouterr().out
+    assert max(len(line) for line in output.splitlines()) <= 120
+    # Too wide for one table: two, each led by the labels that tell the rows apart.
+    wide = output[output.index("wide | wide"):output.index("wide | picked")]
+    headers = [line.split("|")[1:-1] for line in wide.splitlines() if line.startswith("| k")]
+    assert [[cell.strip() for cell in header[:2]] for header in headers] == [["k", "name"]] * 2
+    assert [cell.strip() for header in headers for cell in header[2:]] == [
+        f"measurement_{i}" for i in range(8)]
+    picked = output[output.index("wide | picked"):]
+    assert [cell.strip() for cell in picked.splitlines()[1].split("|")[1:-1]] == [
+        "name", "measurement_7", "k"]
+    assert "(not shown: measurement_0, measurement_1, measurement_2, " in picked
+    markdown = (tmp_path / "wide.t.md").read_text()
+    assert markdown.count("| k | name ") == 2 and markdown.count("| " + "y" * 30) == 2
+    summary = output[output.index("2 benchmark(s) at the smoke size"):].splitlines()
+    assert summary[1].split()[0] == "wide"
+    assert summary[1].endswith("wide_plot.t.png, wide.t.json, wide.t.md")
+    assert summary[2].split()[0] == "fails" and summary[2].endswith("s  FAILED; no files")
+    assert all((tmp_path / name).exists() for name in ("wide_plot.t.png", "wide.t.md"))
+
+
+def test_the_progress_of_a_section_goes_to_the_runner():
+    seen = []
+    report = _harness.Report("demo", size="smoke", on_progress=seen.append)
+    assert list(report.progress(iter("ab"), "letters")) == ["a", "b"]
+    assert list(report.progress({"x": 1}, "keys")) == ["x"]
+    assert seen == ["letters 1/?", "letters 2/?", "keys 1/1"]
 
 
 def test_every_failure_is_listed_at_the_end_and_ctrl_c_stops_the_run(
@@ -108,10 +156,21 @@ def test_scaling_bounds_each_layout_by_the_time_of_the_first(monkeypatch, tmp_pa
         with open(out, "w") as file:
             json.dump(row, file)
 
-    monkeypatch.setattr(_distributed, "launch", launch)
+    monkeypatch.setattr(local_cluster, "launch", launch)
     scaling.run(_harness.Report("scaling", label="t", results_dir=tmp_path))
     # The first layout took no time here: the later ones get the floor.
     assert limits == [scaling.FIRST_TIMEOUT_S] + [scaling.MIN_TIMEOUT_S] * 3
+
+
+@pytest.mark.slow
+def test_two_processes_time_the_same_calls_and_finish(tmp_path):
+    # Each process used to stop a timing round by its own clock: one made a call more
+    # than the other and waited for it forever (in about a third of the runs).
+    out = tmp_path / "throughput.json"
+    local_cluster.launch(2, 2, _distributed.throughput, out, timeout_s=60)
+    result = json.loads(out.read_text())
+    assert (result["devices"], result["processes"]) == (4, 2)
+    assert result["estimates_per_s"] > 0
 
 
 def test_every_benchmark_declares_its_three_sizes():
