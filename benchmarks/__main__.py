@@ -218,7 +218,7 @@ def _closing_summary(
         where = results_dir
     width = max((len(name) for name in outcomes), default=0)
     lines = [f"\n{len(outcomes)} benchmark(s) at the {size} size in {_duration(seconds)}; "
-             f"files in {where}/:"]
+             "files in", f"  {where}/:"]
     for name, outcome in outcomes.items():
         files = ", ".join(path.name for path in outcome.files) or "no files"
         lines.append(_harness.wrap(

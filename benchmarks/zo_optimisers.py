@@ -284,12 +284,13 @@ def svrg_claim(report, size: Size) -> None:
         return one, every
 
     seeds = _seeds(size)
+    problems = _least_squares(seeds, rows_n, dim, stream=2)
     grid = np.geomspace(1e-3, 1e-2, 3)
     excess, lrs, curves = {}, {}, {}
     methods = {"MeZO (ZO-SGD)": ("mezo", mezo_steps), "MeZO-SVRG": ("svrg", svrg_steps)}
     for name, (method, steps) in report.progress(methods.items(), "MeZO-SVRG vs MeZO"):
         one, every = run(method, steps)
-        relative = _grid(one, grid, seeds, *_least_squares(seeds, rows_n, dim, stream=2))
+        relative = _grid(one, grid, seeds, *problems)
         final = np.log10(np.maximum(relative[..., -1], 1e-12))
         best = _pick(np.where(np.isfinite(final), final, np.inf))
         lrs[name], excess[name] = float(grid[best]), final[best, :-TUNING_SEEDS]

@@ -114,12 +114,14 @@ def _params_objective(params):
     return sum(jnp.sum(jnp.sin(leaf) + 0.5 * leaf**2) for leaf in jax.tree.leaves(params))
 
 
-def _estimate_row(name, make, **flags):
-    """An estimator as an Optax transform: init + one update with `value_fn`."""
+def _estimate_row(name, make, objectives=("value_fn",), **flags):
+    """An estimator as an Optax transform: init + one update, the objective passed as each
+    of the extra arguments `objectives`."""
     def build(dtype):
         def fn(key, params):
             tx = make(key)
-            updates, _ = tx.update(None, tx.init(params), params, value_fn=_params_objective)
+            extra = dict.fromkeys(objectives, _params_objective)
+            updates, _ = tx.update(None, tx.init(params), params, **extra)
             return optax.apply_updates(params, updates)
 
         return fn, (_params(dtype),)
@@ -397,6 +399,11 @@ ROWS = (
         key, num_samples=4, sigma=0.1)),
     _estimate_row("estimators.forward_gradient_estimate",
                   lambda key: estimators.forward_gradient_estimate(key, num_samples=2)),
+    _estimate_row("estimators.hizoo_estimate", lambda key: estimators.hizoo_estimate(
+        key, num_samples=4, smoothing=0.1, sigma=0.1)),
+    _estimate_row("estimators.svrg_estimate", lambda key: estimators.svrg_estimate(
+        key, num_samples=4, update_interval=2, sigma=0.1),
+        objectives=("value_fn", "full_value_fn")),
     Row(
         "estimators.keep_best_step",
         lambda dtype: (
@@ -494,7 +501,8 @@ SLOW_FUNCTIONS = {"validation.adversarial_validation", "estimators.policy_gradie
                   "estimators.categorical_policy", "teaforn.teaforn_loss",
                   "losses.cross_entropy_weights", "rnn.jacobian_norms",
                   "rnn.gradient_norms_over_time", "estimators.zeroth_order_estimate",
-                  "estimators.forward_gradient_estimate"}
+                  "estimators.forward_gradient_estimate", "estimators.hizoo_estimate",
+                  "estimators.svrg_estimate"}
 
 
 def _cases(rows):
@@ -737,7 +745,7 @@ def _expected_dtype(row, dtype):
     if row.out_dtype == "same":
         return dtype
     if row.out_dtype == "atleast32":
-        return jnp.promote_types(dtype, jnp.float32)
+        return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
     if row.out_dtype == "float32":
         return jnp.dtype(jnp.float32)
     return None

@@ -107,9 +107,10 @@ def test_wide_tables_are_split_on_screen_and_the_summary_lists_the_files(
     markdown = (tmp_path / "wide.t.md").read_text()
     assert markdown.count("| k | name ") == 2 and markdown.count("| " + "y" * 30) == 2
     summary = output[output.index("2 benchmark(s) at the smoke size"):].splitlines()
-    assert summary[1].split()[0] == "wide"
-    assert summary[1].endswith("wide_plot.t.png, wide.t.json, wide.t.md")
-    assert summary[2].split()[0] == "fails" and summary[2].endswith("s  FAILED; no files")
+    assert summary[1].strip().endswith("/:")  # the results folder, on a line of its own
+    assert summary[2].split()[0] == "wide"
+    assert summary[2].endswith("wide_plot.t.png, wide.t.json, wide.t.md")
+    assert summary[3].split()[0] == "fails" and summary[3].endswith("s  FAILED; no files")
     assert all((tmp_path / name).exists() for name in ("wide_plot.t.png", "wide.t.md"))
 
 

@@ -134,17 +134,24 @@ def _step(
     def add(sums: tuple[PyTree, PyTree], sample_key: jax.Array) -> tuple[
             tuple[PyTree, PyTree], None]:
         direction = plan.draw(sample_key, stored=True)[0]
-        perturbation = jax.tree.map(jnp.multiply, inverse_sqrt, direction)
+        perturbation = jax.tree.map(lambda r, u: r * u.astype(r.dtype), inverse_sqrt, direction)
         plus, minus = plan.values(perturbation, perturbation)
         slope = plan.coefficients(plus, minus)
-        curvature = jnp.abs(plus + minus - 2 * unperturbed) / (2 * plan.sigma ** 2)
-        return (jax.tree.map(lambda s, u: s + slope * u, sums[0], direction),
-                jax.tree.map(lambda s, u: s + curvature * u * u, sums[1], direction)), None
+        curvature = jnp.abs(plus + minus - 2 * unperturbed) / (
+            2 * jnp.square(plan.sigma).astype(plus.dtype))
+
+        def accumulate(weight: jax.Array, total: PyTree, power: int) -> PyTree:
+            return jax.tree.map(
+                lambda s, u: s + (weight * u.astype(weight.dtype) ** power).astype(s.dtype),
+                total, direction)
+
+        return (accumulate(slope, sums[0], 1), accumulate(curvature, sums[1], 2)), None
 
     sample_keys = _sampling.sample_keys(step_key, plan.num_directions)
     (slopes, curvatures), _ = jax.lax.scan(add, (plan.zeros(), plan.zeros()), sample_keys)
     new_hessian = jax.tree.map(
-        lambda h, c: ((1 - alpha) * h + alpha * h * c / plan.num_directions).astype(h.dtype),
+        lambda h, c: (h.astype(c.dtype) * (1 - alpha + alpha * c / plan.num_directions)
+                      ).astype(h.dtype),
         hessian, curvatures)
     estimate = jax.tree.map(
         lambda s, h, x: (s / plan.num_directions * jax.lax.rsqrt(h.astype(s.dtype))).astype(
