@@ -32,7 +32,7 @@ JAX_PLATFORMS_cuda12 := cuda
 JAX_PLATFORMS_cuda13 := cuda
 JAX_PLATFORMS_tpu := tpu
 
-.PHONY: test test-slow test-bench test-floor bench bench-full lint typecheck docs check-dist clean
+.PHONY: test test-slow test-bench test-floor floor-venv bench bench-full lint typecheck docs check-dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,11 +80,14 @@ test-bench: $(VENV)/.bench-test-installed
 check-dist: $(VENV)/.test-installed
 	PY=$(PY) bash .ci/check-dist
 
+# The floor venv alone (CI installs it while the slow tier runs).
+floor-venv: $(FLOOR_VENV)/.test-installed
+
 test-floor: $(FLOOR_VENV)/.test-installed
 	JAXTRICKS_FLOOR_CONSTRAINTS=$(FLOOR_CONSTRAINTS) $(FLOOR_PY) -m pytest -m "not slow"
 
-# `make bench`, the main job: every benchmark at the quick size (about 13 minutes on 2 CPU
-# cores); `make bench-full`: the full size, the figures of the README (well over an hour).
+# `make bench`, the main job: every benchmark at the quick size (about 8 minutes on 2 CPU
+# cores); `make bench-full`: the full size, the figures of the README (about 1.5 hours).
 # ARGS goes to the runner: `make bench ARGS="losses --tag bf16"`.
 bench: $(VENV)/.bench-installed-$(BACKEND)
 	JAX_PLATFORMS=$(JAX_PLATFORMS_$(BACKEND)) $(PY) -m benchmarks --size quick $(ARGS)

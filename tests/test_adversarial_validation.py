@@ -22,6 +22,7 @@ def gaussian_sets(num_train, num_test, mean, seed):
     return train, test
 
 
+@pytest.mark.slow
 def test_no_shift_gives_auc_within_three_standard_errors_of_half():
     train, test = gaussian_sets(1000, 300, np.zeros(5), seed=1)
     result = validation.adversarial_validation(train, test, KEY, steps=200)
@@ -110,6 +111,7 @@ def test_scores_are_out_of_fold_by_construction():
     assert np.max(np.abs(after.train_logits[~same_fold] - before.train_logits[~same_fold])) > 1e-3
 
 
+@pytest.mark.slow
 def test_pytree_features_sharded_rows_and_jit_give_the_same_scores():
     # A pytree of features, its rows sharded over the 4 host devices, under jax.jit,
     # equals the plain concatenated array run eagerly.
@@ -321,6 +323,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         run(np.zeros((0, 2)), np.zeros((4, 2)), KEY, num_folds=2)
 
 
+@pytest.mark.slow
 def test_adversarial_validation_gives_the_same_numbers_for_typed_and_legacy_keys():
     train, test = gaussian_sets(8, 6, np.full(2, 0.5), seed=9)
     run = functools.partial(validation.adversarial_validation, num_folds=2, steps=3)

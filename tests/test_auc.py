@@ -39,6 +39,7 @@ def test_roc_auc_matches_all_pairs_with_ties_and_mask():
     np.testing.assert_allclose(masked, pairwise_auc(scores[mask], labels[mask]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_auc_stderr_is_the_delong_variance_of_each_fold_combined_over_folds():
     # Features with 4 values: each fold's discriminator gives tied logits to equal rows,
     # so the tie terms of DeLong's placement values are exercised.

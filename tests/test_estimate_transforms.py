@@ -48,6 +48,7 @@ def test_step_t_is_the_function_with_the_key_folded_with_t(transform, function, 
     assert int(state.count) == 3
 
 
+@pytest.mark.slow
 def test_chained_with_sgd_it_is_zeroth_order_sgd():
     key = jax.random.key(5)
     tx = optax.chain(estimators.zeroth_order_estimate(key, num_samples=8), optax.sgd(0.1))

@@ -597,6 +597,7 @@ def test_a_non_key_array_is_refused_with_a_clear_message(name, bad_key):
         KEYED_FUNCTIONS[name](bad_key)
 
 
+@pytest.mark.slow
 def test_a_four_word_prng_key_is_an_rbg_key_under_the_rbg_default():
     # `jax.random.PRNGKey(0)` is uint32[4] under jax_default_prng_impl="rbg"; a 2-word
     # raw key stays a threefry key whatever the default.

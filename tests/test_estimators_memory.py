@@ -141,6 +141,7 @@ ONE_PASS = [  # (options, legacy key): every coefficient known from its own dire
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("options", "legacy_key"), ONE_PASS, ids=str)
 def test_blocks_of_directions_give_the_stored_directions_reference(monkeypatch, options,
                                                                     legacy_key):
@@ -168,6 +169,7 @@ def test_a_block_is_the_largest_divisor_within_the_bound_and_at_least_two(
     assert _one_pass.directions_per_block(num_directions, num_params) == expected
 
 
+@pytest.mark.slow
 def test_default_estimate_plans_one_block_whatever_the_number_of_samples(monkeypatch):
     # Stored, 64 directions of WIDE would plan 64 copies of it; in blocks of 2, a few.
     params_bytes, _ = _sizes()
@@ -368,6 +370,7 @@ def test_one_direction_per_chunk_plans_no_more_than_jax_grad(options):
      lambda p, k: estimators.forward_gradient(_wide_loss, p, k, num_samples=16)],
     ids=["default", "pooled baseline", "forward gradient"],
 )
+@pytest.mark.slow
 def test_default_plans_no_more_than_jax_grad_where_two_directions_outgrow_a_block(
         monkeypatch, estimate):
     # A block of two directions would hold two copies of the params and their bits.
@@ -378,6 +381,7 @@ def test_default_plans_no_more_than_jax_grad_where_two_directions_outgrow_a_bloc
     assert peak <= 1.05 * backprop
 
 
+@pytest.mark.slow
 def test_larger_chunks_plan_params_output_and_one_copy_per_evaluation():
     params_bytes, _ = _sizes()
     peak = _planned_peak(

@@ -253,6 +253,7 @@ def test_axis_and_where_follow_optax():
                                optax_ce(swapped, flat_labels, axis=(1, 2)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_masked_scores_get_no_gradient_and_empty_rows_give_zero():
     logits, labels = _problem(7)
     mask = np.ones_like(logits, bool)

@@ -63,6 +63,7 @@ def test_macro_smoothed_f1_is_optax_dice_over_the_batch_and_micro_is_smoothed_ac
         micro, 1 + np.mean(losses.softmax_smoothed_accuracy_loss(logits, labels)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_smoothed_f1_skips_classes_with_zero_support_and_is_safe_at_zero_over_zero():
     logits, labels = _softmax_problem(8)
     labels = np.where(labels == 3, 0, labels)

@@ -111,6 +111,7 @@ def test_class_priors_count_labels_of_any_integer_dtype(dtype, num_classes):
         labels, num_classes), expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_logit_adjusted_loss_rejects_labels_out_of_range_and_gives_nan_when_traced():
     logits, labels = _problem(2)
     keep = np.arange(8) != 4
@@ -211,6 +212,7 @@ def test_adjust_logits_accepts_int_and_tuple_axes_like_the_losses():
             losses.adjust_logits(logits, class_priors=priors, axis=axis)
 
 
+@pytest.mark.slow
 def test_logit_adjustment_in_bfloat16_and_float64():
     logits, labels = _problem(8)
     half = jnp.asarray(logits, jnp.bfloat16)

@@ -24,6 +24,7 @@ def _np_balanced_accuracy(predictions, labels):
     return np.mean([np.mean(predictions[labels == c] == c) for c in np.unique(labels)])
 
 
+@pytest.mark.slow
 def test_balanced_accuracy_is_the_mean_recall_over_present_classes():
     rng = np.random.default_rng(12)
     labels = rng.integers(0, 4, 40)  # class 4 of 5 is absent: skipped

@@ -35,6 +35,7 @@ def test_cross_entropy_weights_recover_the_closed_forms_of_losses_of_p_y():
     np.testing.assert_allclose(got[3], (p <= 0.6).astype(float), atol=1e-12)
 
 
+@pytest.mark.slow
 def test_cross_entropy_weights_project_other_losses_and_flag_vanishing_gradients():
     rng = np.random.default_rng(10)
     logits = rng.standard_normal((5, 4))
@@ -120,6 +121,7 @@ def test_cross_entropy_weights_refuse_a_loss_fn_that_averages_naming_the_shapes(
     assert weights.shape == (6,) and np.all(np.isfinite(weights))
 
 
+@pytest.mark.slow
 def test_cross_entropy_weights_with_where_compare_with_the_masked_cross_entropy():
     logits, labels = _softmax_problem(27, batch=6)
     mask = np.ones(logits.shape, bool)

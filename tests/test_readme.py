@@ -22,8 +22,13 @@ def snippets(path):
     return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.DOTALL | re.MULTILINE)
 
 
-SNIPPETS = [(path.relative_to(ROOT).as_posix(), index, code)
-            for path in PAGES for index, code in enumerate(snippets(path))]
+# The README's tour runs in the fast tier; the technique and benchmark pages' snippets
+# (training loops, seconds each) in the slow one.
+SNIPPETS = [pytest.param(page, index, code, id=f"{page}:{index}",
+                         marks=() if page == "README.md" else pytest.mark.slow)
+            for page, index, code in ((path.relative_to(ROOT).as_posix(), index, code)
+                                      for path in PAGES
+                                      for index, code in enumerate(snippets(path)))]
 
 
 def test_the_readme_has_a_tour():
@@ -37,8 +42,7 @@ def test_every_technique_page_has_snippets_for_optax_and_flax(name):
     assert any("flax" in block for block in code)
 
 
-@pytest.mark.parametrize(("page", "index", "code"), SNIPPETS,
-                         ids=[f"{page}:{index}" for page, index, _ in SNIPPETS])
+@pytest.mark.parametrize(("page", "index", "code"), SNIPPETS)
 def test_snippet_runs(page, index, code, monkeypatch):
     # Adam's updates run under standard dtype promotion (see standard_promotion), the rest
     # of the snippet under the suite's strict promotion.

@@ -39,6 +39,7 @@ def transforms_under_test():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_transforms_keep_dtypes_and_state_shapes_under_jit_chain_and_multisteps(dtype):
     params = make_params(dtype=dtype)
@@ -300,6 +301,7 @@ def test_transform_updates_under_vmap_checkpoint_and_scan_match_plain_calls():
                            rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_nan_gradients_and_parameters_stay_nan_and_zero_parameters_stay_finite():
     params = make_params()
     grads = jax.tree.map(jnp.zeros_like, params)

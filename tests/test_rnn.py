@@ -83,6 +83,7 @@ def _lstm_without_recurrence(size, input_size, forget_logit=None):
     return rnn.linen_step(cell, params), carry, params
 
 
+@pytest.mark.slow
 def test_lstm_c_path_equals_power_of_constant_forget_gate():
     forget = 0.9
     step, carry, _ = _lstm_without_recurrence(5, 3, forget_logit=np.log(forget / (1 - forget)))
@@ -540,6 +541,7 @@ def test_the_power_iteration_needs_an_explicit_key_and_the_exact_methods_do_not(
         rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_both_norm_functions_take_the_same_options_including_log_space():
     assert (inspect.signature(rnn.jacobian_norms).parameters
             == inspect.signature(rnn.step_jacobian_norms).parameters)
@@ -552,6 +554,7 @@ def test_both_norm_functions_take_the_same_options_including_log_space():
             np.testing.assert_allclose(logs, np.log(plain), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_empty_sequences_give_empty_norms():
     cell = nn.LSTMCell(3)
     carry, params = _linen_cell(cell, 2)
@@ -599,6 +602,7 @@ def test_float64_carries_give_float64_norms_and_bfloat16_carries_work():
         np.testing.assert_allclose(got, want, rtol=0.1)
 
 
+@pytest.mark.slow
 def test_norms_of_huge_tiny_and_zero_jacobians_and_gradients_are_computed_scaled():
     # The probe's cases, by the default method (the slow tests below take every method):
     # 1e20 gave NaN (its squares overflow), log(1e-21) gave -inf (its squares flush to
@@ -752,6 +756,7 @@ def test_gradient_norms_neither_overflow_nor_underflow_and_zero_has_gradient_zer
     np.testing.assert_array_equal(inf_norms.carry, [np.inf] * 2)
 
 
+@pytest.mark.slow
 def test_nan_at_one_step_gives_nan_norms_from_that_step_on():
     step = _tanh_step(0.5 * jax.random.normal(KEY, (4, 4)))
     inputs = jax.random.normal(jax.random.key(1), (6, 4)).at[3, 1].set(jnp.nan)

@@ -103,6 +103,7 @@ def test_empty_inputs_give_empty_outputs_or_errors_naming_the_argument():
         validation.resample_validation(KEY, jnp.zeros(0), 1)
 
 
+@pytest.mark.slow
 def test_importance_weights_forward_and_reverse_mode_match_the_formulas_and_nan_propagates():
     logits = jnp.array([-1.0, 0.0, 0.5, 2.0])
 

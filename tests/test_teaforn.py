@@ -622,6 +622,7 @@ def test_nnx_rnn_body_with_an_nnx_output_layer():
         np.testing.assert_allclose(per_pass, expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_linen_body_with_dropout_rngs():
     _, inputs, targets, _ = _problem()
 

