@@ -3,7 +3,7 @@
 Words are lowercase ASCII letters (entries with apostrophes, digits or dots are left
 out); stress digits are stripped (`AH0`, `AH1` -> `AH`), the 39-phoneme set of the usual
 CMUdict G2P benchmarks (e.g. Yao & Zweig, arXiv:1506.00196). Models train on the
-dictionary's first pronunciation; a word with several (about 7 % of them) is scored
+dictionary's first pronunciation; a word with several (6.3 % of them) is scored
 against the closest one. Words and pronunciations longer than `max_len` symbols are
 left out. Splits hold out whole words: the sorted word list is shuffled by a fixed
 seed and cut into train / validation / test, so a split is the same on every run and

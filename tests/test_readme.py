@@ -24,11 +24,10 @@ def snippets(path):
 
 # The README's tour runs in the fast tier; the technique and benchmark pages' snippets
 # (training loops, seconds each) in the slow one.
-SNIPPETS = [pytest.param(page, index, code, id=f"{page}:{index}",
-                         marks=() if page == "README.md" else pytest.mark.slow)
-            for page, index, code in ((path.relative_to(ROOT).as_posix(), index, code)
-                                      for path in PAGES
-                                      for index, code in enumerate(snippets(path)))]
+SNIPPETS = [pytest.param(path.relative_to(ROOT).as_posix(), index, code,
+                         id=f"{path.relative_to(ROOT).as_posix()}:{index}",
+                         marks=() if path.name == "README.md" else pytest.mark.slow)
+            for path in PAGES for index, code in enumerate(snippets(path))]
 
 
 def test_the_readme_has_a_tour():
